@@ -1,0 +1,367 @@
+//! Feature flags (CONTRACT section 4): typed values, parsing from every
+//! source (environment, YAML file, form body, JSON), the layered store
+//! behind an `ArcSwap`, the file watcher and the rollout decision.
+//!
+//! Readers call [`FlagStore::current`] (a lock-free load); writers go
+//! through the store, which validates, builds a new immutable [`Snapshot`]
+//! and publishes it on a `watch` channel for the hubs that must act.
+
+pub mod rollout;
+pub mod store;
+pub mod watcher;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::auth::OrgId;
+
+pub use rollout::{Mode, Reason, bucket, decide, decide_org};
+pub use store::{FlagStore, HistoryEntry, Snapshot, Source};
+
+pub const STREAMING_V2: &str = "REALTIME_STREAMING_V2";
+pub const ROLLOUT_PERCENT: &str = "REALTIME_ROLLOUT_PERCENT";
+pub const ALLOWLIST: &str = "REALTIME_ALLOWLIST_ORGS";
+pub const DENYLIST: &str = "REALTIME_DENYLIST_ORGS";
+pub const LEADER_ENABLED: &str = "FIN_LEADER_ENABLED";
+/// Suffix of the per-service flags (`FINANCE_REALTIME_V1`).
+pub const SERVICE_V1_SUFFIX: &str = "_REALTIME_V1";
+
+/// The effective flags, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flags {
+    pub streaming_v2: bool,
+    pub rollout_percent: u8,
+    pub allowlist: BTreeSet<OrgId>,
+    pub denylist: BTreeSet<OrgId>,
+    pub leader_enabled: bool,
+    /// Indexed like the configured services.
+    pub service_v1: Vec<bool>,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            streaming_v2: false,
+            rollout_percent: 0,
+            allowlist: BTreeSet::new(),
+            denylist: BTreeSet::new(),
+            leader_enabled: true,
+            service_v1: Vec::new(),
+        }
+    }
+}
+
+/// One flag's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlagValue {
+    Bool(bool),
+    Percent(u8),
+    Orgs(BTreeSet<OrgId>),
+}
+
+impl FlagValue {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            FlagValue::Bool(b) => serde_json::json!(b),
+            FlagValue::Percent(p) => serde_json::json!(p),
+            FlagValue::Orgs(o) => serde_json::json!(o),
+        }
+    }
+}
+
+impl fmt::Display for FlagValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlagValue::Bool(b) => write!(f, "{b}"),
+            FlagValue::Percent(p) => write!(f, "{p}"),
+            FlagValue::Orgs(o) => {
+                let v: Vec<String> = o.iter().map(|x| x.to_string()).collect();
+                write!(f, "[{}]", v.join(","))
+            }
+        }
+    }
+}
+
+/// A bad flag key or value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlagError {
+    #[error("unknown flag {0:?}")]
+    UnknownKey(String),
+    #[error("{key}: {problem}")]
+    BadValue { key: String, problem: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Bool,
+    Percent,
+    Orgs,
+}
+
+/// The flag names that exist for a set of services, and their types.
+#[derive(Debug, Clone)]
+pub struct FlagSchema {
+    services: Vec<String>,
+}
+
+impl FlagSchema {
+    pub fn new(services: Vec<String>) -> Self {
+        FlagSchema { services }
+    }
+
+    pub fn service_flag(service: &str) -> String {
+        format!("{}{SERVICE_V1_SUFFIX}", service.to_ascii_uppercase())
+    }
+
+    /// Every key, in a stable order.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = [STREAMING_V2, ROLLOUT_PERCENT, ALLOWLIST, DENYLIST, LEADER_ENABLED]
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        keys.extend(self.services.iter().map(|s| Self::service_flag(s)));
+        keys
+    }
+
+    fn kind(&self, key: &str) -> Option<Kind> {
+        match key {
+            STREAMING_V2 | LEADER_ENABLED => Some(Kind::Bool),
+            ROLLOUT_PERCENT => Some(Kind::Percent),
+            ALLOWLIST | DENYLIST => Some(Kind::Orgs),
+            k if self.services.iter().any(|s| Self::service_flag(s) == k) => Some(Kind::Bool),
+            _ => None,
+        }
+    }
+
+    fn default_value(&self, key: &str) -> Option<FlagValue> {
+        Some(match self.kind(key)? {
+            Kind::Bool => FlagValue::Bool(key != STREAMING_V2),
+            Kind::Percent => FlagValue::Percent(0),
+            Kind::Orgs => FlagValue::Orgs(BTreeSet::new()),
+        })
+    }
+
+    /// The built-in defaults for every key.
+    pub fn defaults(&self) -> BTreeMap<String, FlagValue> {
+        self.keys()
+            .into_iter()
+            .filter_map(|k| self.default_value(&k).map(|v| (k, v)))
+            .collect()
+    }
+
+    /// Parses a value given as text (environment, form body, CLI).
+    pub fn parse_text(&self, key: &str, text: &str) -> Result<FlagValue, FlagError> {
+        let kind = self.kind(key).ok_or_else(|| FlagError::UnknownKey(key.to_string()))?;
+        let bad = |problem: String| FlagError::BadValue {
+            key: key.to_string(),
+            problem,
+        };
+        let t = text.trim();
+        match kind {
+            Kind::Bool => parse_bool(t)
+                .map(FlagValue::Bool)
+                .ok_or_else(|| bad(format!("{t:?} is not a boolean (true/false/1/0/on/off)"))),
+            Kind::Percent => t
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= 100)
+                .map(FlagValue::Percent)
+                .ok_or_else(|| bad(format!("{t:?} is not an integer from 0 to 100"))),
+            Kind::Orgs => {
+                let inner = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(t);
+                let mut set = BTreeSet::new();
+                for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let part = part.trim_matches(|c| c == '"' || c == '\'');
+                    let id = part
+                        .parse::<OrgId>()
+                        .map_err(|_| bad(format!("{part:?} is not an org id (a non-negative integer)")))?;
+                    set.insert(id);
+                }
+                Ok(FlagValue::Orgs(set))
+            }
+        }
+    }
+
+    /// Parses a value given as JSON (JSON body, YAML file).
+    pub fn parse_json(&self, key: &str, value: &serde_json::Value) -> Result<FlagValue, FlagError> {
+        use serde_json::Value as J;
+        let kind = self.kind(key).ok_or_else(|| FlagError::UnknownKey(key.to_string()))?;
+        let bad = |problem: String| FlagError::BadValue {
+            key: key.to_string(),
+            problem,
+        };
+        match (kind, value) {
+            (_, J::String(s)) => self.parse_text(key, s),
+            (Kind::Bool, J::Bool(b)) => Ok(FlagValue::Bool(*b)),
+            (Kind::Bool, J::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
+                Ok(FlagValue::Bool(n.as_u64() == Some(1)))
+            }
+            (Kind::Percent, J::Number(n)) => n
+                .as_u64()
+                .filter(|p| *p <= 100)
+                .map(|p| FlagValue::Percent(p as u8))
+                .ok_or_else(|| bad(format!("{n} is not an integer from 0 to 100"))),
+            (Kind::Orgs, J::Array(items)) => {
+                let mut set = BTreeSet::new();
+                for item in items {
+                    let id = match item {
+                        J::Number(n) => n.as_u64(),
+                        J::String(s) => s.trim().parse().ok(),
+                        _ => None,
+                    }
+                    .ok_or_else(|| bad(format!("{item} is not an org id (a non-negative integer)")))?;
+                    set.insert(id);
+                }
+                Ok(FlagValue::Orgs(set))
+            }
+            (Kind::Orgs, J::Number(n)) => n
+                .as_u64()
+                .map(|id| FlagValue::Orgs(BTreeSet::from([id])))
+                .ok_or_else(|| bad(format!("{n} is not an org id"))),
+            (Kind::Orgs, J::Null) => Ok(FlagValue::Orgs(BTreeSet::new())),
+            (_, other) => Err(bad(format!("{other} has the wrong type"))),
+        }
+    }
+
+    /// Parses a flags file (a flat YAML mapping). All problems, or the layer.
+    pub fn parse_yaml_file(&self, text: &str) -> Result<BTreeMap<String, FlagValue>, Vec<String>> {
+        if text.trim().is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let doc: serde_json::Value = yaml_serde::from_str(text).map_err(|e| vec![format!("not valid YAML: {e}")])?;
+        match doc {
+            serde_json::Value::Null => Ok(BTreeMap::new()),
+            serde_json::Value::Object(map) => self.parse_json_object(&map),
+            _ => Err(vec!["must be a mapping of FLAG: value".to_string()]),
+        }
+    }
+
+    /// Parses a JSON object of flags; every problem is collected.
+    pub fn parse_json_object(
+        &self,
+        map: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<BTreeMap<String, FlagValue>, Vec<String>> {
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (k, v) in map {
+            match self.parse_json(k, v) {
+                Ok(val) => {
+                    out.insert(k.clone(), val);
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if problems.is_empty() { Ok(out) } else { Err(problems) }
+    }
+
+    /// Reads the flags given as environment variables.
+    pub fn from_env(&self, get: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, FlagValue>, Vec<String>> {
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for key in self.keys() {
+            if let Some(v) = get(&key) {
+                match self.parse_text(&key, &v) {
+                    Ok(val) => {
+                        out.insert(key, val);
+                    }
+                    Err(e) => problems.push(format!("environment {e}")),
+                }
+            }
+        }
+        if problems.is_empty() { Ok(out) } else { Err(problems) }
+    }
+
+    /// Builds typed flags from a complete value map.
+    pub fn typed(&self, values: &BTreeMap<String, FlagValue>) -> Flags {
+        let bool_of = |k: &str, d: bool| match values.get(k) {
+            Some(FlagValue::Bool(b)) => *b,
+            _ => d,
+        };
+        let orgs_of = |k: &str| match values.get(k) {
+            Some(FlagValue::Orgs(o)) => o.clone(),
+            _ => BTreeSet::new(),
+        };
+        Flags {
+            streaming_v2: bool_of(STREAMING_V2, false),
+            rollout_percent: match values.get(ROLLOUT_PERCENT) {
+                Some(FlagValue::Percent(p)) => *p,
+                _ => 0,
+            },
+            allowlist: orgs_of(ALLOWLIST),
+            denylist: orgs_of(DENYLIST),
+            leader_enabled: bool_of(LEADER_ENABLED, true),
+            service_v1: self.services.iter().map(|s| bool_of(&Self::service_flag(s), true)).collect(),
+        }
+    }
+}
+
+/// Booleans as ops write them: true/false/1/0/on/off/yes/no, any case.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "on" | "yes" => Some(true),
+        "false" | "0" | "off" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> FlagSchema {
+        FlagSchema::new(vec!["finance".into(), "guest".into()])
+    }
+
+    #[test]
+    fn keys_include_one_flag_per_service() {
+        let keys = schema().keys();
+        assert!(keys.contains(&"FINANCE_REALTIME_V1".to_string()));
+        assert!(keys.contains(&"GUEST_REALTIME_V1".to_string()));
+        assert_eq!(keys.len(), 7);
+    }
+
+    #[test]
+    fn text_values() {
+        let s = schema();
+        for (t, b) in [("true", true), ("ON", true), ("1", true), ("off", false), ("False", false), ("0", false)] {
+            assert_eq!(s.parse_text(STREAMING_V2, t), Ok(FlagValue::Bool(b)));
+        }
+        assert_eq!(s.parse_text(ROLLOUT_PERCENT, "10"), Ok(FlagValue::Percent(10)));
+        assert!(s.parse_text(ROLLOUT_PERCENT, "101").is_err());
+        assert!(s.parse_text(ROLLOUT_PERCENT, "-1").is_err());
+        assert_eq!(s.parse_text(ALLOWLIST, "1, 2,3"), Ok(FlagValue::Orgs(BTreeSet::from([1, 2, 3]))));
+        assert_eq!(s.parse_text(ALLOWLIST, "[4]"), Ok(FlagValue::Orgs(BTreeSet::from([4]))));
+        assert_eq!(s.parse_text(ALLOWLIST, ""), Ok(FlagValue::Orgs(BTreeSet::new())));
+        assert!(s.parse_text(ALLOWLIST, "1,x").is_err());
+        assert_eq!(s.parse_text("NOPE", "1"), Err(FlagError::UnknownKey("NOPE".into())));
+        assert!(s.parse_text(STREAMING_V2, "maybe").unwrap_err().to_string().contains(STREAMING_V2));
+    }
+
+    #[test]
+    fn yaml_file_values() {
+        let s = schema();
+        let layer = s
+            .parse_yaml_file("REALTIME_STREAMING_V2: on\nREALTIME_ROLLOUT_PERCENT: 25\nREALTIME_ALLOWLIST_ORGS: [1, \"2\"]\nREALTIME_DENYLIST_ORGS: \"5,6\"\nGUEST_REALTIME_V1: false\n")
+            .unwrap();
+        let f = s.typed(&layer);
+        assert!(f.streaming_v2);
+        assert_eq!(f.rollout_percent, 25);
+        assert_eq!(f.allowlist, BTreeSet::from([1, 2]));
+        assert_eq!(f.denylist, BTreeSet::from([5, 6]));
+        assert_eq!(f.service_v1, vec![true, false]);
+        let errs = s.parse_yaml_file("REALTIME_ROLLOUT_PERCENT: 500\nTYPO: 1\n").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(s.parse_yaml_file("[1, 2]").is_err());
+        assert!(s.parse_yaml_file("a: [").is_err());
+    }
+
+    #[test]
+    fn env_layer() {
+        let s = schema();
+        let layer = s
+            .from_env(|k| (k == ROLLOUT_PERCENT).then(|| "7".to_string()))
+            .unwrap();
+        assert_eq!(layer.get(ROLLOUT_PERCENT), Some(&FlagValue::Percent(7)));
+        assert!(s.from_env(|k| (k == STREAMING_V2).then(|| "perhaps".to_string())).is_err());
+    }
+}

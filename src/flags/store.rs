@@ -1,0 +1,371 @@
+//! The layered flag store. Layers, later wins: defaults < environment <
+//! file < admin overrides. Every change builds a whole new [`Snapshot`],
+//! stores it in an `ArcSwap` (readers never lock) and publishes it on a
+//! `watch` channel. In-flight work keeps the snapshot it loaded; the next
+//! load sees the new one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use super::{FlagSchema, FlagValue, Flags};
+use crate::clock;
+use crate::metrics as m;
+
+/// Which layer a flag's effective value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    Env,
+    File,
+    Override,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Env => "env",
+            Source::File => "file",
+            Source::Override => "override",
+        }
+    }
+}
+
+/// One immutable state of the flags.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: u64,
+    pub flags: Flags,
+    pub values: BTreeMap<String, FlagValue>,
+    pub sources: BTreeMap<String, Source>,
+    /// The last rejected file or start-up problem, until a good file replaces it.
+    pub last_error: Option<String>,
+}
+
+/// One recorded change.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub time: String,
+    pub who: String,
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+const HISTORY_LIMIT: usize = 500;
+
+#[derive(Default)]
+struct Layers {
+    env: BTreeMap<String, FlagValue>,
+    file: BTreeMap<String, FlagValue>,
+    overrides: BTreeMap<String, FlagValue>,
+    last_error: Option<String>,
+}
+
+/// Why an admin change was refused; nothing was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("cannot persist overrides to {file}: {source}")]
+    Persist {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The flag store shared by the admin API, the watcher and the hubs.
+pub struct FlagStore {
+    schema: FlagSchema,
+    current: ArcSwap<Snapshot>,
+    layers: Mutex<Layers>,
+    history: Mutex<VecDeque<HistoryEntry>>,
+    notify: watch::Sender<Arc<Snapshot>>,
+    overrides_file: Option<PathBuf>,
+}
+
+impl FlagStore {
+    /// A store with defaults and the given environment layer.
+    pub fn new(schema: FlagSchema, env: BTreeMap<String, FlagValue>, overrides_file: Option<PathBuf>) -> Arc<FlagStore> {
+        let layers = Layers {
+            env,
+            ..Layers::default()
+        };
+        let snap = Arc::new(build(&schema, &layers, 1));
+        let (notify, _) = watch::channel(snap.clone());
+        Arc::new(FlagStore {
+            schema,
+            current: ArcSwap::new(snap),
+            layers: Mutex::new(layers),
+            history: Mutex::new(VecDeque::new()),
+            notify,
+            overrides_file,
+        })
+    }
+
+    pub fn schema(&self) -> &FlagSchema {
+        &self.schema
+    }
+
+    /// The current snapshot; lock-free.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Receives every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.notify.subscribe()
+    }
+
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.history.lock().map(|h| h.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Loads the persisted overrides at start-up. A bad file is an error.
+    pub fn load_overrides(&self) -> Result<(), String> {
+        let Some(path) = &self.overrides_file else { return Ok(()) };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let layer = self
+            .schema
+            .parse_yaml_file(&text)
+            .map_err(|p| format!("{}: {}", path.display(), p.join("; ")))?;
+        self.apply("overrides file", |l| {
+            l.overrides = layer;
+            Ok(())
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    /// Replaces the file layer with a freshly read file, or records why it was rejected.
+    pub fn apply_file(&self, file: &str, text: Option<&str>) -> Result<(), String> {
+        let parsed = match text {
+            // A deleted file means "no file flags", like an empty one.
+            None => Ok(BTreeMap::new()),
+            Some(t) => self.schema.parse_yaml_file(t),
+        };
+        match parsed {
+            Ok(layer) => {
+                let who = format!("file {file}");
+                let _ = self.apply(&who, |l| {
+                    l.file = layer;
+                    l.last_error = None;
+                    Ok(())
+                });
+                ::metrics::counter!(m::FLAG_RELOADS, "result" => "ok").increment(1);
+                Ok(())
+            }
+            Err(problems) => Err(self.reject_file(file, &problems.join("; "))),
+        }
+    }
+
+    /// Records a file that could not be used; the last good flags stay.
+    pub fn reject_file(&self, file: &str, why: &str) -> String {
+        let msg = format!("{file}: {why}");
+        tracing::error!(file, error = %msg, "flags file rejected; the last good flags stay in force");
+        ::metrics::counter!(m::FLAG_RELOADS, "result" => "error").increment(1);
+        let _ = self.apply("file", |l| {
+            l.last_error = Some(msg.clone());
+            Ok(())
+        });
+        msg
+    }
+
+    /// Sets admin overrides atomically (all or nothing), then persists them.
+    pub fn set_overrides(&self, who: &str, changes: BTreeMap<String, FlagValue>) -> Result<Arc<Snapshot>, StoreError> {
+        self.apply(who, |l| {
+            let mut next = l.overrides.clone();
+            next.extend(changes);
+            self.persist(&next)?;
+            l.overrides = next;
+            Ok(())
+        })
+    }
+
+    /// Drops one override; `Ok(false)` when there was none.
+    pub fn delete_override(&self, who: &str, key: &str) -> Result<bool, StoreError> {
+        let mut existed = false;
+        self.apply(who, |l| {
+            let mut next = l.overrides.clone();
+            existed = next.remove(key).is_some();
+            if existed {
+                self.persist(&next)?;
+                l.overrides = next;
+            }
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    fn persist(&self, overrides: &BTreeMap<String, FlagValue>) -> Result<(), StoreError> {
+        let Some(path) = &self.overrides_file else { return Ok(()) };
+        let map: serde_json::Map<String, serde_json::Value> =
+            overrides.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let text = format!(
+            "# Admin overrides written by realtime-edge; edit through the admin API.\n{}",
+            yaml_serde::to_string(&map).unwrap_or_default()
+        );
+        let err = |source| StoreError::Persist {
+            file: path.display().to_string(),
+            source,
+        };
+        // Write then rename, so a crash never leaves a half-written file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Runs `change` on the layers under the writer lock, then publishes a
+    /// new snapshot if the effective flags or the error changed.
+    fn apply(
+        &self,
+        who: &str,
+        change: impl FnOnce(&mut Layers) -> Result<(), StoreError>,
+    ) -> Result<Arc<Snapshot>, StoreError> {
+        let mut layers = self.layers.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut layers)?;
+        let old = self.current.load_full();
+        let mut next = build(&self.schema, &layers, old.version);
+        let changed: Vec<(String, String, String)> = next
+            .values
+            .iter()
+            .filter_map(|(k, v)| {
+                let before = old.values.get(k);
+                (before != Some(v)).then(|| (k.clone(), before.map(|b| b.to_string()).unwrap_or_default(), v.to_string()))
+            })
+            .collect();
+        let sources_changed = next.sources != old.sources;
+        if changed.is_empty() && !sources_changed && next.last_error == old.last_error {
+            return Ok(old);
+        }
+        next.version = old.version + 1;
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        if !changed.is_empty() {
+            let now = clock::now_rfc3339();
+            let mut hist = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, old_v, new_v) in changed {
+                tracing::info!(who, key, old = %old_v, new = %new_v, version = next.version, "flag changed");
+                hist.push_back(HistoryEntry {
+                    time: now.clone(),
+                    who: who.to_string(),
+                    key,
+                    old: old_v,
+                    new: new_v,
+                });
+                while hist.len() > HISTORY_LIMIT {
+                    hist.pop_front();
+                }
+            }
+        }
+        ::metrics::gauge!(m::FLAGS_VERSION).set(next.version as f64);
+        self.notify.send_replace(next.clone());
+        Ok(next)
+    }
+}
+
+fn build(schema: &FlagSchema, layers: &Layers, version: u64) -> Snapshot {
+    let mut values = schema.defaults();
+    let mut sources: BTreeMap<String, Source> = values.keys().map(|k| (k.clone(), Source::Default)).collect();
+    for (layer, source) in [
+        (&layers.env, Source::Env),
+        (&layers.file, Source::File),
+        (&layers.overrides, Source::Override),
+    ] {
+        for (k, v) in layer {
+            values.insert(k.clone(), v.clone());
+            sources.insert(k.clone(), source);
+        }
+    }
+    Snapshot {
+        version,
+        flags: schema.typed(&values),
+        values,
+        sources,
+        last_error: layers.last_error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::{ROLLOUT_PERCENT, STREAMING_V2};
+
+    fn store(overrides: Option<PathBuf>) -> Arc<FlagStore> {
+        let schema = FlagSchema::new(vec!["finance".into()]);
+        let env = BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(5))]);
+        FlagStore::new(schema, env, overrides)
+    }
+
+    #[test]
+    fn layers_and_sources() {
+        let s = store(None);
+        assert_eq!(s.current().flags.rollout_percent, 5);
+        assert_eq!(s.current().sources[ROLLOUT_PERCENT], Source::Env);
+        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 20\nREALTIME_STREAMING_V2: true")).unwrap();
+        assert_eq!(s.current().flags.rollout_percent, 20);
+        assert_eq!(s.current().sources[ROLLOUT_PERCENT], Source::File);
+        s.set_overrides("admin", BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(50))]))
+            .unwrap();
+        assert_eq!(s.current().flags.rollout_percent, 50);
+        assert_eq!(s.current().sources[ROLLOUT_PERCENT], Source::Override);
+        assert!(s.delete_override("admin", ROLLOUT_PERCENT).unwrap());
+        assert_eq!(s.current().flags.rollout_percent, 20);
+        assert!(!s.delete_override("admin", ROLLOUT_PERCENT).unwrap());
+        let hist = s.history();
+        assert!(hist.iter().any(|h| h.key == ROLLOUT_PERCENT && h.old == "20" && h.new == "50" && h.who == "admin"));
+        assert!(hist.iter().any(|h| h.key == STREAMING_V2 && h.who == "file f.yaml"));
+    }
+
+    #[test]
+    fn bad_file_keeps_last_good_flags() {
+        let s = store(None);
+        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 30")).unwrap();
+        let v = s.current().version;
+        assert!(s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 300")).is_err());
+        let snap = s.current();
+        assert_eq!(snap.flags.rollout_percent, 30);
+        assert!(snap.last_error.as_deref().unwrap().contains("REALTIME_ROLLOUT_PERCENT"));
+        assert!(snap.version > v);
+        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 40")).unwrap();
+        assert_eq!(s.current().last_error, None);
+    }
+
+    #[test]
+    fn watchers_see_each_version() {
+        let s = store(None);
+        let mut rx = s.subscribe();
+        s.set_overrides("t", BTreeMap::from([(STREAMING_V2.to_string(), FlagValue::Bool(true))]))
+            .unwrap();
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().flags.streaming_v2);
+        // Setting the same value again is not a change.
+        let v = s.current().version;
+        s.set_overrides("t", BTreeMap::from([(STREAMING_V2.to_string(), FlagValue::Bool(true))]))
+            .unwrap();
+        assert_eq!(s.current().version, v);
+    }
+
+    #[test]
+    fn overrides_persist_and_reload() {
+        let dir = std::env::temp_dir().join(format!("re-flags-{}-{}", std::process::id(), clock::unix_millis()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("overrides.yaml");
+        let s = store(Some(path.clone()));
+        s.set_overrides("t", BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(77))]))
+            .unwrap();
+        let again = store(Some(path.clone()));
+        again.load_overrides().unwrap();
+        assert_eq!(again.current().flags.rollout_percent, 77);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

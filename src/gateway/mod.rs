@@ -1,0 +1,118 @@
+//! The client-facing listener: `/v2/realtime/stream` is served here, every
+//! other request and upgrade goes to the backend unchanged (pass-through).
+
+pub mod passthrough;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::auth::{self, Verifier};
+use crate::http_server::{Body, json_error};
+use crate::hub::HubRegistry;
+use crate::metrics::{self as m, error_kind};
+
+/// The path of the unified stream.
+pub const STREAM_PATH: &str = "/v2/realtime/stream";
+
+/// Buffers of a client WebSocket: small, since most connections are idle
+/// (tungstenite's 128 KiB default read buffer would dominate memory).
+pub fn server_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024))
+}
+
+/// What the client listener needs.
+pub struct Gateway {
+    pub registry: Arc<HubRegistry>,
+    pub verifier: Arc<Verifier>,
+    pub passthrough: passthrough::Passthrough,
+    pub stream_slots: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub tls: bool,
+}
+
+impl Gateway {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.uri().path() == STREAM_PATH {
+            self.stream(req).await
+        } else {
+            self.passthrough.forward(req, peer, self.tls).await
+        }
+    }
+
+    async fn stream(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let stats = &self.registry.context().stats;
+        let Some(token) = auth::token_from_request(req.headers(), req.uri().query()) else {
+            stats.count_error(error_kind::AUTH);
+            return json_error(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization header or access_token parameter)");
+        };
+        let identity = match self.verifier.verify(&token) {
+            Ok(i) => i,
+            Err(e) => {
+                stats.count_error(error_kind::AUTH);
+                return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+            }
+        };
+        let is_upgrade = req
+            .headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
+        let (true, Some(key)) = (is_upgrade && req.method() == http::Method::GET, key) else {
+            return json_error(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
+        };
+        if req.headers().get(http::header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+            return json_error(StatusCode::BAD_REQUEST, "unsupported WebSocket version (13 required)");
+        }
+        let Ok(permit) = self.stream_slots.clone().try_acquire_owned() else {
+            stats.count_error(error_kind::OVERLOAD);
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many streams on this sidecar; retry shortly");
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let registry = self.registry.clone();
+        let shutdown = self.shutdown.clone();
+        let token: Arc<str> = token.into();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            let stats = registry.context().stats.clone();
+            stats.active_connections.fetch_add(1, Ordering::Relaxed);
+            stats.total_connections.fetch_add(1, Ordering::Relaxed);
+            ::metrics::gauge!(m::ACTIVE_CONNECTIONS).increment(1.0);
+            ::metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
+            tracing::info!(org = identity.org_id, "connected");
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(server_ws_config())).await;
+            session::run(ws, identity, token, registry, shutdown).await;
+            stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+            ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+            .body(crate::http_server::full(""))
+            .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade response"))
+    }
+}

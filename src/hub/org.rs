@@ -1,0 +1,723 @@
+//! One organisation's hub: an actor task that owns the org's stream.
+//!
+//! It alone assigns positions (`seq`), keeps the replay window and the
+//! recent-eventId set, batches per service, serialises each batch once per
+//! view (services + property filter) and pushes the shared bytes into the
+//! sessions' queues. It also owns the org's sources and swaps them when the
+//! flags move the org: start the new source, and stop the old one only when
+//! the new one is ready, de-duplicating the overlap by eventId.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::dedup::RecentIds;
+use super::queue::{Delivery, Frame, SessionQueue};
+use super::tokens::TokenPool;
+use super::{HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, SessionId, SourceId, SourceStatus};
+use crate::auth::OrgId;
+use crate::config::Config;
+use crate::flags::{Mode, Snapshot, decide, decide_org};
+use crate::metrics::{self as m, error_kind};
+use crate::protocol::{self, ErrorCode, PropertyKey};
+use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, TokenChoice};
+
+/// Messages handled per wake-up before the hub looks at its timers again.
+const DRAIN_LIMIT: usize = 256;
+/// At most one `error` message per service in this interval.
+const ERROR_REPEAT: Duration = Duration::from_secs(5);
+
+struct Stored {
+    seq: u64,
+    service: u16,
+    raw: Box<RawValue>,
+    property: Option<PropertyKey>,
+    origin_ms: i64,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ViewKey {
+    services: Vec<u16>,
+    property: Option<PropertyKey>,
+}
+
+impl ViewKey {
+    fn wants(&self, e: &Stored) -> bool {
+        self.services.binary_search(&e.service).is_ok()
+            && match (&self.property, &e.property) {
+                (Some(want), Some(has)) => want == has,
+                _ => true,
+            }
+    }
+}
+
+struct Member {
+    queue: Arc<SessionQueue>,
+    view: ViewKey,
+}
+
+#[derive(Default)]
+struct Slot {
+    subscribers: usize,
+    /// Set when the last subscriber left; sources stay for the linger.
+    idle_since: Option<Instant>,
+    pending: Vec<IncomingEvent>,
+    last_flush: Option<Instant>,
+    /// The newest V1 cursor, so a new poller continues where the last stopped.
+    cursor: Option<String>,
+    last_error_sent: Option<Instant>,
+    serving: Option<Mode>,
+}
+
+enum SourceKind {
+    SharedPoller(u16),
+    SessionPoller(u16, SessionId),
+    Native(Vec<u16>),
+}
+
+struct Running {
+    kind: SourceKind,
+    ready: bool,
+    handle: SourceHandle,
+}
+
+pub(super) struct OrgHub {
+    org: OrgId,
+    registry: Arc<HubRegistry>,
+    ctx: Arc<HubContext>,
+    cfg: Arc<Config>,
+    me: mpsc::Sender<HubMsg>,
+    inbox: mpsc::Receiver<HubMsg>,
+    flags: Arc<Snapshot>,
+    flag_rx: watch::Receiver<Arc<Snapshot>>,
+    base_seq: u64,
+    seq: u64,
+    replay: VecDeque<Arc<Stored>>,
+    recent: RecentIds,
+    members: HashMap<SessionId, Member>,
+    views: HashMap<ViewKey, Vec<(SessionId, Arc<SessionQueue>)>>,
+    slots: Vec<Slot>,
+    sources: HashMap<SourceId, Running>,
+    next_source: SourceId,
+    native_seq: Option<u64>,
+    native_down_since: Option<Instant>,
+    tokens: Arc<TokenPool>,
+    empty_since: Option<Instant>,
+    next_ping: Instant,
+}
+
+impl OrgHub {
+    pub(super) fn new(org: OrgId, registry: Arc<HubRegistry>, me: mpsc::Sender<HubMsg>, inbox: mpsc::Receiver<HubMsg>) -> Self {
+        let ctx = registry.context().clone();
+        let cfg = ctx.config.clone();
+        let mut flag_rx = ctx.flags.subscribe();
+        let flags = flag_rx.borrow_and_update().clone();
+        // Positions start from the creation time in microseconds-ish units,
+        // so a lastSeq from an earlier run, an earlier hub of this org or
+        // another replica is never mistaken for a position in this one.
+        let base_seq = (crate::clock::unix_millis().max(0) as u64) * 1000;
+        OrgHub {
+            org,
+            slots: (0..cfg.services.len()).map(|_| Slot::default()).collect(),
+            recent: RecentIds::new(cfg.stream.dedup_events),
+            next_ping: Instant::now() + cfg.stream.ping_interval,
+            registry,
+            ctx,
+            cfg,
+            me,
+            inbox,
+            flags,
+            flag_rx,
+            base_seq,
+            seq: base_seq,
+            replay: VecDeque::new(),
+            members: HashMap::new(),
+            views: HashMap::new(),
+            sources: HashMap::new(),
+            next_source: 1,
+            native_seq: None,
+            native_down_since: None,
+            tokens: Arc::new(TokenPool::default()),
+            empty_since: Some(Instant::now()),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut flags_open = true;
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                msg = self.inbox.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    for _ in 0..DRAIN_LIMIT {
+                        match self.inbox.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                changed = self.flag_rx.changed(), if flags_open => {
+                    match changed {
+                        Ok(()) => {
+                            self.flags = self.flag_rx.borrow_and_update().clone();
+                            self.reconcile();
+                        }
+                        Err(_) => flags_open = false,
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.changed() => break,
+            }
+            let now = Instant::now();
+            self.flush_due(now);
+            if now >= self.next_ping {
+                self.next_ping = now + self.cfg.stream.ping_interval;
+                self.broadcast(Frame::control(protocol::ping_message(self.seq)));
+            }
+            if self.fallback_deadline().is_some_and(|d| now >= d) || self.slot_linger_due(now) {
+                self.reconcile();
+            }
+            if self.members.is_empty()
+                && self.empty_since.is_some_and(|t| now >= t + self.cfg.stream.hub_linger)
+                && self.registry.retire(self.org, &self.inbox, &self.me)
+            {
+                self.stop_all();
+                return;
+            }
+        }
+        self.stop_all();
+        self.registry.forget(self.org, &self.me);
+    }
+
+    fn stop_all(&mut self) {
+        for (_, r) in self.sources.drain() {
+            r.handle.stop();
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = self.next_ping;
+        let window = self.cfg.stream.batch_window;
+        for slot in &self.slots {
+            if !slot.pending.is_empty() {
+                let at = slot.last_flush.map_or_else(Instant::now, |t| t + window);
+                d = d.min(at);
+            }
+            if slot.subscribers == 0
+                && let Some(t) = slot.idle_since
+            {
+                d = d.min(t + self.cfg.stream.hub_linger);
+            }
+        }
+        if let Some(f) = self.fallback_deadline() {
+            d = d.min(f);
+        }
+        if self.members.is_empty()
+            && let Some(t) = self.empty_since
+        {
+            d = d.min(t + self.cfg.stream.hub_linger);
+        }
+        d
+    }
+
+    fn fallback_deadline(&self) -> Option<Instant> {
+        self.native_down_since.map(|t| t + self.cfg.upstream.native_fallback_after)
+    }
+
+    fn slot_linger_due(&self, now: Instant) -> bool {
+        self.slots.iter().any(|s| {
+            s.subscribers == 0 && s.idle_since.is_some_and(|t| now >= t + self.cfg.stream.hub_linger)
+        })
+    }
+
+    fn handle(&mut self, msg: HubMsg) {
+        match msg {
+            HubMsg::Join(req) => self.join(*req),
+            HubMsg::Leave(id) => self.leave(id),
+            HubMsg::Events {
+                source,
+                service,
+                events,
+                cursor,
+                native_seq,
+            } => self.accept_events(source, service, events, cursor, native_seq),
+            HubMsg::Status { source, status } => self.source_status(source, status),
+        }
+    }
+
+    // ---- connections ------------------------------------------------------
+
+    fn join(&mut self, req: JoinRequest) {
+        let view = ViewKey {
+            services: req.services.clone(),
+            property: req.property.clone(),
+        };
+        self.tokens.add(req.session, req.token.clone(), req.expires_at);
+        for &s in &req.services {
+            if let Some(slot) = self.slots.get_mut(s as usize) {
+                slot.subscribers += 1;
+                slot.idle_since = None;
+            }
+        }
+        let mode = self.ack_mode(&req.services);
+        let resumed = req.last_seq.is_some_and(|n| self.can_resume(n));
+        let q = &req.queue;
+        q.push(Frame::control(protocol::ack_message(self.seq, mode, resumed)));
+        for name in &req.unknown_services {
+            q.push(Frame::control(protocol::error_message(
+                Some(name),
+                ErrorCode::UnknownService,
+                &format!("unknown service {name:?}"),
+                self.seq,
+            )));
+        }
+        if resumed && let Some(n) = req.last_seq {
+            self.replay_to(q, &view, n);
+        }
+        self.views.entry(view.clone()).or_default().push((req.session, req.queue.clone()));
+        self.members.insert(req.session, Member { queue: req.queue, view });
+        self.empty_since = None;
+        let _ = req.reply.send(JoinReply { mode, resumed });
+        self.reconcile();
+    }
+
+    fn leave(&mut self, id: SessionId) {
+        let Some(member) = self.members.remove(&id) else { return };
+        self.tokens.remove(id);
+        if let Some(list) = self.views.get_mut(&member.view) {
+            list.retain(|(sid, _)| *sid != id);
+            if list.is_empty() {
+                self.views.remove(&member.view);
+            }
+        }
+        let now = Instant::now();
+        for &s in &member.view.services {
+            if let Some(slot) = self.slots.get_mut(s as usize) {
+                slot.subscribers = slot.subscribers.saturating_sub(1);
+                if slot.subscribers == 0 {
+                    slot.idle_since = Some(now);
+                }
+            }
+        }
+        if self.members.is_empty() {
+            self.empty_since = Some(now);
+        }
+        self.reconcile();
+    }
+
+    fn ack_mode(&self, services: &[u16]) -> &'static str {
+        let group = &self.cfg.rollout_group;
+        let mut modes = services.iter().map(|&s| decide(&self.flags.flags, group, self.org, s as usize).0);
+        let first = modes.next().unwrap_or_else(|| decide_org(&self.flags.flags, group, self.org).0);
+        if modes.all(|m| m == first) { first.as_str() } else { "mixed" }
+    }
+
+    /// True when every event after `n` of this hub is still in the window.
+    fn can_resume(&self, n: u64) -> bool {
+        if n < self.base_seq || n > self.seq {
+            return false;
+        }
+        match self.replay.front() {
+            Some(first) => first.seq <= n + 1,
+            None => n == self.seq,
+        }
+    }
+
+    fn replay_to(&self, q: &SessionQueue, view: &ViewKey, after: u64) {
+        let start = self.replay.partition_point(|e| e.seq <= after);
+        let mut run: Vec<&Arc<Stored>> = Vec::new();
+        for e in self.replay.range(start..).filter(|e| view.wants(e)) {
+            if run.last().is_some_and(|l| l.service != e.service) || run.len() >= self.cfg.stream.batch_max_events {
+                q.push(self.event_frame(&run));
+                run.clear();
+            }
+            run.push(e);
+        }
+        if !run.is_empty() {
+            q.push(self.event_frame(&run));
+        }
+    }
+
+    /// One `event` message of events of one service.
+    fn event_frame(&self, events: &[&Arc<Stored>]) -> Frame {
+        let last = events[events.len() - 1];
+        let name = &self.cfg.services[last.service as usize].name;
+        Frame {
+            text: protocol::event_message(name, events.iter().map(|e| &*e.raw), last.seq).into(),
+            delivery: Some(Delivery {
+                service: last.service,
+                origins_ms: events.iter().map(|e| e.origin_ms).collect(),
+            }),
+        }
+    }
+
+    fn broadcast(&self, frame: Frame) {
+        for m in self.members.values() {
+            m.queue.push(frame.clone());
+        }
+    }
+
+    fn send_error(&mut self, service: u16, code: ErrorCode, message: &str) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(service as usize) else { return };
+        if slot.last_error_sent.is_some_and(|t| now < t + ERROR_REPEAT) {
+            return;
+        }
+        slot.last_error_sent = Some(now);
+        let name = &self.cfg.services[service as usize].name;
+        let frame = Frame::control(protocol::error_message(Some(name), code, message, self.seq));
+        for m in self.members.values() {
+            if m.view.services.binary_search(&service).is_ok() {
+                m.queue.push(frame.clone());
+            }
+        }
+    }
+
+    // ---- events -------------------------------------------------------------
+
+    fn accept_events(
+        &mut self,
+        _source: SourceId,
+        service: u16,
+        events: Vec<IncomingEvent>,
+        cursor: Option<String>,
+        native_seq: Option<u64>,
+    ) {
+        if let Some(n) = native_seq {
+            self.native_seq = Some(self.native_seq.map_or(n, |o| o.max(n)));
+        }
+        let Some(slot) = self.slots.get_mut(service as usize) else { return };
+        if cursor.is_some() {
+            slot.cursor = cursor;
+        }
+        // Any source's events are accepted, even from one being retired:
+        // they may predate what its replacement covers. Duplicates go.
+        for ev in events {
+            if ev.org != Some(self.org) {
+                tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
+                    "dropped an event of another org (or without orgId) from the backend");
+                self.ctx.stats.count_error(error_kind::CROSS_ORG);
+                ::metrics::counter!(m::CROSS_ORG_DROPPED).increment(1);
+                continue;
+            }
+            if self.recent.insert(&ev.id) {
+                slot.pending.push(ev);
+            }
+        }
+        if slot.last_error_sent.is_some() && !slot.pending.is_empty() {
+            // Events flowing again announce the recovery.
+            slot.last_error_sent = None;
+        }
+        self.flush_due(Instant::now());
+    }
+
+    fn flush_due(&mut self, now: Instant) {
+        let window = self.cfg.stream.batch_window;
+        let max = self.cfg.stream.batch_max_events;
+        for s in 0..self.slots.len() {
+            let slot = &self.slots[s];
+            if slot.pending.is_empty() {
+                continue;
+            }
+            let due = slot.pending.len() >= max || slot.last_flush.is_none_or(|t| now >= t + window);
+            if due {
+                self.flush(s as u16, now);
+            }
+        }
+    }
+
+    fn flush(&mut self, service: u16, now: Instant) {
+        let slot = &mut self.slots[service as usize];
+        let pending = std::mem::take(&mut slot.pending);
+        slot.last_flush = Some(now);
+        let mut stored = Vec::with_capacity(pending.len());
+        for ev in pending {
+            self.seq += 1;
+            stored.push(Arc::new(Stored {
+                seq: self.seq,
+                service,
+                raw: ev.raw,
+                property: ev.property,
+                origin_ms: ev.origin_ms,
+            }));
+        }
+        let limit = self.cfg.stream.replay_events;
+        for e in &stored {
+            self.replay.push_back(e.clone());
+        }
+        while self.replay.len() > limit {
+            self.replay.pop_front();
+        }
+        for chunk in stored.chunks(self.cfg.stream.batch_max_events) {
+            for (view, members) in &self.views {
+                let selected: Vec<&Arc<Stored>> = chunk.iter().filter(|e| view.wants(e)).collect();
+                if selected.is_empty() {
+                    continue;
+                }
+                let frame = self.event_frame(&selected);
+                for (_, q) in members {
+                    q.push(frame.clone());
+                }
+            }
+        }
+    }
+
+    // ---- sources ------------------------------------------------------------
+
+    fn source_status(&mut self, source: SourceId, status: SourceStatus) {
+        let Some(running) = self.sources.get_mut(&source) else { return };
+        match status {
+            SourceStatus::Ready => {
+                running.ready = true;
+                if matches!(running.kind, SourceKind::Native(_)) {
+                    if self.native_down_since.is_some() {
+                        tracing::info!(org = self.org, "native stream link is up");
+                    }
+                    self.native_down_since = None;
+                }
+                self.reconcile();
+            }
+            SourceStatus::Down => {
+                running.ready = false;
+                if matches!(running.kind, SourceKind::Native(_)) && self.native_down_since.is_none() {
+                    self.native_down_since = Some(Instant::now());
+                }
+                self.reconcile();
+            }
+            SourceStatus::Failed { service, auth, message } => {
+                let affected: Vec<u16> = match (&running.kind, service) {
+                    (_, Some(s)) => vec![s],
+                    (SourceKind::Native(set), None) => set.clone(),
+                    (SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _), None) => vec![*s],
+                };
+                let native = matches!(running.kind, SourceKind::Native(_));
+                self.ctx.stats.count_error(if auth { error_kind::UPSTREAM_AUTH } else { error_kind::UPSTREAM });
+                let code = if auth { ErrorCode::UpstreamAuth } else { ErrorCode::UpstreamError };
+                for s in affected {
+                    // A failing link only matters to clients it is serving.
+                    let serving = self.slots[s as usize].serving;
+                    if (native && serving == Some(Mode::Native)) || (!native && serving == Some(Mode::Poll)) {
+                        self.send_error(s, code, &message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn active(&self, s: usize, now: Instant) -> bool {
+        let slot = &self.slots[s];
+        slot.subscribers > 0 || slot.idle_since.is_some_and(|t| now < t + self.cfg.stream.hub_linger)
+    }
+
+    /// Brings the running sources in line with the flags and subscribers.
+    /// Starts what is missing first; stops what is no longer wanted only
+    /// once its replacement is ready (make-before-break).
+    fn reconcile(&mut self) {
+        let now = Instant::now();
+        let n = self.slots.len();
+        let group = self.cfg.rollout_group.clone();
+        let flags = self.flags.flags.clone();
+        let fallback = self.fallback_deadline().is_some_and(|d| now >= d);
+        let mut decided: Vec<Option<Mode>> = vec![None; n];
+        let mut serve: Vec<Option<Mode>> = vec![None; n];
+        for s in 0..n {
+            if !self.active(s, now) {
+                continue;
+            }
+            let d = decide(&flags, &group, self.org, s).0;
+            decided[s] = Some(d);
+            let v1 = flags.service_v1.get(s).copied().unwrap_or(true);
+            serve[s] = Some(if d == Mode::Native && fallback && v1 { Mode::Poll } else { d });
+        }
+
+        // Start pollers.
+        for s in 0..n {
+            if serve[s] != Some(Mode::Poll) {
+                continue;
+            }
+            let s16 = s as u16;
+            if flags.leader_enabled {
+                if !self.sources.values().any(|r| matches!(r.kind, SourceKind::SharedPoller(x) if x == s16)) {
+                    self.start_poller(s16, None);
+                }
+            } else {
+                let wanting: Vec<SessionId> = self
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.view.services.binary_search(&s16).is_ok())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in wanting {
+                    if !self
+                        .sources
+                        .values()
+                        .any(|r| matches!(r.kind, SourceKind::SessionPoller(x, sid) if x == s16 && sid == id))
+                    {
+                        self.start_poller(s16, Some(id));
+                    }
+                }
+            }
+        }
+
+        // Start a native link covering every service decided native (it
+        // keeps running during a fallback, so it can come back).
+        let native_want: Vec<u16> = (0..n).filter(|&s| decided[s] == Some(Mode::Native)).map(|s| s as u16).collect();
+        let newest_native = self.newest_native();
+        let adequate = newest_native.is_some_and(|id| match &self.sources[&id].kind {
+            SourceKind::Native(set) => native_want.iter().all(|s| set.binary_search(s).is_ok()),
+            _ => false,
+        });
+        if !native_want.is_empty() && !adequate {
+            self.start_native(native_want.clone());
+        }
+        let newest_native = self.newest_native().filter(|_| !native_want.is_empty());
+
+        // Stop what is no longer wanted, once its replacement is ready.
+        let poll_ready = |hub: &OrgHub, s: u16| -> bool {
+            let mut any = false;
+            let mut all = true;
+            for r in hub.sources.values() {
+                match r.kind {
+                    SourceKind::SharedPoller(x) if x == s && flags.leader_enabled => {
+                        any = true;
+                        all &= r.ready;
+                    }
+                    SourceKind::SessionPoller(x, _) if x == s && !flags.leader_enabled => {
+                        any = true;
+                        all &= r.ready;
+                    }
+                    _ => {}
+                }
+            }
+            any && all
+        };
+        let native_ready = |hub: &OrgHub, s: u16| -> bool {
+            newest_native.is_some_and(|id| {
+                let r = &hub.sources[&id];
+                r.ready && matches!(&r.kind, SourceKind::Native(set) if set.binary_search(&s).is_ok())
+            })
+        };
+        let replacement_ready = |hub: &OrgHub, s: u16| -> bool {
+            match serve[s as usize] {
+                None => true,
+                Some(Mode::Poll) => poll_ready(hub, s),
+                Some(Mode::Native) => native_ready(hub, s),
+            }
+        };
+        let mut to_stop = Vec::new();
+        for (&id, r) in &self.sources {
+            let stop = match &r.kind {
+                SourceKind::SharedPoller(s) => {
+                    let wanted = serve[*s as usize] == Some(Mode::Poll) && flags.leader_enabled;
+                    !wanted && replacement_ready(self, *s)
+                }
+                SourceKind::SessionPoller(s, sid) => {
+                    let still_member = self.members.get(sid).is_some_and(|m| m.view.services.binary_search(s).is_ok());
+                    let wanted = serve[*s as usize] == Some(Mode::Poll) && !flags.leader_enabled && still_member;
+                    !wanted && (!still_member || replacement_ready(self, *s))
+                }
+                SourceKind::Native(set) => {
+                    let wanted = Some(id) == newest_native;
+                    !wanted && set.iter().all(|&s| replacement_ready(self, s))
+                }
+            };
+            if stop {
+                to_stop.push(id);
+            }
+        }
+        for id in to_stop {
+            if let Some(r) = self.sources.remove(&id) {
+                r.handle.stop();
+            }
+        }
+        if self.newest_native().is_none() {
+            self.native_down_since = None;
+        }
+
+        // Record switches of the effective source.
+        for s in 0..n {
+            let was = self.slots[s].serving;
+            if serve[s] != was {
+                if let (Some(from), Some(to)) = (was, serve[s]) {
+                    tracing::info!(org = self.org, service = %self.cfg.services[s].name, from = from.as_str(), to = to.as_str(),
+                        fallback = fallback && decided[s] == Some(Mode::Native), "mode switch");
+                    ::metrics::counter!(m::MODE_SWITCHES, "to" => to.as_str()).increment(1);
+                }
+                self.slots[s].serving = serve[s];
+            }
+            if serve[s].is_none() && self.slots[s].subscribers == 0 {
+                self.slots[s].idle_since = None;
+                self.slots[s].pending.clear();
+            }
+        }
+    }
+
+    fn newest_native(&self) -> Option<SourceId> {
+        self.sources
+            .iter()
+            .filter(|(_, r)| matches!(r.kind, SourceKind::Native(_)))
+            .map(|(id, _)| *id)
+            .max()
+    }
+
+    fn alloc_source(&mut self) -> SourceId {
+        let id = self.next_source;
+        self.next_source += 1;
+        id
+    }
+
+    fn start_poller(&mut self, service: u16, session: Option<SessionId>) {
+        let id = self.alloc_source();
+        let cursor = self.slots[service as usize].cursor.clone();
+        // A poller that starts from a known cursor covers everything since
+        // its predecessor; it is ready at once.
+        let ready = cursor.is_some();
+        let spec = PollerSpec {
+            org: self.org,
+            service,
+            source: id,
+            cursor,
+            tokens: match session {
+                None => TokenChoice::Pool(self.tokens.clone()),
+                Some(s) => TokenChoice::Session(self.tokens.clone(), s),
+            },
+            hub: self.me.clone(),
+        };
+        let handle = self.ctx.upstream.spawn_poller(spec);
+        let kind = match session {
+            None => SourceKind::SharedPoller(service),
+            Some(s) => SourceKind::SessionPoller(service, s),
+        };
+        self.sources.insert(id, Running { kind, ready, handle });
+    }
+
+    fn start_native(&mut self, services: Vec<u16>) {
+        let id = self.alloc_source();
+        if !self.sources.values().any(|r| matches!(r.kind, SourceKind::Native(_)) && r.ready) && self.native_down_since.is_none() {
+            self.native_down_since = Some(Instant::now());
+        }
+        let spec = NativeSpec {
+            org: self.org,
+            services: services.clone(),
+            source: id,
+            last_seq: self.native_seq,
+            tokens: self.tokens.clone(),
+            hub: self.me.clone(),
+        };
+        let handle = self.ctx.upstream.spawn_native(spec);
+        self.sources.insert(
+            id,
+            Running {
+                kind: SourceKind::Native(services),
+                ready: false,
+                handle,
+            },
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! The send queue of one client connection, bounded in bytes.
+//!
+//! The hub pushes frames without ever waiting; the connection's task drains
+//! them to the socket. When a client falls further behind than
+//! `max_queue_bytes`, the queue drops what it holds, marks itself
+//! overflowed, and the connection closes with 1013 (the client resumes with
+//! lastSeq). One stalled client so costs at most its queue.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// One serialised server message, shared by every connection of a view.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub text: Utf8Bytes,
+    /// For event messages: the service index and the origin time (epoch ms)
+    /// of each event, for the latency measurement at write time.
+    pub delivery: Option<Delivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub service: u16,
+    pub origins_ms: Arc<[i64]>,
+}
+
+impl Frame {
+    pub fn control(text: String) -> Frame {
+        Frame {
+            text: text.into(),
+            delivery: None,
+        }
+    }
+}
+
+/// Why the queue stopped accepting frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueClosed {
+    /// The client fell more than `max_queue_bytes` behind.
+    Overflow,
+}
+
+struct Inner {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    closed: Option<QueueClosed>,
+}
+
+pub struct SessionQueue {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    max_bytes: usize,
+}
+
+impl SessionQueue {
+    pub fn new(max_bytes: usize) -> Arc<SessionQueue> {
+        Arc::new(SessionQueue {
+            inner: Mutex::new(Inner {
+                frames: VecDeque::new(),
+                bytes: 0,
+                closed: None,
+            }),
+            notify: Notify::new(),
+            max_bytes,
+        })
+    }
+
+    /// Appends a frame; returns false when the queue is (now) closed.
+    pub fn push(&self, frame: Frame) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.closed.is_some() {
+            return false;
+        }
+        let len = frame.text.len();
+        if g.bytes + len > self.max_bytes {
+            g.frames.clear();
+            g.frames.shrink_to_fit();
+            g.bytes = 0;
+            g.closed = Some(QueueClosed::Overflow);
+            drop(g);
+            self.notify.notify_one();
+            return false;
+        }
+        g.bytes += len;
+        g.frames.push_back(frame);
+        let was_empty = g.frames.len() == 1;
+        drop(g);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Takes everything queued, or the reason the queue closed.
+    pub fn take(&self, out: &mut Vec<Frame>) -> Result<(), QueueClosed> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.closed {
+            return Err(c);
+        }
+        out.extend(g.frames.drain(..));
+        g.bytes = 0;
+        if g.frames.capacity() > 64 {
+            g.frames.shrink_to_fit();
+        }
+        Ok(())
+    }
+
+    pub fn is_closed(&self) -> Option<QueueClosed> {
+        self.inner.lock().map(|g| g.closed).unwrap_or(None)
+    }
+
+    /// Resolves when frames were pushed or the queue closed.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.lock().map(|g| g.bytes).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_and_frees() {
+        let q = SessionQueue::new(10);
+        assert!(q.push(Frame::control("12345".into())));
+        assert!(q.push(Frame::control("12345".into())));
+        assert_eq!(q.queued_bytes(), 10);
+        assert!(!q.push(Frame::control("1".into())));
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(q.is_closed(), Some(QueueClosed::Overflow));
+        let mut out = Vec::new();
+        assert_eq!(q.take(&mut out), Err(QueueClosed::Overflow));
+        assert!(!q.push(Frame::control("1".into())));
+    }
+
+    #[test]
+    fn take_drains_in_order() {
+        let q = SessionQueue::new(100);
+        q.push(Frame::control("a".into()));
+        q.push(Frame::control("b".into()));
+        let mut out = Vec::new();
+        q.take(&mut out).unwrap();
+        let texts: Vec<&str> = out.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(texts, ["a", "b"]);
+        assert_eq!(q.queued_bytes(), 0);
+    }
+}

@@ -1,0 +1,86 @@
+//! The bearer tokens of an org's live connections. Shared pollers and the
+//! native link borrow one to talk to the backend; a token the backend
+//! refuses is set aside and another connection's token is tried.
+
+use std::sync::{Arc, Mutex};
+
+use crate::clock;
+
+#[derive(Debug)]
+struct Entry {
+    session: u64,
+    token: Arc<str>,
+    expires_at: Option<u64>,
+    refused: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct TokenPool {
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl TokenPool {
+    pub fn add(&self, session: u64, token: Arc<str>, expires_at: Option<u64>) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.push(Entry {
+                session,
+                token,
+                expires_at,
+                refused: false,
+            });
+        }
+    }
+
+    pub fn remove(&self, session: u64) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.retain(|x| x.session != session);
+        }
+    }
+
+    /// A live token the backend has not refused, newest first (the newest
+    /// connection's token usually lives longest).
+    pub fn pick(&self) -> Option<Arc<str>> {
+        let now = (clock::unix_millis() / 1000) as u64;
+        let e = self.entries.lock().ok()?;
+        e.iter()
+            .rev()
+            .find(|x| !x.refused && x.expires_at.is_none_or(|t| t > now))
+            .map(|x| x.token.clone())
+    }
+
+    /// The token of one session (per-connection polling).
+    pub fn of_session(&self, session: u64) -> Option<Arc<str>> {
+        let e = self.entries.lock().ok()?;
+        e.iter().find(|x| x.session == session).map(|x| x.token.clone())
+    }
+
+    /// Marks a token the backend refused with 401/403.
+    pub fn refuse(&self, token: &str) {
+        if let Ok(mut e) = self.entries.lock() {
+            for x in e.iter_mut().filter(|x| &*x.token == token) {
+                x.refused = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_live_unrefused_tokens() {
+        let p = TokenPool::default();
+        assert!(p.pick().is_none());
+        p.add(1, "a".into(), None);
+        p.add(2, "b".into(), Some(1));
+        assert_eq!(p.pick().as_deref(), Some("a"));
+        p.add(3, "c".into(), None);
+        assert_eq!(p.pick().as_deref(), Some("c"));
+        p.refuse("c");
+        assert_eq!(p.pick().as_deref(), Some("a"));
+        p.remove(1);
+        assert!(p.pick().is_none());
+        assert_eq!(p.of_session(3).as_deref(), Some("c"));
+    }
+}

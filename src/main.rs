@@ -1,0 +1,272 @@
+//! The `realtime-edge` binary: parses arguments, sets up logging and
+//! signals, and hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use realtime_edge::config::{CONFIG_ENV, Config, EnvSecrets};
+use realtime_edge::{Listeners, Sidecar, admin_client, demo, watch};
+
+#[derive(Parser)]
+#[command(name = "realtime-edge", version, about = "Edge-proxy sidecar: one WebSocket per browser, served from shared V1 long-pollers or the native stream, switched live by feature flags.")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (the default).
+    Serve {
+        /// Configuration file (YAML); also REALTIME_EDGE_CONFIG.
+        #[arg(long, env = CONFIG_ENV)]
+        config: Option<PathBuf>,
+    },
+    /// Run the sidecar against a built-in simulated backend producing live events.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// Events the simulated backend publishes per second.
+        #[arg(long, default_value_t = 20)]
+        events_per_second: u32,
+        /// Orgs the events are spread over (1..=N).
+        #[arg(long, default_value_t = 3)]
+        orgs: u64,
+    },
+    /// Validate the configuration and flags files; exit non-zero on any problem.
+    Check {
+        #[arg(long, env = CONFIG_ENV)]
+        config: Option<PathBuf>,
+    },
+    /// Read and change feature flags through the admin API.
+    Flags {
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9090", global = true)]
+        admin: String,
+        /// Admin token (or ADMIN_TOKEN).
+        #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: FlagsAction,
+    },
+    /// Connect to a stream and print what arrives.
+    Watch {
+        /// Stream URL, e.g. ws://127.0.0.1:8080/v2/realtime/stream
+        url: String,
+        /// Bearer token.
+        #[arg(long, hide_env_values = true, env = "REALTIME_TOKEN")]
+        token: String,
+        /// Services to subscribe to, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "finance")]
+        services: Vec<String>,
+        /// Only events of this propertyId.
+        #[arg(long)]
+        property: Option<u64>,
+        /// Resume after this position.
+        #[arg(long)]
+        last_seq: Option<u64>,
+        /// Exit after this many event messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print raw JSON messages.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlagsAction {
+    /// Show the flags, their sources and version.
+    Get,
+    /// Set overrides: KEY=VALUE...
+    Set {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Drop an override.
+    Unset { key: String },
+    /// Show the decision for an org.
+    Evaluate { org: u64 },
+    /// Show recent flag changes.
+    History,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!(e.lines().join("\n"))),
+        None => Ok(Config::defaults(&EnvSecrets::from_process())),
+    }
+}
+
+/// `check`: every problem of the config and flags files, or a summary.
+fn check(path: Option<&PathBuf>) -> ExitCode {
+    let config = match path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                for line in e.lines() {
+                    eprintln!("{line}");
+                }
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::defaults(&EnvSecrets::from_process()),
+    };
+    let mut problems = Vec::new();
+    if let Err(e) = Sidecar::preflight(&config) {
+        problems.push(e.to_string());
+    }
+    match Sidecar::flag_store(&config) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(store) => {
+            if let Some(file) = &config.flags.file {
+                match std::fs::read_to_string(file) {
+                    Ok(text) => {
+                        if let Err(p) = store.schema().parse_yaml_file(&text) {
+                            problems.extend(p.into_iter().map(|x| format!("{}: {x}", file.display())));
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => problems.push(format!("{}: {e}", file.display())),
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("{p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    let flags = config.flags.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "none".into());
+    println!(
+        "ok: {}: listen {}, admin {}, upstream {}, {} services, flags file {}",
+        config.source,
+        config.listen,
+        config.admin_listen,
+        config.upstream.base_url,
+        config.services.len(),
+        flags
+    );
+    ExitCode::SUCCESS
+}
+
+async fn flags_command(admin: &str, token: Option<&str>, action: FlagsAction) -> anyhow::Result<()> {
+    use http::Method;
+    let (method, path, form) = match action {
+        FlagsAction::Get => (Method::GET, "/feature-flags".to_string(), None),
+        FlagsAction::Set { pairs } => (
+            Method::POST,
+            "/feature-flags".to_string(),
+            Some(admin_client::form_body(&pairs).map_err(anyhow::Error::msg)?),
+        ),
+        FlagsAction::Unset { key } => (Method::DELETE, format!("/feature-flags/{key}"), None),
+        FlagsAction::Evaluate { org } => (Method::GET, format!("/feature-flags/evaluate?orgId={org}"), None),
+        FlagsAction::History => (Method::GET, "/feature-flags/history".to_string(), None),
+    };
+    let out = admin_client::request(admin, token, method, &path, form).await?;
+    println!("{out}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let command = cli.command.unwrap_or(Command::Serve { config: std::env::var_os(CONFIG_ENV).map(PathBuf::from) });
+    if let Command::Check { config } = &command {
+        return check(config.as_ref());
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        match command {
+            Command::Serve { config } => {
+                let config = load_config(config.as_ref())?;
+                let listeners = Listeners::bind(&config).await?;
+                let sidecar = Sidecar::start(config, listeners).await?;
+                shutdown_signal().await;
+                tracing::info!("shutting down: closing streams with 1001");
+                sidecar.shutdown().await;
+                Ok(())
+            }
+            Command::Demo { listen, admin_listen, events_per_second, orgs } => {
+                let opts = demo::DemoOptions { listen, admin_listen, events_per_second, orgs };
+                demo::run(opts, shutdown_signal()).await.context("demo")
+            }
+            Command::Flags { admin, token, action } => flags_command(&admin, token.as_deref(), action).await,
+            Command::Watch { url, token, services, property, last_seq, count, raw } => {
+                let opts = watch::WatchOptions {
+                    url,
+                    token,
+                    services,
+                    property: property.map(serde_json::Value::from),
+                    last_seq,
+                    max_events: count,
+                    raw,
+                };
+                tokio::select! {
+                    r = watch::run(opts, |line| println!("{line}")) => r.map_err(Into::into),
+                    _ = shutdown_signal() => Ok(()),
+                }
+            }
+            Command::Check { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Metric names, defined once, and the per-instance counters behind
+//! `GET /v2/realtime/metrics`.
+//!
+//! Prometheus series go through the `metrics` facade to a process-wide
+//! recorder ([`install_prometheus`]); label sets are bounded (service, mode,
+//! kind, reason, status class) — never an orgId or a token.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: open client streams. Used by the existing alert rules.
+pub const ACTIVE_CONNECTIONS: &str = "streaming_active_connections";
+/// Gauge: moving average of delivery latency. Used by the existing alert rules.
+pub const AVG_LATENCY_MS: &str = "streaming_avg_latency_ms";
+/// Counter by `kind`. Used by the existing alert rules.
+pub const ERRORS: &str = "streaming_errors";
+/// Histogram by `mode`: event timestamp to batch written to the client socket.
+pub const DELIVERY_LATENCY_SECONDS: &str = "streaming_delivery_latency_seconds";
+/// Counter by `service`: events written to clients.
+pub const EVENTS_DELIVERED: &str = "streaming_events_delivered_total";
+/// Counter: client connections accepted.
+pub const CONNECTIONS_TOTAL: &str = "streaming_connections_total";
+/// Counter by `reason`: client connections closed.
+pub const CONNECTIONS_CLOSED: &str = "streaming_connections_closed_total";
+/// Counter by `service`, `mode`, `status`: requests to the backend.
+pub const UPSTREAM_REQUESTS: &str = "streaming_upstream_requests_total";
+/// Gauge: running V1 pollers.
+pub const UPSTREAM_POLLERS: &str = "streaming_upstream_pollers";
+/// Gauge: open native links.
+pub const UPSTREAM_NATIVE_LINKS: &str = "streaming_upstream_native_links";
+/// Counter by `to`: services switched to another source.
+pub const MODE_SWITCHES: &str = "streaming_mode_switches_total";
+/// Counter by `result`: flags file reloads.
+pub const FLAG_RELOADS: &str = "streaming_flag_reloads_total";
+/// Gauge: current flags version.
+pub const FLAGS_VERSION: &str = "streaming_flags_version";
+/// Counter: events dropped because their orgId was not the hub's.
+pub const CROSS_ORG_DROPPED: &str = "streaming_cross_org_events_dropped_total";
+/// Gauge: org hubs alive.
+pub const ACTIVE_ORGS: &str = "streaming_active_orgs";
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once; later calls reuse it.
+pub fn install_prometheus() -> Option<PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(DELIVERY_LATENCY_SECONDS.to_string()),
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                )
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_gauge!(ACTIVE_CONNECTIONS, "Open client streams");
+    metrics::describe_gauge!(AVG_LATENCY_MS, "Moving average of event delivery latency in milliseconds");
+    metrics::describe_counter!(ERRORS, "Stream errors by kind");
+    metrics::describe_histogram!(DELIVERY_LATENCY_SECONDS, metrics::Unit::Seconds, "Event timestamp to batch written to the client socket");
+    metrics::describe_counter!(EVENTS_DELIVERED, "Events written to client sockets, by service");
+    metrics::describe_counter!(CONNECTIONS_TOTAL, "Client streams accepted");
+    metrics::describe_counter!(CONNECTIONS_CLOSED, "Client streams closed, by reason");
+    metrics::describe_counter!(UPSTREAM_REQUESTS, "Requests to the backend by service, mode and status");
+    metrics::describe_gauge!(UPSTREAM_POLLERS, "Running V1 long-pollers");
+    metrics::describe_gauge!(UPSTREAM_NATIVE_LINKS, "Open native stream links");
+    metrics::describe_counter!(MODE_SWITCHES, "Service sources switched, by target mode");
+    metrics::describe_counter!(FLAG_RELOADS, "Flags file reloads by result");
+    metrics::describe_gauge!(FLAGS_VERSION, "Current flags version");
+    metrics::describe_counter!(CROSS_ORG_DROPPED, "Events dropped because their orgId was not the connection's");
+    metrics::describe_gauge!(ACTIVE_ORGS, "Org hubs alive");
+}
+
+/// Error kinds (the `kind` label of `streaming_errors`).
+pub mod error_kind {
+    pub const UPSTREAM: &str = "upstream";
+    pub const UPSTREAM_AUTH: &str = "upstream_auth";
+    pub const AUTH: &str = "auth";
+    pub const HANDSHAKE: &str = "handshake";
+    pub const SLOW_CLIENT: &str = "slow_client";
+    pub const SEND: &str = "send";
+    pub const CROSS_ORG: &str = "cross_org";
+    pub const OVERLOAD: &str = "overload";
+}
+
+/// Counters of one sidecar instance, for the JSON metrics endpoint.
+#[derive(Default)]
+pub struct Stats {
+    pub active_connections: AtomicU64,
+    pub total_connections: AtomicU64,
+    pub events_delivered: AtomicU64,
+    pub errors: AtomicU64,
+    pub v1_polls: AtomicU64,
+    pub native_connects: AtomicU64,
+    pub active_orgs: AtomicU64,
+    pub connections_poll: AtomicU64,
+    pub connections_native: AtomicU64,
+    pub connections_mixed: AtomicU64,
+    /// Exponentially weighted moving average of latency, in microseconds.
+    latency_ewma_us: AtomicU64,
+    events_by_service: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    pub fn count_error(&self, kind: &'static str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(ERRORS, "kind" => kind).increment(1);
+    }
+
+    /// Records `count` events of `service` delivered after `latency_ms` on average.
+    pub fn record_delivery(&self, service: &str, count: u64, latency_ms: f64) {
+        self.events_delivered.fetch_add(count, Ordering::Relaxed);
+        if let Ok(mut m) = self.events_by_service.lock() {
+            if let Some(v) = m.get_mut(service) {
+                *v += count;
+            } else {
+                m.insert(service.to_string(), count);
+            }
+        }
+        let sample_us = (latency_ms.max(0.0) * 1000.0) as u64;
+        // EWMA with alpha = 1/16, lock-free; races only blur the average.
+        let prev = self.latency_ewma_us.load(Ordering::Relaxed);
+        let next = if prev == 0 { sample_us } else { prev - prev / 16 + sample_us / 16 };
+        self.latency_ewma_us.store(next.max(1), Ordering::Relaxed);
+        metrics::gauge!(AVG_LATENCY_MS).set(next as f64 / 1000.0);
+    }
+
+    pub fn avg_latency_ms(&self) -> f64 {
+        self.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    pub fn events_by_service(&self) -> std::collections::BTreeMap<String, u64> {
+        self.events_by_service.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}

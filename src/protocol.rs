@@ -1,0 +1,260 @@
+//! The client protocol of CONTRACT section 2: the handshake a client sends,
+//! and the JSON text messages the server sends. The same protocol is spoken
+//! by the backend's native stream, so the native link and the simulator use
+//! these types too.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::clock;
+
+/// The only protocol version.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// Machine-readable codes of `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadHandshake,
+    UnsupportedVersion,
+    UnknownService,
+    UpstreamError,
+    UpstreamAuth,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadHandshake => "BAD_HANDSHAKE",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::UnknownService => "UNKNOWN_SERVICE",
+            ErrorCode::UpstreamError => "UPSTREAM_ERROR",
+            ErrorCode::UpstreamAuth => "UPSTREAM_AUTH",
+        }
+    }
+}
+
+/// WebSocket close codes the server uses.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const TOKEN_EXPIRED: u16 = 4001;
+}
+
+/// A property id in canonical text form, so `123` and `"123"` compare equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PropertyKey(pub Box<str>);
+
+impl PropertyKey {
+    /// Canonical form of a JSON value; `None` for null, objects and lists.
+    pub fn from_json(v: &serde_json::Value) -> Option<PropertyKey> {
+        match v {
+            serde_json::Value::Number(n) => Some(PropertyKey(n.to_string().into())),
+            serde_json::Value::String(s) => Some(PropertyKey(s.as_str().into())),
+            _ => None,
+        }
+    }
+}
+
+/// A validated handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handshake {
+    pub services: Vec<String>,
+    pub property: Option<PropertyKey>,
+    pub last_seq: Option<u64>,
+}
+
+/// Why a handshake was refused; the socket is then closed with 1008.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{0}")]
+    Bad(String),
+    #[error("protocol version {0} is not supported (supported: 1)")]
+    UnsupportedVersion(String),
+}
+
+impl HandshakeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            HandshakeError::Bad(_) => ErrorCode::BadHandshake,
+            HandshakeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+        }
+    }
+}
+
+/// Parses the first client message.
+pub fn parse_handshake(text: &str) -> Result<Handshake, HandshakeError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| HandshakeError::Bad(format!("handshake is not valid JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| HandshakeError::Bad("handshake must be a JSON object".into()))?;
+    match obj.get("version") {
+        None => {}
+        Some(v) if v.as_u64() == Some(PROTOCOL_VERSION) => {}
+        Some(v) => return Err(HandshakeError::UnsupportedVersion(v.to_string())),
+    }
+    let services = match obj.get("services") {
+        Some(serde_json::Value::Array(list)) => {
+            let mut out: Vec<String> = Vec::with_capacity(list.len());
+            for s in list {
+                let name = s
+                    .as_str()
+                    .ok_or_else(|| HandshakeError::Bad("services must be a list of strings".into()))?;
+                if !out.iter().any(|o| o == name) {
+                    out.push(name.to_string());
+                }
+            }
+            if out.is_empty() {
+                return Err(HandshakeError::Bad("services must name at least one service".into()));
+            }
+            out
+        }
+        _ => return Err(HandshakeError::Bad("services must be a list of service names".into())),
+    };
+    let property = match obj.get("filters") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(f)) => match f.get("propertyId") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                PropertyKey::from_json(v)
+                    .ok_or_else(|| HandshakeError::Bad("filters.propertyId must be a number or a string".into()))?,
+            ),
+        },
+        Some(_) => return Err(HandshakeError::Bad("filters must be an object".into())),
+    };
+    let last_seq = match obj.get("lastSeq") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| HandshakeError::Bad("lastSeq must be a non-negative integer".into()))?,
+        ),
+    };
+    Ok(Handshake {
+        services,
+        property,
+        last_seq,
+    })
+}
+
+/// Encodes a handshake (the native link and test clients send one).
+pub fn handshake_json(services: &[String], property: Option<&serde_json::Value>, last_seq: Option<u64>) -> String {
+    let mut v = serde_json::json!({"services": services, "version": PROTOCOL_VERSION});
+    if let Some(p) = property {
+        v["filters"] = serde_json::json!({"propertyId": p});
+    }
+    if let Some(s) = last_seq {
+        v["lastSeq"] = serde_json::json!(s);
+    }
+    v.to_string()
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+pub fn ack_message(seq: u64, mode: &str, resumed: bool) -> String {
+    format!(
+        r#"{{"type":"ack","seq":{seq},"timestamp":"{}","mode":{},"resumed":{resumed}}}"#,
+        clock::now_rfc3339(),
+        json_str(mode)
+    )
+}
+
+pub fn ping_message(seq: u64) -> String {
+    format!(r#"{{"type":"ping","seq":{seq},"timestamp":"{}"}}"#, clock::now_rfc3339())
+}
+
+pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq: u64) -> String {
+    let service = service.map(|s| format!(r#""service":{},"#, json_str(s))).unwrap_or_default();
+    format!(
+        r#"{{"type":"error",{service}"code":"{}","message":{},"seq":{seq},"timestamp":"{}"}}"#,
+        code.as_str(),
+        json_str(message),
+        clock::now_rfc3339()
+    )
+}
+
+/// An `event` message around already-serialised event objects.
+pub fn event_message<'a>(service: &str, events: impl Iterator<Item = &'a RawValue>, seq: u64) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str(r#"{"type":"event","service":"#);
+    out.push_str(&json_str(service));
+    out.push_str(r#","events":["#);
+    for (i, e) in events.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(e.get());
+    }
+    out.push_str(r#"],"seq":"#);
+    out.push_str(&seq.to_string());
+    out.push_str(r#","timestamp":""#);
+    out.push_str(&clock::now_rfc3339());
+    out.push_str("\"}");
+    out
+}
+
+/// A server message as a client (the native link, `watch`, tests) reads it.
+#[derive(Debug, Deserialize)]
+pub struct ServerMessage<'a> {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default, borrow)]
+    pub events: Option<Vec<&'a RawValue>>,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub resumed: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_full() {
+        let h = parse_handshake(r#"{"services":["finance","staff","finance"],"version":1,"filters":{"propertyId":123},"lastSeq":42}"#).unwrap();
+        assert_eq!(h.services, vec!["finance", "staff"]);
+        assert_eq!(h.property, Some(PropertyKey("123".into())));
+        assert_eq!(h.last_seq, Some(42));
+    }
+
+    #[test]
+    fn handshake_errors() {
+        assert_eq!(parse_handshake("nope").unwrap_err().code(), ErrorCode::BadHandshake);
+        assert_eq!(parse_handshake("[1]").unwrap_err().code(), ErrorCode::BadHandshake);
+        assert_eq!(parse_handshake(r#"{"services":["a"],"version":2}"#).unwrap_err().code(), ErrorCode::UnsupportedVersion);
+        assert_eq!(parse_handshake(r#"{"services":"a","version":1}"#).unwrap_err().code(), ErrorCode::BadHandshake);
+        assert_eq!(parse_handshake(r#"{"services":[],"version":1}"#).unwrap_err().code(), ErrorCode::BadHandshake);
+        assert_eq!(parse_handshake(r#"{"services":["a"],"lastSeq":-1}"#).unwrap_err().code(), ErrorCode::BadHandshake);
+        assert_eq!(parse_handshake(r#"{"services":["a"],"filters":[]}"#).unwrap_err().code(), ErrorCode::BadHandshake);
+    }
+
+    #[test]
+    fn messages_are_valid_json_with_required_fields() {
+        let raw: Vec<Box<RawValue>> = vec![RawValue::from_string(r#"{"eventId":"e1"}"#.into()).unwrap()];
+        for text in [
+            ack_message(5, "poll", false),
+            ping_message(5),
+            error_message(Some("fin\"ance"), ErrorCode::UpstreamError, "boom \"x\"", 5),
+            event_message("finance", raw.iter().map(|r| r.as_ref()), 5),
+        ] {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["seq"], 5, "{text}");
+            let ts = v["timestamp"].as_str().unwrap();
+            assert!(clock::parse_rfc3339_millis(ts).is_some(), "{ts}");
+            assert!(v["type"].is_string());
+        }
+    }
+}

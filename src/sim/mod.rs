@@ -1,0 +1,329 @@
+//! A simulated backend on loopback, for the demo, the tests and the
+//! benchmark: the ten V1 long-poll endpoints (CONTRACT 3.1), the native
+//! stream (3.2), an event generator, and a control API under `/_sim/`
+//! (publish, faults, counters) that is also available in-process.
+
+mod generator;
+mod native;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use generator::GeneratorConfig;
+pub use state::{Fault, SimState};
+
+use crate::auth::{OrgId, Verifier};
+use crate::config::{AuthConfig, DEFAULT_SERVICES};
+use crate::http_server::{self, Body, BoxError, ServerLimits, json, json_error};
+
+/// How the simulated backend behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub jwt_secret: String,
+    pub org_claim: String,
+    /// How long a V1 request is held when nothing is pending.
+    pub hold: Duration,
+    /// (name, v1_path) of each service.
+    pub services: Vec<(String, String)>,
+    pub native_path: String,
+    pub ping_interval: Duration,
+    /// Events kept per org for cursors and native resume.
+    pub log_capacity: usize,
+    pub generator: Option<GeneratorConfig>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            jwt_secret: "demo-secret".into(),
+            org_claim: "orgId".into(),
+            hold: Duration::from_secs(25),
+            services: DEFAULT_SERVICES.iter().map(|(n, p)| (n.to_string(), p.to_string())).collect(),
+            native_path: "/v2/realtime/stream".into(),
+            ping_interval: Duration::from_secs(15),
+            log_capacity: 100_000,
+            generator: None,
+        }
+    }
+}
+
+/// A running simulated backend.
+pub struct Simulator {
+    pub addr: SocketAddr,
+    pub state: Arc<SimState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Ctx {
+    cfg: SimConfig,
+    state: Arc<SimState>,
+    verifier: Verifier,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Simulator {
+    /// Starts on `listener` (bind 127.0.0.1:0 for tests).
+    pub async fn start(cfg: SimConfig, listener: TcpListener) -> std::io::Result<Simulator> {
+        let addr = listener.local_addr()?;
+        let state = SimState::new(cfg.services.clone(), cfg.log_capacity);
+        let verifier = Verifier::new(&AuthConfig {
+            jwt_secret: Some(cfg.jwt_secret.clone()),
+            jwt_public_key_file: None,
+            org_claim: cfg.org_claim.clone(),
+            admin_token: None,
+        })
+        .map_err(std::io::Error::other)?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(g) = cfg.generator.clone() {
+            tasks.push(tokio::spawn(generator::run(state.clone(), g, shutdown.clone())));
+        }
+        let ctx = Arc::new(Ctx {
+            cfg,
+            state: state.clone(),
+            verifier,
+            shutdown: shutdown.clone(),
+        });
+        let limits = ServerLimits {
+            max_connections: 30_000,
+            header_timeout: Duration::from_secs(30),
+        };
+        tasks.push(tokio::spawn(http_server::serve(
+            listener,
+            None,
+            limits,
+            move |req, _peer| handle(ctx.clone(), req),
+            shutdown,
+        )));
+        Ok(Simulator {
+            addr,
+            state,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/_sim/") {
+        return control(&ctx, req, &path).await;
+    }
+    if path == ctx.cfg.native_path {
+        return native::upgrade(ctx.clone(), req).await;
+    }
+    if let Some((name, _)) = ctx.cfg.services.iter().find(|(_, p)| *p == path) {
+        let name = name.clone();
+        return v1(&ctx, req, &name).await;
+    }
+    json_error(StatusCode::NOT_FOUND, "no such endpoint on the simulated backend")
+}
+
+fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Response<Body>> {
+    let token = crate::auth::token_from_request(req.headers(), req.uri().query()).unwrap_or_default();
+    match ctx.verifier.verify(&token) {
+        Ok(id) => Ok(id.org_id),
+        Err(e) => {
+            ctx.state.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+            Err(json_error(StatusCode::UNAUTHORIZED, &e.to_string()))
+        }
+    }
+}
+
+fn cursor_value(c: u64) -> String {
+    format!("c{c:x}")
+}
+
+fn parse_cursor(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix('c')?, 16).ok()
+}
+
+struct PollGuard<'a>(&'a SimState, &'a str);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0.poll_started(self.1, -1);
+    }
+}
+
+/// `GET {v1_path}?since=cursor`: hold until events after the cursor exist
+/// or the hold time passes.
+async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> {
+    if req.method() != Method::GET {
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "GET only");
+    }
+    let org = authorize(ctx, &req);
+    ctx.state.count_request(service, org.as_ref().ok().copied());
+    let org = match org {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    let since = req.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "since")
+            .map(|(_, v)| v.into_owned())
+    });
+    let state = &ctx.state;
+    let _guard = {
+        state.poll_started(service, 1);
+        PollGuard(state, service)
+    };
+    match state.fault(service) {
+        Fault::None => {}
+        Fault::Status(code) => {
+            return json_error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "injected fault");
+        }
+        Fault::Slow(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Fault::Garbage => {
+            return Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(http_server::full("<html>502 Bad Gateway</html>"))
+                .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "x"));
+        }
+        Fault::Drop => {
+            let failing = stream::once(async { Err::<Frame<Bytes>, BoxError>("connection dropped by fault".into()) });
+            return Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(BodyExt::boxed(StreamBody::new(failing)))
+                .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "x"));
+        }
+        Fault::Hang => {
+            let mut shutdown = ctx.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                _ = shutdown.changed() => {}
+            }
+            return json_error(StatusCode::GATEWAY_TIMEOUT, "hung");
+        }
+    }
+    let (mut after, mut changed) = state.with_org(org, |log| (log.last, log.changed.subscribe()));
+    if let Some(s) = since {
+        match parse_cursor(&s) {
+            Some(c) => after = c,
+            None => return json_error(StatusCode::BAD_REQUEST, "invalid cursor"),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + ctx.cfg.hold;
+    let services = [service.to_string()];
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        changed.borrow_and_update();
+        let (events, last) = state.with_org(org, |log| (log.after(after, Some(&services)), log.last));
+        if !events.is_empty() {
+            let body: Vec<&serde_json::value::RawValue> = events.iter().map(|e| &*e.json).collect();
+            return json(StatusCode::OK, &json!({"events": body, "cursor": cursor_value(last)}));
+        }
+        // Nothing for this service up to `last`: the cursor may move past it.
+        after = after.max(last);
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = shutdown.changed() => break,
+        }
+    }
+    json(StatusCode::OK, &json!({"events": [], "cursor": cursor_value(after)}))
+}
+
+/// The control API: publish, faults, counters.
+async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body> {
+    let method = req.method().clone();
+    let body: Value = if method == Method::POST {
+        match Limited::new(req.into_body(), 8 << 20).collect().await {
+            Ok(b) => match serde_json::from_slice(&b.to_bytes()) {
+                Ok(v) => v,
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+            },
+            Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        }
+    } else {
+        Value::Null
+    };
+    let state = &ctx.state;
+    match (method, path) {
+        (Method::GET, "/_sim/stats") => json(StatusCode::OK, &state.stats_json()),
+        (Method::POST, "/_sim/publish") => {
+            let Some(org) = body.get("orgId").and_then(Value::as_u64) else {
+                return json_error(StatusCode::BAD_REQUEST, "orgId (integer) required");
+            };
+            let Some(service) = body.get("service").and_then(Value::as_str) else {
+                return json_error(StatusCode::BAD_REQUEST, "service required");
+            };
+            if !state.has_service(service) {
+                return json_error(StatusCode::BAD_REQUEST, &format!("unknown service {service:?}"));
+            }
+            let events = match (body.get("events"), body.get("count").and_then(Value::as_u64)) {
+                (Some(Value::Array(list)), _) => list.clone(),
+                (None, Some(n)) if n <= 100_000 => (0..n).map(|i| json!({"data": {"n": i}})).collect(),
+                _ => return json_error(StatusCode::BAD_REQUEST, "events (list) or count (<= 100000) required"),
+            };
+            let ids = state.publish(org, service, events);
+            json(StatusCode::OK, &json!({ "eventIds": ids }))
+        }
+        (Method::POST, "/_sim/fault") => {
+            if let Some(n) = body.get("native").and_then(Value::as_str) {
+                state.set_native_down(n == "down");
+                return json(StatusCode::OK, &json!({"native": n}));
+            }
+            let Some(service) = body.get("service").and_then(Value::as_str) else {
+                return json_error(StatusCode::BAD_REQUEST, "service or native required");
+            };
+            if !state.has_service(service) {
+                return json_error(StatusCode::BAD_REQUEST, &format!("unknown service {service:?}"));
+            }
+            match Fault::from_json(&body) {
+                Ok(f) => {
+                    state.set_fault(service, f);
+                    json(StatusCode::OK, &json!({"service": service, "fault": body.get("kind")}))
+                }
+                Err(e) => json_error(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "control endpoints: GET /_sim/stats, POST /_sim/publish, POST /_sim/fault"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(parse_cursor(&cursor_value(0)), Some(0));
+        assert_eq!(parse_cursor(&cursor_value(12345)), Some(12345));
+        assert_eq!(parse_cursor("12"), None);
+        assert_eq!(parse_cursor("cZZ"), None);
+    }
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!(Fault::from_json(&json!({"kind":"status","status":500})), Ok(Fault::Status(500)));
+        assert_eq!(Fault::from_json(&json!({"kind":"slow","ms":5})), Ok(Fault::Slow(5)));
+        assert!(Fault::from_json(&json!({"kind":"status"})).is_err());
+        assert!(Fault::from_json(&json!({"kind":"explode"})).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! The simulated native stream: section 2's protocol served from the org's
+//! event log, where an event's log position is its `seq`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use super::{Ctx, authorize};
+use crate::auth::OrgId;
+use crate::http_server::{Body, full, json_error};
+use crate::protocol::{self, ErrorCode};
+
+pub(super) async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Body> {
+    let org = match authorize(&ctx, &req) {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    if *ctx.state.native_down.borrow() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "native stream is down (injected fault)");
+    }
+    let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
+        return json_error(StatusCode::UPGRADE_REQUIRED, "WebSocket only");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(crate::gateway::server_ws_config())).await;
+        let counters = &ctx.state.counters;
+        counters.native_active.fetch_add(1, Ordering::Relaxed);
+        counters.native_total.fetch_add(1, Ordering::Relaxed);
+        serve(&ctx, ws, org).await;
+        counters.native_active.fetch_sub(1, Ordering::Relaxed);
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .body(full(""))
+        .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade"))
+}
+
+async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, code: u16, why: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: why.to_string().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+}
+
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ctx: &Ctx, mut ws: WebSocketStream<S>, org: OrgId) {
+    let state = &ctx.state;
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    let Ok(Some(Ok(Message::Text(text)))) = first else {
+        close(&mut ws, protocol::close::POLICY, "no handshake").await;
+        return;
+    };
+    let hs = match protocol::parse_handshake(&text) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = ws.send(Message::Text(protocol::error_message(None, e.code(), &e.to_string(), 0).into())).await;
+            close(&mut ws, protocol::close::POLICY, e.code().as_str()).await;
+            return;
+        }
+    };
+    let (services, unknown): (Vec<String>, Vec<String>) = hs.services.into_iter().partition(|s| state.has_service(s));
+    let (mut changed, last, first_idx) = state.with_org(org, |log| (log.changed.subscribe(), log.last, log.first_idx()));
+    let resumed = hs.last_seq.is_some_and(|n| n <= last && n + 1 >= first_idx);
+    let mut sent = match hs.last_seq {
+        Some(n) if resumed => n,
+        _ => last,
+    };
+    let mut out = vec![protocol::ack_message(last, "native", resumed)];
+    for u in unknown {
+        out.push(protocol::error_message(Some(&u), ErrorCode::UnknownService, "unknown service", last));
+    }
+    for m in out {
+        if ws.send(Message::Text(m.into())).await.is_err() {
+            return;
+        }
+    }
+    let mut down = state.native_down.subscribe();
+    let mut shutdown = ctx.shutdown.clone();
+    let mut ping = tokio::time::interval(ctx.cfg.ping_interval);
+    ping.tick().await;
+    loop {
+        changed.borrow_and_update();
+        let events = state.with_org(org, |log| log.after(sent, Some(&services)));
+        if let Some(last) = events.last() {
+            sent = last.idx;
+            // One message per run of one service, in log order.
+            let mut i = 0;
+            while i < events.len() {
+                let svc = &events[i].service;
+                let mut j = i;
+                while j < events.len() && &events[j].service == svc && j - i < 100 {
+                    j += 1;
+                }
+                let msg = protocol::event_message(svc, events[i..j].iter().map(|e| &*e.json), events[j - 1].idx);
+                if ws.feed(Message::Text(msg.into())).await.is_err() {
+                    return;
+                }
+                i = j;
+            }
+            if ws.flush().await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = ping.tick() => {
+                if ws.send(Message::Text(protocol::ping_message(sent).into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = ws.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+            r = down.changed() => {
+                if r.is_err() || *down.borrow() {
+                    close(&mut ws, protocol::close::GOING_AWAY, "native stream going down (injected fault)").await;
+                    return;
+                }
+            }
+            _ = shutdown.changed() => {
+                close(&mut ws, protocol::close::GOING_AWAY, "backend shutting down").await;
+                return;
+            }
+        }
+    }
+}

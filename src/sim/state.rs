@@ -1,0 +1,239 @@
+//! The simulated backend's data: one event log per org, shared by the V1
+//! endpoints and the native stream so both serve the same events, plus the
+//! injected faults and the counters tests read.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::auth::OrgId;
+use crate::clock;
+
+/// A fault injected into one service's V1 endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Answer with this HTTP status.
+    Status(u16),
+    /// Delay every answer by this many milliseconds.
+    Slow(u64),
+    /// Answer 200 with a body that is not JSON.
+    Garbage,
+    /// Drop the connection mid-answer.
+    Drop,
+    /// Never answer (until the client gives up).
+    Hang,
+}
+
+impl Fault {
+    /// Parses the control API's `{"kind": ..., ...}`.
+    pub fn from_json(v: &Value) -> Result<Fault, String> {
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or("none");
+        Ok(match kind {
+            "none" => Fault::None,
+            "status" => Fault::Status(
+                v.get("status")
+                    .and_then(Value::as_u64)
+                    .filter(|s| (100..600).contains(s))
+                    .ok_or("status fault needs \"status\": 100..599")? as u16,
+            ),
+            "slow" => Fault::Slow(v.get("ms").and_then(Value::as_u64).ok_or("slow fault needs \"ms\"")?),
+            "garbage" => Fault::Garbage,
+            "drop" => Fault::Drop,
+            "hang" => Fault::Hang,
+            other => return Err(format!("unknown fault kind {other:?} (none, status, slow, garbage, drop, hang)")),
+        })
+    }
+}
+
+/// One published event.
+#[derive(Debug)]
+pub struct LoggedEvent {
+    /// Position in the org's log (also the native stream's seq).
+    pub idx: u64,
+    pub service: String,
+    pub json: Box<serde_json::value::RawValue>,
+}
+
+pub struct OrgLog {
+    pub events: VecDeque<Arc<LoggedEvent>>,
+    /// The newest position; 0 before any event.
+    pub last: u64,
+    pub changed: watch::Sender<u64>,
+}
+
+impl OrgLog {
+    fn new() -> Self {
+        OrgLog {
+            events: VecDeque::new(),
+            last: 0,
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Events after `after`, of the given services (all when `None`).
+    pub fn after(&self, after: u64, services: Option<&[String]>) -> Vec<Arc<LoggedEvent>> {
+        let start = self.events.partition_point(|e| e.idx <= after);
+        self.events
+            .range(start..)
+            .filter(|e| services.is_none_or(|s| s.iter().any(|x| *x == e.service)))
+            .cloned()
+            .collect()
+    }
+
+    pub fn first_idx(&self) -> u64 {
+        self.events.front().map_or(self.last + 1, |e| e.idx)
+    }
+}
+
+/// Counters the control API reports.
+#[derive(Default)]
+pub struct SimCounters {
+    pub requests_by_service: Mutex<BTreeMap<String, u64>>,
+    pub requests_by_org: Mutex<BTreeMap<OrgId, u64>>,
+    pub active_polls: Mutex<BTreeMap<String, i64>>,
+    pub active_polls_total: AtomicI64,
+    pub unauthorized: AtomicU64,
+    pub native_active: AtomicI64,
+    pub native_total: AtomicU64,
+    pub published: AtomicU64,
+}
+
+pub struct SimState {
+    pub services: Vec<(String, String)>,
+    orgs: Mutex<HashMap<OrgId, OrgLog>>,
+    faults: Mutex<HashMap<String, Fault>>,
+    /// Bumped to close every native connection; while true, new ones get 503.
+    pub native_down: watch::Sender<bool>,
+    pub counters: SimCounters,
+    log_capacity: usize,
+    next_event: AtomicU64,
+}
+
+impl SimState {
+    pub fn new(services: Vec<(String, String)>, log_capacity: usize) -> Arc<SimState> {
+        Arc::new(SimState {
+            services,
+            orgs: Mutex::new(HashMap::new()),
+            faults: Mutex::new(HashMap::new()),
+            native_down: watch::channel(false).0,
+            counters: SimCounters::default(),
+            log_capacity: log_capacity.max(1),
+            next_event: AtomicU64::new(1),
+        })
+    }
+
+    pub fn has_service(&self, name: &str) -> bool {
+        self.services.iter().any(|(n, _)| n == name)
+    }
+
+    /// Runs `f` on an org's log, creating it when needed.
+    pub fn with_org<R>(&self, org: OrgId, f: impl FnOnce(&mut OrgLog) -> R) -> R {
+        let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        f(orgs.entry(org).or_insert_with(OrgLog::new))
+    }
+
+    /// Publishes events into `org`'s log for `service`. Missing `eventId`,
+    /// `orgId` and `timestamp` are filled in; a given `orgId` is kept as
+    /// is, so a test can make the backend misbehave. Returns the eventIds.
+    pub fn publish(&self, org: OrgId, service: &str, events: Vec<Value>) -> Vec<String> {
+        let mut ids = Vec::with_capacity(events.len());
+        let mut prepared = Vec::with_capacity(events.len());
+        for mut e in events {
+            if !e.is_object() {
+                e = json!({ "data": e });
+            }
+            let obj = e.as_object_mut().expect("made an object above");
+            if !obj.contains_key("eventId") {
+                let n = self.next_event.fetch_add(1, Ordering::Relaxed);
+                obj.insert("eventId".into(), json!(format!("evt-{org}-{n}")));
+            }
+            obj.entry("orgId").or_insert(json!(org));
+            obj.entry("timestamp").or_insert_with(|| json!(clock::now_rfc3339()));
+            obj.entry("type").or_insert_with(|| json!(format!("{service}.updated")));
+            ids.push(match &obj["eventId"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            prepared.push(e);
+        }
+        self.counters.published.fetch_add(prepared.len() as u64, Ordering::Relaxed);
+        self.with_org(org, |log| {
+            for e in prepared {
+                log.last += 1;
+                let raw = serde_json::value::to_raw_value(&e).expect("JSON values serialise");
+                log.events.push_back(Arc::new(LoggedEvent {
+                    idx: log.last,
+                    service: service.to_string(),
+                    json: raw,
+                }));
+            }
+            while log.events.len() > self.log_capacity {
+                log.events.pop_front();
+            }
+            log.changed.send_replace(log.last);
+        });
+        ids
+    }
+
+    pub fn set_fault(&self, service: &str, fault: Fault) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.insert(service.to_string(), fault);
+        }
+    }
+
+    pub fn fault(&self, service: &str) -> Fault {
+        self.faults.lock().ok().and_then(|f| f.get(service).cloned()).unwrap_or(Fault::None)
+    }
+
+    pub fn set_native_down(&self, down: bool) {
+        self.native_down.send_replace(down);
+    }
+
+    pub fn count_request(&self, service: &str, org: Option<OrgId>) {
+        if let Ok(mut m) = self.counters.requests_by_service.lock() {
+            *m.entry(service.to_string()).or_default() += 1;
+        }
+        if let Some(o) = org
+            && let Ok(mut m) = self.counters.requests_by_org.lock()
+        {
+            *m.entry(o).or_default() += 1;
+        }
+    }
+
+    pub fn poll_started(&self, service: &str, delta: i64) {
+        self.counters.active_polls_total.fetch_add(delta, Ordering::Relaxed);
+        if let Ok(mut m) = self.counters.active_polls.lock() {
+            *m.entry(service.to_string()).or_default() += delta;
+        }
+    }
+
+    /// Total V1 requests so far.
+    pub fn total_requests(&self) -> u64 {
+        self.counters.requests_by_service.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+
+    pub fn stats_json(&self) -> Value {
+        let c = &self.counters;
+        let by_org: BTreeMap<String, u64> = c
+            .requests_by_org
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default();
+        json!({
+            "requestsByService": c.requests_by_service.lock().map(|m| m.clone()).unwrap_or_default(),
+            "requestsByOrg": by_org,
+            "requestsTotal": self.total_requests(),
+            "activePolls": c.active_polls.lock().map(|m| m.clone()).unwrap_or_default(),
+            "activePollsTotal": c.active_polls_total.load(Ordering::Relaxed),
+            "unauthorized": c.unauthorized.load(Ordering::Relaxed),
+            "nativeActive": c.native_active.load(Ordering::Relaxed),
+            "nativeTotal": c.native_total.load(Ordering::Relaxed),
+            "published": c.published.load(Ordering::Relaxed),
+            "nativeDown": *self.native_down.borrow(),
+        })
+    }
+}

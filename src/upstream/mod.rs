@@ -1,0 +1,163 @@
+//! Sources of events: the V1 long-poller and the native stream link. Each
+//! runs as its own task, owned by a hub through a [`SourceHandle`]; dropping
+//! or stopping the handle ends the task. Sources only push into their hub.
+
+mod native;
+mod poller;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::OrgId;
+use crate::config::Config;
+use crate::hub::tokens::TokenPool;
+use crate::hub::{HubMsg, SessionId, SourceId};
+use crate::metrics::Stats;
+
+/// Largest V1 answer body read.
+pub const MAX_POLL_BODY: usize = 16 << 20;
+
+/// Where a poller gets its bearer token.
+pub enum TokenChoice {
+    /// Any live connection of the org (shared poller).
+    Pool(Arc<TokenPool>),
+    /// This connection's own token (`FIN_LEADER_ENABLED=false`).
+    Session(Arc<TokenPool>, SessionId),
+}
+
+pub struct PollerSpec {
+    pub org: OrgId,
+    pub service: u16,
+    pub source: SourceId,
+    pub cursor: Option<String>,
+    pub tokens: TokenChoice,
+    pub hub: mpsc::Sender<HubMsg>,
+}
+
+pub struct NativeSpec {
+    pub org: OrgId,
+    pub services: Vec<u16>,
+    pub source: SourceId,
+    pub last_seq: Option<u64>,
+    pub tokens: Arc<TokenPool>,
+    pub hub: mpsc::Sender<HubMsg>,
+}
+
+/// Owns a running source; stopping or dropping it ends the task.
+pub struct SourceHandle {
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl SourceHandle {
+    pub fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Shared upstream plumbing: the HTTP client and the configuration.
+pub struct Upstream {
+    pub(crate) http: Client<HttpConnector, Empty<Bytes>>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Upstream {
+    pub fn new(config: Arc<Config>, stats: Arc<Stats>) -> Arc<Upstream> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(4096)
+            .build(connector);
+        Arc::new(Upstream { http, config, stats })
+    }
+
+    pub fn spawn_poller(self: &Arc<Self>, spec: PollerSpec) -> SourceHandle {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(poller::run(self.clone(), spec, rx));
+        SourceHandle { stop: Some(tx) }
+    }
+
+    pub fn spawn_native(self: &Arc<Self>, spec: NativeSpec) -> SourceHandle {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(native::run(self.clone(), spec, rx));
+        SourceHandle { stop: Some(tx) }
+    }
+}
+
+/// Exponential backoff with jitter: 200 ms doubling to 30 s, each wait
+/// drawn from the upper half of the current step.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let step_ms = (200u64 << self.failures.min(8)).min(30_000);
+        self.failures = self.failures.saturating_add(1);
+        let jitter = rand::random_range(0..=step_ms / 2);
+        Duration::from_millis(step_ms / 2 + jitter)
+    }
+}
+
+/// Counts a gauge up while alive.
+struct GaugeGuard(&'static str);
+
+impl GaugeGuard {
+    fn new(name: &'static str) -> Self {
+        ::metrics::gauge!(name).increment(1.0);
+        GaugeGuard(name)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        ::metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
+/// HTTP status class for the bounded `status` label.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        401 | 403 => "auth",
+        429 => "429",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(30));
+        }
+        let late = b.next_delay();
+        assert!(late >= Duration::from_secs(15));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,213 @@
+//! The native stream link of one org: ONE WebSocket to the backend's
+//! `/v2/realtime/stream`, speaking the client protocol, shared by all the
+//! org's connections. After a drop it reconnects with backoff and resumes
+//! with its own `lastSeq`, so events published meanwhile still arrive.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::{Backoff, GaugeGuard, NativeSpec, Upstream, status_label};
+use crate::hub::{HubMsg, IncomingEvent, SourceStatus};
+use crate::metrics as m;
+use crate::protocol::{self, ServerMessage};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A link that hears nothing (not even a ping) for this long is presumed dead.
+const SILENCE_LIMIT_FACTOR: u32 = 3;
+
+pub fn client_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20))
+}
+
+/// The native stream URL: the base URL with a ws scheme.
+pub fn native_url(up: &Upstream) -> String {
+    let base = &up.config.upstream.base_url;
+    let scheme = if base.scheme() == "https" { "wss" } else { "ws" };
+    let host = base.host_str().unwrap_or("127.0.0.1");
+    let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let prefix = base.path().trim_end_matches('/');
+    format!("{scheme}://{host}{port}{prefix}{}", up.config.upstream.native_stream_path)
+}
+
+async fn send(spec: &NativeSpec, status: SourceStatus) -> bool {
+    spec.hub
+        .send(HubMsg::Status {
+            source: spec.source,
+            status,
+        })
+        .await
+        .is_ok()
+}
+
+pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::Receiver<()>) {
+    let cfg = up.config.clone();
+    let url = native_url(&up);
+    let names: Vec<String> = spec.services.iter().map(|&s| cfg.services[s as usize].name.clone()).collect();
+    let mut last_seq = spec.last_seq;
+    let mut backoff = Backoff::default();
+    let silence_limit = cfg.stream.ping_interval * SILENCE_LIMIT_FACTOR;
+    loop {
+        let Some(token) = spec.tokens.pick() else {
+            if !send(&spec, SourceStatus::Failed { service: None, auth: true, message: "no live connection token for the native stream".into() }).await {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                _ = &mut stop => return,
+            }
+        };
+        let mut request = match url.as_str().into_client_request() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(url, error = %e, "native stream URL is invalid");
+                let _ = send(&spec, SourceStatus::Failed { service: None, auth: false, message: format!("invalid native stream URL: {e}") }).await;
+                let _ = stop.await;
+                return;
+            }
+        };
+        if let Ok(v) = format!("Bearer {token}").parse() {
+            request.headers_mut().insert(http::header::AUTHORIZATION, v);
+        }
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(client_ws_config()), true);
+        let connected = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r,
+            _ = &mut stop => return,
+        };
+        up.stats.native_connects.fetch_add(1, Ordering::Relaxed);
+        let mut ws = match connected {
+            Ok(Ok((ws, resp))) => {
+                ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => status_label(resp.status().as_u16())).increment(1);
+                ws
+            }
+            Ok(Err(e)) => {
+                let (auth, message) = match &e {
+                    tungstenite::Error::Http(resp) => {
+                        let code = resp.status().as_u16();
+                        ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => status_label(code)).increment(1);
+                        (code == 401 || code == 403, format!("native stream refused the connection: HTTP {code}"))
+                    }
+                    other => (false, format!("native stream connection failed: {other}")),
+                };
+                if auth {
+                    spec.tokens.refuse(&token);
+                }
+                tracing::warn!(org = spec.org, error = %message, "native link failed");
+                if !send(&spec, SourceStatus::Failed { service: None, auth, message }).await {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    _ = &mut stop => return,
+                }
+            }
+            Err(_) => {
+                if !send(&spec, SourceStatus::Failed { service: None, auth: false, message: "native stream connection timed out".into() }).await {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    _ = &mut stop => return,
+                }
+            }
+        };
+        let _gauge = GaugeGuard::new(m::UPSTREAM_NATIVE_LINKS);
+        let hello = protocol::handshake_json(&names, None, last_seq);
+        if ws.send(Message::Text(hello.into())).await.is_err() {
+            continue;
+        }
+        let mut acked = false;
+        let end = loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(silence_limit, ws.next()) => n,
+                _ = &mut stop => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    return;
+                }
+            };
+            let text = match next {
+                Err(_) => break "native stream went silent".to_string(),
+                Ok(None) => break "native stream closed".to_string(),
+                Ok(Some(Err(e))) => break format!("native stream error: {e}"),
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    break format!("native stream closed by the backend ({})", frame.map(|f| f.code.to_string()).unwrap_or_default());
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            let msg: ServerMessage = match serde_json::from_str(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(org = spec.org, error = %e, "ignored a malformed native stream message");
+                    continue;
+                }
+            };
+            match msg.kind.as_str() {
+                "ack" => {
+                    acked = true;
+                    backoff.reset();
+                    if msg.resumed != Some(true) && last_seq.is_some() {
+                        tracing::info!(org = spec.org, "native stream could not resume; events during the gap may be missing");
+                    }
+                    if !send(&spec, SourceStatus::Ready).await {
+                        return;
+                    }
+                }
+                "event" => {
+                    let Some(service) = msg.service.as_deref().and_then(|n| cfg.service_index(n)) else { continue };
+                    let now = crate::clock::unix_millis();
+                    let events: Vec<IncomingEvent> = msg
+                        .events
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|raw| IncomingEvent::parse(raw.to_owned(), now).ok())
+                        .collect();
+                    if let Some(s) = msg.seq {
+                        last_seq = Some(last_seq.map_or(s, |o| o.max(s)));
+                    }
+                    let batch = HubMsg::Events {
+                        source: spec.source,
+                        service: service as u16,
+                        events,
+                        cursor: None,
+                        native_seq: msg.seq,
+                    };
+                    if spec.hub.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+                "error" => {
+                    let service = msg.service.as_deref().and_then(|n| cfg.service_index(n)).map(|s| s as u16);
+                    let message = msg.message.unwrap_or_else(|| "native stream reported an error".into());
+                    let status = SourceStatus::Failed { service, auth: false, message };
+                    if !send(&spec, status).await {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        };
+        tracing::warn!(org = spec.org, reason = %end, was_up = acked, "native link down; reconnecting");
+        if !send(&spec, SourceStatus::Down).await {
+            return;
+        }
+        if !send(&spec, SourceStatus::Failed { service: None, auth: false, message: end }).await {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = &mut stop => return,
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The V1 long-poller of one (org, service): `GET {v1_path}?since=cursor`
+//! with a live connection's token, forever, until its hub stops it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::{Backoff, GaugeGuard, MAX_POLL_BODY, PollerSpec, TokenChoice, Upstream, status_label};
+use crate::hub::{HubMsg, IncomingEvent, SourceStatus};
+use crate::metrics as m;
+
+/// How one poll ended.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error("no live connection token to poll with")]
+    NoToken,
+    #[error("backend refused the token (HTTP {0})")]
+    Refused(u16),
+    #[error("backend answered HTTP {0}")]
+    Status(u16),
+    #[error("backend request failed: {0}")]
+    Transport(String),
+    #[error("backend did not answer within {0} s")]
+    Timeout(u64),
+    #[error("backend answer is not a V1 poll body: {0}")]
+    Garbage(String),
+}
+
+struct Answer {
+    events: Vec<Box<RawValue>>,
+    cursor: Option<String>,
+}
+
+pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::Receiver<()>) {
+    let _gauge = GaugeGuard::new(m::UPSTREAM_POLLERS);
+    let cfg = up.config.clone();
+    let service = &cfg.services[spec.service as usize];
+    let base = cfg.upstream.base_url.as_str().trim_end_matches('/').to_string();
+    let mut cursor = spec.cursor.clone();
+    let mut ready_sent = cursor.is_some();
+    let mut backoff = Backoff::default();
+    loop {
+        let token = match &spec.tokens {
+            TokenChoice::Pool(pool) => pool.pick(),
+            TokenChoice::Session(pool, sid) => pool.of_session(*sid),
+        };
+        let outcome = match token {
+            None => Err(PollError::NoToken),
+            Some(token) => {
+                let mut url = format!("{base}{}", service.v1_path);
+                if let Some(c) = &cursor {
+                    url.push('?');
+                    url.push_str(
+                        &url::form_urlencoded::Serializer::new(String::new())
+                            .append_pair(&cfg.legacy.cursor_param, c)
+                            .finish(),
+                    );
+                }
+                let res = tokio::select! {
+                    r = poll_once(&up, &service.name, &url, &token) => r,
+                    _ = &mut stop => return,
+                };
+                if let Err(PollError::Refused(_)) = &res
+                    && let TokenChoice::Pool(pool) = &spec.tokens
+                {
+                    pool.refuse(&token);
+                }
+                res
+            }
+        };
+        up.stats.v1_polls.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(answer) => {
+                backoff.reset();
+                let now = crate::clock::unix_millis();
+                let mut events = Vec::with_capacity(answer.events.len());
+                for raw in answer.events {
+                    match IncomingEvent::parse(raw, now) {
+                        Ok(e) => events.push(e),
+                        Err(e) => {
+                            tracing::warn!(org = spec.org, service = %service.name, error = %e, "dropped a malformed event from the V1 endpoint");
+                            up.stats.count_error(m::error_kind::UPSTREAM);
+                        }
+                    }
+                }
+                if answer.cursor.is_some() {
+                    cursor = answer.cursor.clone();
+                }
+                if !events.is_empty() || answer.cursor.is_some() {
+                    let msg = HubMsg::Events {
+                        source: spec.source,
+                        service: spec.service,
+                        events,
+                        cursor: answer.cursor,
+                        native_seq: None,
+                    };
+                    if spec.hub.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                if !ready_sent {
+                    ready_sent = true;
+                    let status = HubMsg::Status {
+                        source: spec.source,
+                        status: SourceStatus::Ready,
+                    };
+                    if spec.hub.send(status).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let auth = matches!(e, PollError::Refused(_) | PollError::NoToken);
+                tracing::warn!(org = spec.org, service = %service.name, error = %e, "V1 poll failed");
+                let status = HubMsg::Status {
+                    source: spec.source,
+                    status: SourceStatus::Failed {
+                        service: Some(spec.service),
+                        auth,
+                        message: e.to_string(),
+                    },
+                };
+                if spec.hub.send(status).await.is_err() {
+                    return;
+                }
+                // With another token at hand a refusal is retried at once.
+                let retry_now = matches!(e, PollError::Refused(_))
+                    && matches!(&spec.tokens, TokenChoice::Pool(p) if p.pick().is_some());
+                if !retry_now {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = &mut stop => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn poll_once(up: &Upstream, service: &str, url: &str, token: &str) -> Result<Answer, PollError> {
+    let cfg = &up.config;
+    let req = http::Request::get(url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| PollError::Transport(e.to_string()))?;
+    let timeout = cfg.upstream.poll_timeout;
+    let work = async {
+        let resp = up.http.request(req).await.map_err(|e| PollError::Transport(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => service.to_string(), "mode" => "poll", "status" => status_label(status))
+            .increment(1);
+        match status {
+            200 => {}
+            401 | 403 => return Err(PollError::Refused(status)),
+            s => return Err(PollError::Status(s)),
+        }
+        let body = Limited::new(resp.into_body(), MAX_POLL_BODY)
+            .collect()
+            .await
+            .map_err(|e| PollError::Transport(e.to_string()))?
+            .to_bytes();
+        parse_answer(&body, &cfg.legacy.events_field, &cfg.legacy.cursor_field)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(PollError::Timeout(timeout.as_secs())),
+    }
+}
+
+fn parse_answer(body: &[u8], events_field: &str, cursor_field: &str) -> Result<Answer, PollError> {
+    let obj: std::collections::HashMap<String, &RawValue> =
+        serde_json::from_slice(body).map_err(|e| PollError::Garbage(e.to_string()))?;
+    let events = match obj.get(events_field) {
+        None => Vec::new(),
+        Some(raw) => serde_json::from_str::<Option<Vec<Box<RawValue>>>>(raw.get())
+            .map_err(|_| PollError::Garbage(format!("{events_field:?} is not a list")))?
+            .unwrap_or_default(),
+    };
+    let cursor = match obj.get(cursor_field) {
+        None => None,
+        Some(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Ok(serde_json::Value::String(s)) => Some(s),
+            Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Ok(serde_json::Value::Null) => None,
+            _ => return Err(PollError::Garbage(format!("{cursor_field:?} is not a string"))),
+        },
+    };
+    Ok(Answer { events, cursor })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        let a = parse_answer(br#"{"events":[{"eventId":"a"}],"cursor":"c1"}"#, "events", "cursor").unwrap();
+        assert_eq!(a.events.len(), 1);
+        assert_eq!(a.cursor.as_deref(), Some("c1"));
+        let a = parse_answer(br#"{"items":[],"next":7}"#, "items", "next").unwrap();
+        assert_eq!(a.cursor.as_deref(), Some("7"));
+        assert!(parse_answer(b"<html>", "events", "cursor").is_err());
+        assert!(parse_answer(br#"{"events":{}}"#, "events", "cursor").is_err());
+        assert!(parse_answer(br#"[1]"#, "events", "cursor").is_err());
+    }
+}
