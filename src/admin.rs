@@ -34,7 +34,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admin {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         // Health endpoints stay open so orchestrators can probe them.
@@ -51,16 +55,22 @@ impl Admin {
         }
         let who = match &self.config.auth.admin_token {
             Some(expected) => {
-                let given = crate::auth::token_from_request(req.headers(), None).unwrap_or_default();
+                let given =
+                    crate::auth::token_from_request(req.headers(), None).unwrap_or_default();
                 if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                    return json_error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer <ADMIN_TOKEN>)");
+                    return json_error(
+                        StatusCode::UNAUTHORIZED,
+                        "admin token required (Authorization: Bearer <ADMIN_TOKEN>)",
+                    );
                 }
                 format!("api {peer} (admin token)")
             }
             None => format!("api {peer}"),
         };
         match (method, path.as_str()) {
-            (Method::GET, "/feature-flags") => json(StatusCode::OK, &snapshot_json(&self.flags.current())),
+            (Method::GET, "/feature-flags") => {
+                json(StatusCode::OK, &snapshot_json(&self.flags.current()))
+            }
             (Method::POST, "/feature-flags") => self.post_flags(req, &who).await,
             (Method::DELETE, p) if p.starts_with("/feature-flags/") => {
                 let key = &p["/feature-flags/".len()..];
@@ -85,15 +95,24 @@ impl Admin {
             }
             (Method::GET, "/v2/realtime/metrics") => json(StatusCode::OK, &self.metrics_json()),
             (Method::GET, "/metrics") => {
-                let text = self.prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
+                let text = self
+                    .prometheus
+                    .as_ref()
+                    .map(|h| h.render())
+                    .unwrap_or_default();
                 Response::builder()
                     .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
                     .body(full(text))
                     .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "metrics"))
             }
-            (_, "/feature-flags" | "/feature-flags/evaluate" | "/feature-flags/history" | "/v2/realtime/metrics" | "/metrics") => {
-                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
+            (
+                _,
+                "/feature-flags"
+                | "/feature-flags/evaluate"
+                | "/feature-flags/history"
+                | "/v2/realtime/metrics"
+                | "/metrics",
+            ) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => json_error(StatusCode::NOT_FOUND, "not found"),
         }
     }
@@ -106,31 +125,46 @@ impl Admin {
             .is_some_and(|v| v.contains("json"));
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or unreadable"),
+            Err(_) => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large or unreadable",
+                );
+            }
         };
         let text = String::from_utf8_lossy(&body);
         let schema = self.flags.schema();
-        let parsed: Result<BTreeMap<String, FlagValue>, Vec<String>> = if is_json || text.trim_start().starts_with('{') {
-            match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(serde_json::Value::Object(map)) => schema.parse_json_object(&map),
-                Ok(_) => Err(vec!["JSON body must be an object of FLAG: value".into()]),
-                Err(e) => Err(vec![format!("body is not valid JSON: {e}")]),
-            }
-        } else {
-            let mut out = BTreeMap::new();
-            let mut problems = Vec::new();
-            for (k, v) in url::form_urlencoded::parse(text.trim().as_bytes()) {
-                match schema.parse_text(k.trim(), &v) {
-                    Ok(val) => {
-                        out.insert(k.trim().to_string(), val);
-                    }
-                    Err(e) => problems.push(e.to_string()),
+        let parsed: Result<BTreeMap<String, FlagValue>, Vec<String>> =
+            if is_json || text.trim_start().starts_with('{') {
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(serde_json::Value::Object(map)) => schema.parse_json_object(&map),
+                    Ok(_) => Err(vec!["JSON body must be an object of FLAG: value".into()]),
+                    Err(e) => Err(vec![format!("body is not valid JSON: {e}")]),
                 }
-            }
-            if problems.is_empty() { Ok(out) } else { Err(problems) }
-        };
+            } else {
+                let mut out = BTreeMap::new();
+                let mut problems = Vec::new();
+                for (k, v) in url::form_urlencoded::parse(text.trim().as_bytes()) {
+                    match schema.parse_text(k.trim(), &v) {
+                        Ok(val) => {
+                            out.insert(k.trim().to_string(), val);
+                        }
+                        Err(e) => problems.push(e.to_string()),
+                    }
+                }
+                if problems.is_empty() {
+                    Ok(out)
+                } else {
+                    Err(problems)
+                }
+            };
         let changes = match parsed {
-            Ok(c) if c.is_empty() => return json_error(StatusCode::BAD_REQUEST, "no flags given (send KEY=VALUE or a JSON object)"),
+            Ok(c) if c.is_empty() => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "no flags given (send KEY=VALUE or a JSON object)",
+                );
+            }
             Ok(c) => c,
             Err(problems) => return json_error(StatusCode::BAD_REQUEST, &problems.join("; ")),
         };
@@ -150,7 +184,10 @@ impl Admin {
             return json_error(StatusCode::BAD_REQUEST, "orgId query parameter required");
         };
         let Ok(org) = org.trim().parse::<u64>() else {
-            return json_error(StatusCode::BAD_REQUEST, &format!("orgId {org:?} is not a non-negative integer"));
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("orgId {org:?} is not a non-negative integer"),
+            );
         };
         let snap = self.flags.current();
         let group = &self.config.rollout_group;
@@ -160,7 +197,12 @@ impl Admin {
             .services
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.name.clone(), json!(decide(&snap.flags, group, org, i).0.as_str())))
+            .map(|(i, s)| {
+                (
+                    s.name.clone(),
+                    json!(decide(&snap.flags, group, org, i).0.as_str()),
+                )
+            })
             .collect();
         json(
             StatusCode::OK,
@@ -202,9 +244,16 @@ impl Admin {
 
 /// The body of `GET /feature-flags`.
 pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
-    let flags: serde_json::Map<String, serde_json::Value> = s.values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-    let sources: serde_json::Map<String, serde_json::Value> =
-        s.sources.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect();
+    let flags: serde_json::Map<String, serde_json::Value> = s
+        .values
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
+    let sources: serde_json::Map<String, serde_json::Value> = s
+        .sources
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v.as_str())))
+        .collect();
     json!({
         "flags": flags,
         "version": s.version,

@@ -31,19 +31,30 @@ pub async fn request(
         builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
     if form.is_some() {
-        builder = builder.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        builder = builder.header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
     }
     let req = builder
         .body(Full::new(Bytes::from(form.unwrap_or_default())))
         .map_err(|_| AdminClientError::Url(admin.to_string()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let unreachable = |message: String| AdminClientError::Unreachable { url: url.clone(), message };
+    let unreachable = |message: String| AdminClientError::Unreachable {
+        url: url.clone(),
+        message,
+    };
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| unreachable("timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .to_bytes();
     let text = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
         Err(_) => String::from_utf8_lossy(&body).into_owned(),
@@ -58,7 +69,9 @@ pub async fn request(
 pub fn form_body(pairs: &[String]) -> Result<String, String> {
     let mut ser = url::form_urlencoded::Serializer::new(String::new());
     for p in pairs {
-        let (k, v) = p.split_once('=').ok_or_else(|| format!("{p:?} is not KEY=VALUE"))?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("{p:?} is not KEY=VALUE"))?;
         ser.append_pair(k.trim(), v.trim());
     }
     Ok(ser.finish())
@@ -71,7 +84,11 @@ mod tests {
     #[test]
     fn form_bodies() {
         assert_eq!(
-            form_body(&["REALTIME_ROLLOUT_PERCENT=10".into(), "REALTIME_ALLOWLIST_ORGS=1,2".into()]).unwrap(),
+            form_body(&[
+                "REALTIME_ROLLOUT_PERCENT=10".into(),
+                "REALTIME_ALLOWLIST_ORGS=1,2".into()
+            ])
+            .unwrap(),
             "REALTIME_ROLLOUT_PERCENT=10&REALTIME_ALLOWLIST_ORGS=1%2C2"
         );
         assert!(form_body(&["oops".into()]).is_err());

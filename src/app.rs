@@ -27,7 +27,9 @@ use crate::upstream::Upstream;
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{file}: admin_listen: {addr} is not a loopback address and no admin token is set (auth.admin_token or ADMIN_TOKEN); refusing to expose the admin API unauthenticated")]
+    #[error(
+        "{file}: admin_listen: {addr} is not a loopback address and no admin token is set (auth.admin_token or ADMIN_TOKEN); refusing to expose the admin API unauthenticated"
+    )]
     UnprotectedAdmin { file: String, addr: SocketAddr },
     #[error(transparent)]
     Key(#[from] crate::auth::KeyError),
@@ -51,7 +53,11 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
-        let bind = |addr: SocketAddr| async move { TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source }) };
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
         Ok(Listeners {
             client: bind(config.listen).await?,
             admin: bind(config.admin_listen).await?,
@@ -95,10 +101,12 @@ impl Sidecar {
                 message: p.join("; "),
             })?;
         let store = FlagStore::new(schema, env, config.flags.overrides_file.clone());
-        store.load_overrides().map_err(|message| StartError::Flags {
-            file: config.source.clone(),
-            message,
-        })?;
+        store
+            .load_overrides()
+            .map_err(|message| StartError::Flags {
+                file: config.source.clone(),
+                message,
+            })?;
         Ok(store)
     }
 
@@ -147,8 +155,20 @@ impl Sidecar {
             prometheus,
             ready: ready.clone(),
         });
-        let client_addr = listeners.client.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let admin_addr = listeners.admin.local_addr().map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
+        let client_addr = listeners
+            .client
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let admin_addr = listeners
+            .admin
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
 
         let mut tasks = Vec::new();
         let client_limits = ServerLimits {
@@ -174,7 +194,11 @@ impl Sidecar {
             shutdown.clone(),
         )));
         if let Some(file) = config.flags.file.clone() {
-            tasks.push(tokio::spawn(watcher::watch_file(flags.clone(), file, shutdown.clone())));
+            tasks.push(tokio::spawn(watcher::watch_file(
+                flags.clone(),
+                file,
+                shutdown.clone(),
+            )));
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %client_addr, admin = %admin_addr, tls = config.tls.is_some(), upstream = %config.upstream.base_url,
@@ -201,24 +225,38 @@ impl Sidecar {
 }
 
 fn load_tls(file: &str, tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
-    let err = |message: String| StartError::Tls { file: file.to_string(), message };
-    let read = |p: &Path| std::fs::read(p).map_err(|e| err(format!("cannot read {}: {e}", p.display())));
+    let err = |message: String| StartError::Tls {
+        file: file.to_string(),
+        message,
+    };
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| err(format!("cannot read {}: {e}", p.display())));
     let cert_pem = read(&tls.cert_file)?;
     let key_pem = read(&tls.key_file)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("cert_file {}: {e}", tls.cert_file.display())))?;
     if certs.is_empty() {
-        return Err(err(format!("cert_file {}: no certificate found", tls.cert_file.display())));
+        return Err(err(format!(
+            "cert_file {}: no certificate found",
+            tls.cert_file.display()
+        )));
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| err(format!("key_file {}: {e}", tls.key_file.display())))?
-        .ok_or_else(|| err(format!("key_file {}: no private key found", tls.key_file.display())))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| err(format!("certificate and key do not match: {e}")))?;
+        .ok_or_else(|| {
+            err(format!(
+                "key_file {}: no private key found",
+                tls.key_file.display()
+            ))
+        })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| err(format!("certificate and key do not match: {e}")))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

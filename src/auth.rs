@@ -21,7 +21,9 @@ pub enum AuthError {
     Expired,
     #[error("token has no usable {0:?} claim (a number or numeric string)")]
     NoOrg(String),
-    #[error("token verification is not configured (set auth.jwt_secret, JWT_SECRET or auth.jwt_public_key_file)")]
+    #[error(
+        "token verification is not configured (set auth.jwt_secret, JWT_SECRET or auth.jwt_public_key_file)"
+    )]
     NotConfigured,
 }
 
@@ -87,19 +89,22 @@ impl Verifier {
             (Keys::Rsa(k), Algorithm::RS256) => (k, Algorithm::RS256),
             (Keys::Ec(k), Algorithm::ES256) => (k, Algorithm::ES256),
             (Keys::None, _) => return Err(AuthError::NotConfigured),
-            (_, other) => return Err(AuthError::Invalid(format!("algorithm {other:?} is not accepted"))),
+            (_, other) => {
+                return Err(AuthError::Invalid(format!(
+                    "algorithm {other:?} is not accepted"
+                )));
+            }
         };
         let mut validation = Validation::new(alg);
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
         validation.leeway = 5;
         validation.validate_aud = false;
-        let data = decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation).map_err(|e| {
-            match e.kind() {
+        let data = decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation)
+            .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
-            }
-        })?;
+            })?;
         let claims = data.claims;
         let org_id = match claims.get(&self.org_claim) {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
@@ -133,7 +138,10 @@ fn load_public_key(file: &Path) -> Result<Keys, KeyError> {
 
 /// Takes the token from `Authorization: Bearer` or the `access_token` query parameter.
 pub fn token_from_request(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
             return Some(v[7..].trim().to_string());
@@ -149,7 +157,8 @@ pub fn token_from_request(headers: &http::HeaderMap, query: Option<&str>) -> Opt
 /// Mints an HS256 token; used by the demo, the simulator's tests and the benchmark.
 pub fn mint_hs256(secret: &str, org_claim: &str, org_id: OrgId, ttl_secs: u64) -> String {
     let exp = crate::clock::unix_millis() as u64 / 1000 + ttl_secs;
-    let claims = serde_json::json!({ org_claim: org_id, "exp": exp, "sub": format!("user-{org_id}") });
+    let claims =
+        serde_json::json!({ org_claim: org_id, "exp": exp, "sub": format!("user-{org_id}") });
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
         &claims,
@@ -179,7 +188,9 @@ mod tests {
         let b = s.as_bytes();
         let mut out = String::new();
         for chunk in b.chunks(3) {
-            let n = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+            let n = (chunk[0] as u32) << 16
+                | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+                | *chunk.get(2).unwrap_or(&0) as u32;
             for i in 0..=chunk.len() {
                 let _ = write!(out, "{}", T[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
@@ -192,19 +203,37 @@ mod tests {
         let v = hs_verifier();
         let t = mint_hs256("secret", "orgId", 42, 60);
         assert_eq!(v.verify(&t).unwrap().org_id, 42);
-        let claims = serde_json::json!({"orgId": "77", "exp": crate::clock::unix_millis() / 1000 + 60});
-        let t = jsonwebtoken::encode(&Default::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"secret")).unwrap();
+        let claims =
+            serde_json::json!({"orgId": "77", "exp": crate::clock::unix_millis() / 1000 + 60});
+        let t = jsonwebtoken::encode(
+            &Default::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(v.verify(&t).unwrap().org_id, 77);
     }
 
     #[test]
     fn refuses_wrong_key_expired_none_and_missing_org() {
         let v = hs_verifier();
-        assert!(matches!(v.verify(&mint_hs256("other", "orgId", 1, 60)), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            v.verify(&mint_hs256("other", "orgId", 1, 60)),
+            Err(AuthError::Invalid(_))
+        ));
         let claims = serde_json::json!({"orgId": 1, "exp": 1000});
-        let t = jsonwebtoken::encode(&Default::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"secret")).unwrap();
+        let t = jsonwebtoken::encode(
+            &Default::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(v.verify(&t).unwrap_err(), AuthError::Expired);
-        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"orgId":1}"#));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"orgId":1}"#)
+        );
         assert!(v.verify(&none).is_err());
         let t = mint_hs256("secret", "org", 1, 60);
         assert!(matches!(v.verify(&t), Err(AuthError::NoOrg(_))));
@@ -215,9 +244,15 @@ mod tests {
     #[test]
     fn token_sources() {
         let mut h = http::HeaderMap::new();
-        assert_eq!(token_from_request(&h, Some("a=1&access_token=abc")), Some("abc".into()));
+        assert_eq!(
+            token_from_request(&h, Some("a=1&access_token=abc")),
+            Some("abc".into())
+        );
         h.insert(http::header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
-        assert_eq!(token_from_request(&h, Some("access_token=abc")), Some("xyz".into()));
+        assert_eq!(
+            token_from_request(&h, Some("access_token=abc")),
+            Some("xyz".into())
+        );
         assert_eq!(token_from_request(&http::HeaderMap::new(), None), None);
     }
 }

@@ -48,7 +48,12 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
         }
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -115,8 +120,14 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(format_rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_rfc3339_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(format_rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_millis(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            format_rfc3339_millis(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -124,14 +135,31 @@ mod tests {
         for ms in [0, 1_700_000_000_123, 951_782_400_000, 4_102_444_799_999] {
             assert_eq!(parse_rfc3339_millis(&format_rfc3339_millis(ms)), Some(ms));
         }
-        assert_eq!(parse_rfc3339_millis("2023-11-14T23:13:20+01:00"), Some(1_700_000_000_000));
-        assert_eq!(parse_rfc3339_millis("2023-11-14T22:13:20.5Z"), Some(1_700_000_000_500));
-        assert_eq!(parse_rfc3339_millis("2023-11-14T22:13:20.123456Z"), Some(1_700_000_000_123));
+        assert_eq!(
+            parse_rfc3339_millis("2023-11-14T23:13:20+01:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2023-11-14T22:13:20.5Z"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2023-11-14T22:13:20.123456Z"),
+            Some(1_700_000_000_123)
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "yesterday", "2023-13-01T00:00:00Z", "2023-11-14T22:13:20", "2023-11-14T22:13:20.Z", "2023-11-14T22:13:20Zjunk", "２０２３-11-14T22:13:20Z"] {
+        for s in [
+            "",
+            "yesterday",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20Zjunk",
+            "２０２３-11-14T22:13:20Z",
+        ] {
             assert_eq!(parse_rfc3339_millis(s), None, "{s}");
         }
     }

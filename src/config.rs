@@ -181,10 +181,11 @@ impl Config {
                 problems: vec![yaml_problem(&e)],
             })?
         };
-        raw.validate(file, env).map_err(|problems| ConfigError::Invalid {
-            file: file.to_string(),
-            problems,
-        })
+        raw.validate(file, env)
+            .map_err(|problems| ConfigError::Invalid {
+                file: file.to_string(),
+                problems,
+            })
     }
 
     /// The built-in defaults (plus environment secrets).
@@ -218,7 +219,9 @@ fn yaml_problem(e: &yaml_serde::Error) -> ConfigProblem {
     let msg = e.to_string();
     let (key, message) = match msg.split_once(": ") {
         Some((k, m))
-            if !k.contains(' ') && k.chars().all(|c| c.is_alphanumeric() || "._-[]".contains(c)) =>
+            if !k.contains(' ')
+                && k.chars()
+                    .all(|c| c.is_alphanumeric() || "._-[]".contains(c)) =>
         {
             (k.to_string(), m.to_string())
         }
@@ -284,7 +287,9 @@ struct RawFlags {
     overrides_file: Option<String>,
 }
 
-fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn explicit_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Ok(Some(Option::<String>::deserialize(d)?))
 }
 
@@ -346,7 +351,10 @@ impl Problems {
         match text.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                self.push(key, format!("{text:?} is not an IP address with a port (e.g. \"127.0.0.1:8080\")"));
+                self.push(
+                    key,
+                    format!("{text:?} is not an IP address with a port (e.g. \"127.0.0.1:8080\")"),
+                );
                 default.parse().expect("default address parses")
             }
         }
@@ -376,7 +384,10 @@ impl Problems {
         if !value.starts_with('/') {
             self.push(key, format!("{value:?} must start with '/'"));
         } else if value.contains(['?', '#', ' ']) {
-            self.push(key, format!("{value:?} must be a plain path (no query, fragment or spaces)"));
+            self.push(
+                key,
+                format!("{value:?} must be a plain path (no query, fragment or spaces)"),
+            );
         }
         value.to_string()
     }
@@ -387,7 +398,11 @@ impl RawConfig {
         let mut p = Problems(Vec::new());
 
         let listen = p.addr("listen", self.listen.as_deref(), "0.0.0.0:8080");
-        let admin_listen = p.addr("admin_listen", self.admin_listen.as_deref(), "127.0.0.1:9090");
+        let admin_listen = p.addr(
+            "admin_listen",
+            self.admin_listen.as_deref(),
+            "127.0.0.1:9090",
+        );
         if listen == admin_listen && listen.port() != 0 {
             p.push("admin_listen", "must differ from listen");
         }
@@ -415,26 +430,49 @@ impl RawConfig {
         let base_url = match url::Url::parse(&base_text) {
             Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
                 if u.query().is_some() || u.fragment().is_some() {
-                    p.push("upstream.base_url", format!("{base_text:?} must not have a query or fragment"));
+                    p.push(
+                        "upstream.base_url",
+                        format!("{base_text:?} must not have a query or fragment"),
+                    );
                 }
                 u
             }
             Ok(_) => {
-                p.push("upstream.base_url", format!("{base_text:?} must be an http:// or https:// URL with a host"));
+                p.push(
+                    "upstream.base_url",
+                    format!("{base_text:?} must be an http:// or https:// URL with a host"),
+                );
                 url::Url::parse("http://127.0.0.1:4000").expect("default URL parses")
             }
             Err(e) => {
-                p.push("upstream.base_url", format!("{base_text:?} is not a URL: {e}"));
+                p.push(
+                    "upstream.base_url",
+                    format!("{base_text:?} is not a URL: {e}"),
+                );
                 url::Url::parse("http://127.0.0.1:4000").expect("default URL parses")
             }
         };
         let native_stream_path = p.path(
             "upstream.native_stream_path",
-            self.upstream.native_stream_path.as_deref().unwrap_or("/v2/realtime/stream"),
+            self.upstream
+                .native_stream_path
+                .as_deref()
+                .unwrap_or("/v2/realtime/stream"),
         );
-        let poll_timeout = Duration::from_secs(p.range("upstream.poll_timeout_s", self.upstream.poll_timeout_s, 40, 1, 3600));
-        let native_fallback_after =
-            Duration::from_secs(p.range("upstream.native_fallback_s", self.upstream.native_fallback_s, 5, 0, 3600));
+        let poll_timeout = Duration::from_secs(p.range(
+            "upstream.poll_timeout_s",
+            self.upstream.poll_timeout_s,
+            40,
+            1,
+            3600,
+        ));
+        let native_fallback_after = Duration::from_secs(p.range(
+            "upstream.native_fallback_s",
+            self.upstream.native_fallback_s,
+            5,
+            0,
+            3600,
+        ));
 
         let jwt_secret = self.auth.jwt_secret.or_else(|| env.jwt_secret.clone());
         if jwt_secret.as_deref() == Some("") {
@@ -447,10 +485,17 @@ impl RawConfig {
         if let Some(f) = &jwt_public_key_file
             && !f.is_file()
         {
-            p.push("auth.jwt_public_key_file", format!("{} is not a readable file", f.display()));
+            p.push(
+                "auth.jwt_public_key_file",
+                format!("{} is not a readable file", f.display()),
+            );
         }
         let org_claim = p.name("auth.org_claim", self.auth.org_claim.as_deref(), "orgId");
-        let admin_token = self.auth.admin_token.or_else(|| env.admin_token.clone()).filter(|t| !t.is_empty());
+        let admin_token = self
+            .auth
+            .admin_token
+            .or_else(|| env.admin_token.clone())
+            .filter(|t| !t.is_empty());
 
         let rollout_group = p.name("rollout.group", self.rollout.group.as_deref(), "realtime");
 
@@ -459,7 +504,10 @@ impl RawConfig {
                 None => Some(PathBuf::from("flags/flags.yaml")),
                 Some(None) => None,
                 Some(Some(f)) if f.trim().is_empty() => {
-                    p.push("flags.file", "must not be empty (use null for no flags file)");
+                    p.push(
+                        "flags.file",
+                        "must not be empty (use null for no flags file)",
+                    );
                     None
                 }
                 Some(Some(f)) => Some(PathBuf::from(f)),
@@ -469,15 +517,59 @@ impl RawConfig {
 
         let s = &self.stream;
         let stream = StreamConfig {
-            batch_window: Duration::from_millis(p.range("stream.batch_window_ms", s.batch_window_ms, 50, 0, 10_000)),
-            batch_max_events: p.range("stream.batch_max_events", s.batch_max_events, 100, 1, 10_000) as usize,
-            ping_interval: Duration::from_secs(p.range("stream.ping_interval_s", s.ping_interval_s, 30, 1, 3600)),
-            handshake_timeout: Duration::from_secs(p.range("stream.handshake_timeout_s", s.handshake_timeout_s, 10, 1, 600)),
-            replay_events: p.range("stream.replay_events", s.replay_events, 1000, 0, 1_000_000) as usize,
-            max_queue_bytes: p.range("stream.max_queue_bytes", s.max_queue_bytes, 1_048_576, 1024, 1 << 30) as usize,
-            dedup_events: p.range("stream.dedup_events", s.dedup_events, 4096, 16, 10_000_000) as usize,
-            max_connections: p.range("stream.max_connections", s.max_connections, 18_000, 1, 10_000_000) as usize,
-            hub_linger: Duration::from_millis(p.range("stream.hub_linger_ms", s.hub_linger_ms, 5_000, 0, 3_600_000)),
+            batch_window: Duration::from_millis(p.range(
+                "stream.batch_window_ms",
+                s.batch_window_ms,
+                50,
+                0,
+                10_000,
+            )),
+            batch_max_events: p.range(
+                "stream.batch_max_events",
+                s.batch_max_events,
+                100,
+                1,
+                10_000,
+            ) as usize,
+            ping_interval: Duration::from_secs(p.range(
+                "stream.ping_interval_s",
+                s.ping_interval_s,
+                30,
+                1,
+                3600,
+            )),
+            handshake_timeout: Duration::from_secs(p.range(
+                "stream.handshake_timeout_s",
+                s.handshake_timeout_s,
+                10,
+                1,
+                600,
+            )),
+            replay_events: p.range("stream.replay_events", s.replay_events, 1000, 0, 1_000_000)
+                as usize,
+            max_queue_bytes: p.range(
+                "stream.max_queue_bytes",
+                s.max_queue_bytes,
+                1_048_576,
+                1024,
+                1 << 30,
+            ) as usize,
+            dedup_events: p.range("stream.dedup_events", s.dedup_events, 4096, 16, 10_000_000)
+                as usize,
+            max_connections: p.range(
+                "stream.max_connections",
+                s.max_connections,
+                18_000,
+                1,
+                10_000_000,
+            ) as usize,
+            hub_linger: Duration::from_millis(p.range(
+                "stream.hub_linger_ms",
+                s.hub_linger_ms,
+                5_000,
+                0,
+                3_600_000,
+            )),
         };
 
         let services = match self.services {
@@ -496,26 +588,51 @@ impl RawConfig {
                 let mut out = Vec::new();
                 for (name, svc) in map {
                     let key = format!("services.{name}");
-                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    {
                         p.push(&key, "service names are lowercase letters, digits and '_' (they name the flag <SERVICE>_REALTIME_V1)");
                     }
                     let path = p.path(&format!("{key}.v1_path"), &svc.v1_path);
                     if !seen.insert(path.clone()) {
-                        p.push(format!("{key}.v1_path"), format!("{path:?} is used by another service"));
+                        p.push(
+                            format!("{key}.v1_path"),
+                            format!("{path:?} is used by another service"),
+                        );
                     }
-                    out.push(ServiceConfig { name, v1_path: path });
+                    out.push(ServiceConfig {
+                        name,
+                        v1_path: path,
+                    });
                 }
                 out
             }
         };
         if services.iter().any(|s| s.v1_path == native_stream_path) {
-            p.push("upstream.native_stream_path", "must differ from every services.*.v1_path");
+            p.push(
+                "upstream.native_stream_path",
+                "must differ from every services.*.v1_path",
+            );
         }
 
         let legacy = LegacyConfig {
-            cursor_param: p.name("legacy.cursor_param", self.legacy.cursor_param.as_deref(), "since"),
-            events_field: p.name("legacy.events_field", self.legacy.events_field.as_deref(), "events"),
-            cursor_field: p.name("legacy.cursor_field", self.legacy.cursor_field.as_deref(), "cursor"),
+            cursor_param: p.name(
+                "legacy.cursor_param",
+                self.legacy.cursor_param.as_deref(),
+                "since",
+            ),
+            events_field: p.name(
+                "legacy.events_field",
+                self.legacy.events_field.as_deref(),
+                "events",
+            ),
+            cursor_field: p.name(
+                "legacy.cursor_field",
+                self.legacy.cursor_field.as_deref(),
+                "cursor",
+            ),
         };
 
         if !p.0.is_empty() {
@@ -579,7 +696,10 @@ mod tests {
         assert_eq!(c.stream.replay_events, 1000);
         assert_eq!(c.stream.max_queue_bytes, 1_048_576);
         assert_eq!(c.services.len(), 10);
-        assert_eq!(c.service("guest").unwrap().v1_path, "/guest-checkin/realtime/subscribe");
+        assert_eq!(
+            c.service("guest").unwrap().v1_path,
+            "/guest-checkin/realtime/subscribe"
+        );
         assert_eq!(c.legacy.cursor_param, "since");
         assert!(c.tls.is_none());
     }
@@ -604,7 +724,13 @@ legacy: {cursor_param: "c", events_field: "e", cursor_field: "n"}
         assert_eq!(c.listen.port(), 18080);
         assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
         assert_eq!(c.flags.file, None);
-        assert_eq!(c.services, vec![ServiceConfig { name: "finance".into(), v1_path: "/f".into() }]);
+        assert_eq!(
+            c.services,
+            vec![ServiceConfig {
+                name: "finance".into(),
+                v1_path: "/f".into()
+            }]
+        );
         assert_eq!(c.legacy.events_field, "e");
         assert_eq!(c.stream.replay_events, 7);
     }
@@ -655,7 +781,10 @@ services:
     #[test]
     fn empty_service_table_is_rejected() {
         let lines = problems("services: {}\n");
-        assert!(lines[0].contains("services: must list at least one service"), "{lines:?}");
+        assert!(
+            lines[0].contains("services: must list at least one service"),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub enum DemoError {
 
 /// Runs the demo until `stop` resolves.
 pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<(), DemoError> {
-    let sim_listener = TcpListener::bind("127.0.0.1:0").await.map_err(DemoError::Backend)?;
+    let sim_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(DemoError::Backend)?;
     let sim = Simulator::start(
         SimConfig {
             jwt_secret: DEMO_SECRET.into(),

@@ -26,7 +26,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A JSON response.
@@ -87,7 +89,8 @@ pub async fn serve<H, F>(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tokio::spawn(async move {
                 let mut tcp = tcp;
-                let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(OVERLOADED)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), tcp.write_all(OVERLOADED)).await;
             });
             continue;
         };
@@ -98,18 +101,27 @@ pub async fn serve<H, F>(
             let _permit = permit;
             match tls {
                 None => serve_conn(TokioIo::new(tcp), peer, limits, handler, shutdown).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_conn(TokioIo::new(stream), peer, limits, handler, shutdown).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_conn(TokioIo::new(stream), peer, limits, handler, shutdown).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
 }
 
-async fn serve_conn<I, H, F>(io: I, peer: SocketAddr, limits: ServerLimits, handler: H, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve_conn<I, H, F>(
+    io: I,
+    peer: SocketAddr,
+    limits: ServerLimits,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,

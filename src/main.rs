@@ -12,7 +12,11 @@ use realtime_edge::config::{CONFIG_ENV, Config, EnvSecrets};
 use realtime_edge::{Listeners, Sidecar, admin_client, demo, watch};
 
 #[derive(Parser)]
-#[command(name = "realtime-edge", version, about = "Edge-proxy sidecar: one WebSocket per browser, served from shared V1 long-pollers or the native stream, switched live by feature flags.")]
+#[command(
+    name = "realtime-edge",
+    version,
+    about = "Edge-proxy sidecar: one WebSocket per browser, served from shared V1 long-pollers or the native stream, switched live by feature flags."
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -107,8 +111,11 @@ enum FlagsAction {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -168,7 +175,8 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
                 match std::fs::read_to_string(file) {
                     Ok(text) => {
                         if let Err(p) = store.schema().parse_yaml_file(&text) {
-                            problems.extend(p.into_iter().map(|x| format!("{}: {x}", file.display())));
+                            problems
+                                .extend(p.into_iter().map(|x| format!("{}: {x}", file.display())));
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -183,7 +191,12 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         }
         return ExitCode::FAILURE;
     }
-    let flags = config.flags.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "none".into());
+    let flags = config
+        .flags
+        .file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "none".into());
     println!(
         "ok: {}: listen {}, admin {}, upstream {}, {} services, flags file {}",
         config.source,
@@ -196,7 +209,11 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn flags_command(admin: &str, token: Option<&str>, action: FlagsAction) -> anyhow::Result<()> {
+async fn flags_command(
+    admin: &str,
+    token: Option<&str>,
+    action: FlagsAction,
+) -> anyhow::Result<()> {
     use http::Method;
     let (method, path, form) = match action {
         FlagsAction::Get => (Method::GET, "/feature-flags".to_string(), None),
@@ -206,7 +223,11 @@ async fn flags_command(admin: &str, token: Option<&str>, action: FlagsAction) ->
             Some(admin_client::form_body(&pairs).map_err(anyhow::Error::msg)?),
         ),
         FlagsAction::Unset { key } => (Method::DELETE, format!("/feature-flags/{key}"), None),
-        FlagsAction::Evaluate { org } => (Method::GET, format!("/feature-flags/evaluate?orgId={org}"), None),
+        FlagsAction::Evaluate { org } => (
+            Method::GET,
+            format!("/feature-flags/evaluate?orgId={org}"),
+            None,
+        ),
         FlagsAction::History => (Method::GET, "/feature-flags/history".to_string(), None),
     };
     let out = admin_client::request(admin, token, method, &path, form).await?;
@@ -217,11 +238,16 @@ async fn flags_command(admin: &str, token: Option<&str>, action: FlagsAction) ->
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let command = cli.command.unwrap_or(Command::Serve { config: std::env::var_os(CONFIG_ENV).map(PathBuf::from) });
+    let command = cli.command.unwrap_or(Command::Serve {
+        config: std::env::var_os(CONFIG_ENV).map(PathBuf::from),
+    });
     if let Command::Check { config } = &command {
         return check(config.as_ref());
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -239,12 +265,34 @@ fn main() -> ExitCode {
                 sidecar.shutdown().await;
                 Ok(())
             }
-            Command::Demo { listen, admin_listen, events_per_second, orgs } => {
-                let opts = demo::DemoOptions { listen, admin_listen, events_per_second, orgs };
+            Command::Demo {
+                listen,
+                admin_listen,
+                events_per_second,
+                orgs,
+            } => {
+                let opts = demo::DemoOptions {
+                    listen,
+                    admin_listen,
+                    events_per_second,
+                    orgs,
+                };
                 demo::run(opts, shutdown_signal()).await.context("demo")
             }
-            Command::Flags { admin, token, action } => flags_command(&admin, token.as_deref(), action).await,
-            Command::Watch { url, token, services, property, last_seq, count, raw } => {
+            Command::Flags {
+                admin,
+                token,
+                action,
+            } => flags_command(&admin, token.as_deref(), action).await,
+            Command::Watch {
+                url,
+                token,
+                services,
+                property,
+                last_seq,
+                count,
+                raw,
+            } => {
                 let opts = watch::WatchOptions {
                     url,
                     token,

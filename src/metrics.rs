@@ -49,8 +49,13 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(DELIVERY_LATENCY_SECONDS.to_string()),
-                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                    metrics_exporter_prometheus::Matcher::Full(
+                        DELIVERY_LATENCY_SECONDS.to_string(),
+                    ),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
                 )
                 .ok()?
                 .build_recorder();
@@ -64,19 +69,35 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 
 fn describe() {
     metrics::describe_gauge!(ACTIVE_CONNECTIONS, "Open client streams");
-    metrics::describe_gauge!(AVG_LATENCY_MS, "Moving average of event delivery latency in milliseconds");
+    metrics::describe_gauge!(
+        AVG_LATENCY_MS,
+        "Moving average of event delivery latency in milliseconds"
+    );
     metrics::describe_counter!(ERRORS, "Stream errors by kind");
-    metrics::describe_histogram!(DELIVERY_LATENCY_SECONDS, metrics::Unit::Seconds, "Event timestamp to batch written to the client socket");
-    metrics::describe_counter!(EVENTS_DELIVERED, "Events written to client sockets, by service");
+    metrics::describe_histogram!(
+        DELIVERY_LATENCY_SECONDS,
+        metrics::Unit::Seconds,
+        "Event timestamp to batch written to the client socket"
+    );
+    metrics::describe_counter!(
+        EVENTS_DELIVERED,
+        "Events written to client sockets, by service"
+    );
     metrics::describe_counter!(CONNECTIONS_TOTAL, "Client streams accepted");
     metrics::describe_counter!(CONNECTIONS_CLOSED, "Client streams closed, by reason");
-    metrics::describe_counter!(UPSTREAM_REQUESTS, "Requests to the backend by service, mode and status");
+    metrics::describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Requests to the backend by service, mode and status"
+    );
     metrics::describe_gauge!(UPSTREAM_POLLERS, "Running V1 long-pollers");
     metrics::describe_gauge!(UPSTREAM_NATIVE_LINKS, "Open native stream links");
     metrics::describe_counter!(MODE_SWITCHES, "Service sources switched, by target mode");
     metrics::describe_counter!(FLAG_RELOADS, "Flags file reloads by result");
     metrics::describe_gauge!(FLAGS_VERSION, "Current flags version");
-    metrics::describe_counter!(CROSS_ORG_DROPPED, "Events dropped because their orgId was not the connection's");
+    metrics::describe_counter!(
+        CROSS_ORG_DROPPED,
+        "Events dropped because their orgId was not the connection's"
+    );
     metrics::describe_gauge!(ACTIVE_ORGS, "Org hubs alive");
 }
 
@@ -129,7 +150,11 @@ impl Stats {
         let sample_us = (latency_ms.max(0.0) * 1000.0) as u64;
         // EWMA with alpha = 1/16, lock-free; races only blur the average.
         let prev = self.latency_ewma_us.load(Ordering::Relaxed);
-        let next = if prev == 0 { sample_us } else { prev - prev / 16 + sample_us / 16 };
+        let next = if prev == 0 {
+            sample_us
+        } else {
+            prev - prev / 16 + sample_us / 16
+        };
         self.latency_ewma_us.store(next.max(1), Ordering::Relaxed);
         metrics::gauge!(AVG_LATENCY_MS).set(next as f64 / 1000.0);
     }
@@ -139,6 +164,9 @@ impl Stats {
     }
 
     pub fn events_by_service(&self) -> std::collections::BTreeMap<String, u64> {
-        self.events_by_service.lock().map(|m| m.clone()).unwrap_or_default()
+        self.events_by_service
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 }

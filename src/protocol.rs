@@ -86,8 +86,8 @@ impl HandshakeError {
 
 /// Parses the first client message.
 pub fn parse_handshake(text: &str) -> Result<Handshake, HandshakeError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| HandshakeError::Bad(format!("handshake is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| HandshakeError::Bad(format!("handshake is not valid JSON: {e}")))?;
     let obj = value
         .as_object()
         .ok_or_else(|| HandshakeError::Bad("handshake must be a JSON object".into()))?;
@@ -100,38 +100,43 @@ pub fn parse_handshake(text: &str) -> Result<Handshake, HandshakeError> {
         Some(serde_json::Value::Array(list)) => {
             let mut out: Vec<String> = Vec::with_capacity(list.len());
             for s in list {
-                let name = s
-                    .as_str()
-                    .ok_or_else(|| HandshakeError::Bad("services must be a list of strings".into()))?;
+                let name = s.as_str().ok_or_else(|| {
+                    HandshakeError::Bad("services must be a list of strings".into())
+                })?;
                 if !out.iter().any(|o| o == name) {
                     out.push(name.to_string());
                 }
             }
             if out.is_empty() {
-                return Err(HandshakeError::Bad("services must name at least one service".into()));
+                return Err(HandshakeError::Bad(
+                    "services must name at least one service".into(),
+                ));
             }
             out
         }
-        _ => return Err(HandshakeError::Bad("services must be a list of service names".into())),
+        _ => {
+            return Err(HandshakeError::Bad(
+                "services must be a list of service names".into(),
+            ));
+        }
     };
     let property = match obj.get("filters") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Object(f)) => match f.get("propertyId") {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(
-                PropertyKey::from_json(v)
-                    .ok_or_else(|| HandshakeError::Bad("filters.propertyId must be a number or a string".into()))?,
-            ),
+            Some(v) => Some(PropertyKey::from_json(v).ok_or_else(|| {
+                HandshakeError::Bad("filters.propertyId must be a number or a string".into())
+            })?),
         },
         Some(_) => return Err(HandshakeError::Bad("filters must be an object".into())),
     };
-    let last_seq = match obj.get("lastSeq") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| HandshakeError::Bad("lastSeq must be a non-negative integer".into()))?,
-        ),
-    };
+    let last_seq =
+        match obj.get("lastSeq") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                HandshakeError::Bad("lastSeq must be a non-negative integer".into())
+            })?),
+        };
     Ok(Handshake {
         services,
         property,
@@ -140,7 +145,11 @@ pub fn parse_handshake(text: &str) -> Result<Handshake, HandshakeError> {
 }
 
 /// Encodes a handshake (the native link and test clients send one).
-pub fn handshake_json(services: &[String], property: Option<&serde_json::Value>, last_seq: Option<u64>) -> String {
+pub fn handshake_json(
+    services: &[String],
+    property: Option<&serde_json::Value>,
+    last_seq: Option<u64>,
+) -> String {
     let mut v = serde_json::json!({"services": services, "version": PROTOCOL_VERSION});
     if let Some(p) = property {
         v["filters"] = serde_json::json!({"propertyId": p});
@@ -164,11 +173,16 @@ pub fn ack_message(seq: u64, mode: &str, resumed: bool) -> String {
 }
 
 pub fn ping_message(seq: u64) -> String {
-    format!(r#"{{"type":"ping","seq":{seq},"timestamp":"{}"}}"#, clock::now_rfc3339())
+    format!(
+        r#"{{"type":"ping","seq":{seq},"timestamp":"{}"}}"#,
+        clock::now_rfc3339()
+    )
 }
 
 pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq: u64) -> String {
-    let service = service.map(|s| format!(r#""service":{},"#, json_str(s))).unwrap_or_default();
+    let service = service
+        .map(|s| format!(r#""service":{},"#, json_str(s)))
+        .unwrap_or_default();
     format!(
         r#"{{"type":"error",{service}"code":"{}","message":{},"seq":{seq},"timestamp":"{}"}}"#,
         code.as_str(),
@@ -178,7 +192,11 @@ pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq:
 }
 
 /// An `event` message around already-serialised event objects.
-pub fn event_message<'a>(service: &str, events: impl Iterator<Item = &'a RawValue>, seq: u64) -> String {
+pub fn event_message<'a>(
+    service: &str,
+    events: impl Iterator<Item = &'a RawValue>,
+    seq: u64,
+) -> String {
     let mut out = String::with_capacity(256);
     out.push_str(r#"{"type":"event","service":"#);
     out.push_str(&json_str(service));
@@ -232,18 +250,50 @@ mod tests {
 
     #[test]
     fn handshake_errors() {
-        assert_eq!(parse_handshake("nope").unwrap_err().code(), ErrorCode::BadHandshake);
-        assert_eq!(parse_handshake("[1]").unwrap_err().code(), ErrorCode::BadHandshake);
-        assert_eq!(parse_handshake(r#"{"services":["a"],"version":2}"#).unwrap_err().code(), ErrorCode::UnsupportedVersion);
-        assert_eq!(parse_handshake(r#"{"services":"a","version":1}"#).unwrap_err().code(), ErrorCode::BadHandshake);
-        assert_eq!(parse_handshake(r#"{"services":[],"version":1}"#).unwrap_err().code(), ErrorCode::BadHandshake);
-        assert_eq!(parse_handshake(r#"{"services":["a"],"lastSeq":-1}"#).unwrap_err().code(), ErrorCode::BadHandshake);
-        assert_eq!(parse_handshake(r#"{"services":["a"],"filters":[]}"#).unwrap_err().code(), ErrorCode::BadHandshake);
+        assert_eq!(
+            parse_handshake("nope").unwrap_err().code(),
+            ErrorCode::BadHandshake
+        );
+        assert_eq!(
+            parse_handshake("[1]").unwrap_err().code(),
+            ErrorCode::BadHandshake
+        );
+        assert_eq!(
+            parse_handshake(r#"{"services":["a"],"version":2}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            parse_handshake(r#"{"services":"a","version":1}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadHandshake
+        );
+        assert_eq!(
+            parse_handshake(r#"{"services":[],"version":1}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadHandshake
+        );
+        assert_eq!(
+            parse_handshake(r#"{"services":["a"],"lastSeq":-1}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadHandshake
+        );
+        assert_eq!(
+            parse_handshake(r#"{"services":["a"],"filters":[]}"#)
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadHandshake
+        );
     }
 
     #[test]
     fn messages_are_valid_json_with_required_fields() {
-        let raw: Vec<Box<RawValue>> = vec![RawValue::from_string(r#"{"eventId":"e1"}"#.into()).unwrap()];
+        let raw: Vec<Box<RawValue>> =
+            vec![RawValue::from_string(r#"{"eventId":"e1"}"#.into()).unwrap()];
         for text in [
             ack_message(5, "poll", false),
             ping_message(5),

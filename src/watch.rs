@@ -41,19 +41,28 @@ pub enum WatchError {
 
 /// Runs until the server closes, `max_events` arrive or the process is stopped.
 pub async fn run(opts: WatchOptions, mut out: impl FnMut(&str)) -> Result<(), WatchError> {
-    let mut req = opts.url.as_str().into_client_request().map_err(|source| WatchError::Url {
-        url: opts.url.clone(),
-        source,
-    })?;
+    let mut req = opts
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|source| WatchError::Url {
+            url: opts.url.clone(),
+            source,
+        })?;
     if let Ok(v) = format!("Bearer {}", opts.token).parse() {
         req.headers_mut().insert(http::header::AUTHORIZATION, v);
     }
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
-        .await
-        .map_err(|_| WatchError::Closed("connect timed out".into()))?
-        .map_err(WatchError::Connect)?;
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .map_err(|_| WatchError::Closed("connect timed out".into()))?
+    .map_err(WatchError::Connect)?;
     let hello = protocol::handshake_json(&opts.services, opts.property.as_ref(), opts.last_seq);
-    ws.send(Message::Text(hello.into())).await.map_err(WatchError::Stream)?;
+    ws.send(Message::Text(hello.into()))
+        .await
+        .map_err(WatchError::Stream)?;
     let mut events = 0u64;
     while let Some(msg) = ws.next().await {
         match msg.map_err(WatchError::Stream)? {
@@ -72,7 +81,9 @@ pub async fn run(opts: WatchOptions, mut out: impl FnMut(&str)) -> Result<(), Wa
                 }
             }
             Message::Close(frame) => {
-                let why = frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default();
+                let why = frame
+                    .map(|f| format!("{} {}", f.code, f.reason))
+                    .unwrap_or_default();
                 return Err(WatchError::Closed(why));
             }
             _ => {}
@@ -89,11 +100,27 @@ fn summarise(text: &str) -> String {
                 let ids: Vec<String> = evs
                     .iter()
                     .filter_map(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok())
-                    .map(|v| v["eventId"].as_str().map(String::from).unwrap_or_else(|| v["eventId"].to_string()))
+                    .map(|v| {
+                        v["eventId"]
+                            .as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| v["eventId"].to_string())
+                    })
                     .collect();
-                format!("event   seq={} service={} events={} ids={}", m.seq.unwrap_or(0), m.service.unwrap_or_default(), evs.len(), ids.join(","))
+                format!(
+                    "event   seq={} service={} events={} ids={}",
+                    m.seq.unwrap_or(0),
+                    m.service.unwrap_or_default(),
+                    evs.len(),
+                    ids.join(",")
+                )
             }
-            "ack" => format!("ack     seq={} mode={} resumed={}", m.seq.unwrap_or(0), m.mode.unwrap_or_default(), m.resumed.unwrap_or(false)),
+            "ack" => format!(
+                "ack     seq={} mode={} resumed={}",
+                m.seq.unwrap_or(0),
+                m.mode.unwrap_or_default(),
+                m.resumed.unwrap_or(false)
+            ),
             "error" => format!(
                 "error   seq={} service={} code={} message={}",
                 m.seq.unwrap_or(0),

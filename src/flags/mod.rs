@@ -115,10 +115,16 @@ impl FlagSchema {
 
     /// Every key, in a stable order.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = [STREAMING_V2, ROLLOUT_PERCENT, ALLOWLIST, DENYLIST, LEADER_ENABLED]
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
+        let mut keys: Vec<String> = [
+            STREAMING_V2,
+            ROLLOUT_PERCENT,
+            ALLOWLIST,
+            DENYLIST,
+            LEADER_ENABLED,
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
         keys.extend(self.services.iter().map(|s| Self::service_flag(s)));
         keys
     }
@@ -151,7 +157,9 @@ impl FlagSchema {
 
     /// Parses a value given as text (environment, form body, CLI).
     pub fn parse_text(&self, key: &str, text: &str) -> Result<FlagValue, FlagError> {
-        let kind = self.kind(key).ok_or_else(|| FlagError::UnknownKey(key.to_string()))?;
+        let kind = self
+            .kind(key)
+            .ok_or_else(|| FlagError::UnknownKey(key.to_string()))?;
         let bad = |problem: String| FlagError::BadValue {
             key: key.to_string(),
             problem,
@@ -168,13 +176,18 @@ impl FlagSchema {
                 .map(FlagValue::Percent)
                 .ok_or_else(|| bad(format!("{t:?} is not an integer from 0 to 100"))),
             Kind::Orgs => {
-                let inner = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(t);
+                let inner = t
+                    .strip_prefix('[')
+                    .and_then(|s| s.strip_suffix(']'))
+                    .unwrap_or(t);
                 let mut set = BTreeSet::new();
                 for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     let part = part.trim_matches(|c| c == '"' || c == '\'');
-                    let id = part
-                        .parse::<OrgId>()
-                        .map_err(|_| bad(format!("{part:?} is not an org id (a non-negative integer)")))?;
+                    let id = part.parse::<OrgId>().map_err(|_| {
+                        bad(format!(
+                            "{part:?} is not an org id (a non-negative integer)"
+                        ))
+                    })?;
                     set.insert(id);
                 }
                 Ok(FlagValue::Orgs(set))
@@ -185,7 +198,9 @@ impl FlagSchema {
     /// Parses a value given as JSON (JSON body, YAML file).
     pub fn parse_json(&self, key: &str, value: &serde_json::Value) -> Result<FlagValue, FlagError> {
         use serde_json::Value as J;
-        let kind = self.kind(key).ok_or_else(|| FlagError::UnknownKey(key.to_string()))?;
+        let kind = self
+            .kind(key)
+            .ok_or_else(|| FlagError::UnknownKey(key.to_string()))?;
         let bad = |problem: String| FlagError::BadValue {
             key: key.to_string(),
             problem,
@@ -209,7 +224,9 @@ impl FlagSchema {
                         J::String(s) => s.trim().parse().ok(),
                         _ => None,
                     }
-                    .ok_or_else(|| bad(format!("{item} is not an org id (a non-negative integer)")))?;
+                    .ok_or_else(|| {
+                        bad(format!("{item} is not an org id (a non-negative integer)"))
+                    })?;
                     set.insert(id);
                 }
                 Ok(FlagValue::Orgs(set))
@@ -228,7 +245,8 @@ impl FlagSchema {
         if text.trim().is_empty() {
             return Ok(BTreeMap::new());
         }
-        let doc: serde_json::Value = yaml_serde::from_str(text).map_err(|e| vec![format!("not valid YAML: {e}")])?;
+        let doc: serde_json::Value =
+            yaml_serde::from_str(text).map_err(|e| vec![format!("not valid YAML: {e}")])?;
         match doc {
             serde_json::Value::Null => Ok(BTreeMap::new()),
             serde_json::Value::Object(map) => self.parse_json_object(&map),
@@ -251,11 +269,18 @@ impl FlagSchema {
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        if problems.is_empty() { Ok(out) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
     }
 
     /// Reads the flags given as environment variables.
-    pub fn from_env(&self, get: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, FlagValue>, Vec<String>> {
+    pub fn from_env(
+        &self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<BTreeMap<String, FlagValue>, Vec<String>> {
         let mut out = BTreeMap::new();
         let mut problems = Vec::new();
         for key in self.keys() {
@@ -268,7 +293,11 @@ impl FlagSchema {
                 }
             }
         }
-        if problems.is_empty() { Ok(out) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
     }
 
     /// Builds typed flags from a complete value map.
@@ -290,7 +319,11 @@ impl FlagSchema {
             allowlist: orgs_of(ALLOWLIST),
             denylist: orgs_of(DENYLIST),
             leader_enabled: bool_of(LEADER_ENABLED, true),
-            service_v1: self.services.iter().map(|s| bool_of(&Self::service_flag(s), true)).collect(),
+            service_v1: self
+                .services
+                .iter()
+                .map(|s| bool_of(&Self::service_flag(s), true))
+                .collect(),
         }
     }
 }
@@ -323,18 +356,45 @@ mod tests {
     #[test]
     fn text_values() {
         let s = schema();
-        for (t, b) in [("true", true), ("ON", true), ("1", true), ("off", false), ("False", false), ("0", false)] {
+        for (t, b) in [
+            ("true", true),
+            ("ON", true),
+            ("1", true),
+            ("off", false),
+            ("False", false),
+            ("0", false),
+        ] {
             assert_eq!(s.parse_text(STREAMING_V2, t), Ok(FlagValue::Bool(b)));
         }
-        assert_eq!(s.parse_text(ROLLOUT_PERCENT, "10"), Ok(FlagValue::Percent(10)));
+        assert_eq!(
+            s.parse_text(ROLLOUT_PERCENT, "10"),
+            Ok(FlagValue::Percent(10))
+        );
         assert!(s.parse_text(ROLLOUT_PERCENT, "101").is_err());
         assert!(s.parse_text(ROLLOUT_PERCENT, "-1").is_err());
-        assert_eq!(s.parse_text(ALLOWLIST, "1, 2,3"), Ok(FlagValue::Orgs(BTreeSet::from([1, 2, 3]))));
-        assert_eq!(s.parse_text(ALLOWLIST, "[4]"), Ok(FlagValue::Orgs(BTreeSet::from([4]))));
-        assert_eq!(s.parse_text(ALLOWLIST, ""), Ok(FlagValue::Orgs(BTreeSet::new())));
+        assert_eq!(
+            s.parse_text(ALLOWLIST, "1, 2,3"),
+            Ok(FlagValue::Orgs(BTreeSet::from([1, 2, 3])))
+        );
+        assert_eq!(
+            s.parse_text(ALLOWLIST, "[4]"),
+            Ok(FlagValue::Orgs(BTreeSet::from([4])))
+        );
+        assert_eq!(
+            s.parse_text(ALLOWLIST, ""),
+            Ok(FlagValue::Orgs(BTreeSet::new()))
+        );
         assert!(s.parse_text(ALLOWLIST, "1,x").is_err());
-        assert_eq!(s.parse_text("NOPE", "1"), Err(FlagError::UnknownKey("NOPE".into())));
-        assert!(s.parse_text(STREAMING_V2, "maybe").unwrap_err().to_string().contains(STREAMING_V2));
+        assert_eq!(
+            s.parse_text("NOPE", "1"),
+            Err(FlagError::UnknownKey("NOPE".into()))
+        );
+        assert!(
+            s.parse_text(STREAMING_V2, "maybe")
+                .unwrap_err()
+                .to_string()
+                .contains(STREAMING_V2)
+        );
     }
 
     #[test]
@@ -349,7 +409,9 @@ mod tests {
         assert_eq!(f.allowlist, BTreeSet::from([1, 2]));
         assert_eq!(f.denylist, BTreeSet::from([5, 6]));
         assert_eq!(f.service_v1, vec![true, false]);
-        let errs = s.parse_yaml_file("REALTIME_ROLLOUT_PERCENT: 500\nTYPO: 1\n").unwrap_err();
+        let errs = s
+            .parse_yaml_file("REALTIME_ROLLOUT_PERCENT: 500\nTYPO: 1\n")
+            .unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(s.parse_yaml_file("[1, 2]").is_err());
         assert!(s.parse_yaml_file("a: [").is_err());
@@ -362,6 +424,9 @@ mod tests {
             .from_env(|k| (k == ROLLOUT_PERCENT).then(|| "7".to_string()))
             .unwrap();
         assert_eq!(layer.get(ROLLOUT_PERCENT), Some(&FlagValue::Percent(7)));
-        assert!(s.from_env(|k| (k == STREAMING_V2).then(|| "perhaps".to_string())).is_err());
+        assert!(
+            s.from_env(|k| (k == STREAMING_V2).then(|| "perhaps".to_string()))
+                .is_err()
+        );
     }
 }

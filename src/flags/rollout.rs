@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(murmur3_x86_32(b"", 0xffff_ffff), 0x81F1_6F39);
         assert_eq!(murmur3_x86_32(b"\0\0\0\0", 0), 0x2362_F9DE);
         assert_eq!(murmur3_x86_32(b"Hello, world!", 1234), 0xFAF6_CDB3);
-        assert_eq!(murmur3_x86_32(b"The quick brown fox jumps over the lazy dog", 0), 0x2E4F_F723);
+        assert_eq!(
+            murmur3_x86_32(b"The quick brown fox jumps over the lazy dog", 0),
+            0x2E4F_F723
+        );
     }
 
     #[test]
@@ -144,7 +147,10 @@ mod tests {
             counts[b as usize] += 1;
         }
         // Every bucket gets roughly 100 orgs.
-        assert!(counts[1..].iter().all(|&c| (40..=180).contains(&c)), "{counts:?}");
+        assert!(
+            counts[1..].iter().all(|&c| (40..=180).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     proptest! {

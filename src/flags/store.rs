@@ -91,7 +91,11 @@ pub struct FlagStore {
 
 impl FlagStore {
     /// A store with defaults and the given environment layer.
-    pub fn new(schema: FlagSchema, env: BTreeMap<String, FlagValue>, overrides_file: Option<PathBuf>) -> Arc<FlagStore> {
+    pub fn new(
+        schema: FlagSchema,
+        env: BTreeMap<String, FlagValue>,
+        overrides_file: Option<PathBuf>,
+    ) -> Arc<FlagStore> {
         let layers = Layers {
             env,
             ..Layers::default()
@@ -123,12 +127,17 @@ impl FlagStore {
     }
 
     pub fn history(&self) -> Vec<HistoryEntry> {
-        self.history.lock().map(|h| h.iter().cloned().collect()).unwrap_or_default()
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Loads the persisted overrides at start-up. A bad file is an error.
     pub fn load_overrides(&self) -> Result<(), String> {
-        let Some(path) = &self.overrides_file else { return Ok(()) };
+        let Some(path) = &self.overrides_file else {
+            return Ok(());
+        };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -181,7 +190,11 @@ impl FlagStore {
     }
 
     /// Sets admin overrides atomically (all or nothing), then persists them.
-    pub fn set_overrides(&self, who: &str, changes: BTreeMap<String, FlagValue>) -> Result<Arc<Snapshot>, StoreError> {
+    pub fn set_overrides(
+        &self,
+        who: &str,
+        changes: BTreeMap<String, FlagValue>,
+    ) -> Result<Arc<Snapshot>, StoreError> {
         self.apply(who, |l| {
             let mut next = l.overrides.clone();
             next.extend(changes);
@@ -207,9 +220,13 @@ impl FlagStore {
     }
 
     fn persist(&self, overrides: &BTreeMap<String, FlagValue>) -> Result<(), StoreError> {
-        let Some(path) = &self.overrides_file else { return Ok(()) };
-        let map: serde_json::Map<String, serde_json::Value> =
-            overrides.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let Some(path) = &self.overrides_file else {
+            return Ok(());
+        };
+        let map: serde_json::Map<String, serde_json::Value> = overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect();
         let text = format!(
             "# Admin overrides written by realtime-edge; edit through the admin API.\n{}",
             yaml_serde::to_string(&map).unwrap_or_default()
@@ -240,7 +257,13 @@ impl FlagStore {
             .iter()
             .filter_map(|(k, v)| {
                 let before = old.values.get(k);
-                (before != Some(v)).then(|| (k.clone(), before.map(|b| b.to_string()).unwrap_or_default(), v.to_string()))
+                (before != Some(v)).then(|| {
+                    (
+                        k.clone(),
+                        before.map(|b| b.to_string()).unwrap_or_default(),
+                        v.to_string(),
+                    )
+                })
             })
             .collect();
         let sources_changed = next.sources != old.sources;
@@ -275,7 +298,10 @@ impl FlagStore {
 
 fn build(schema: &FlagSchema, layers: &Layers, version: u64) -> Snapshot {
     let mut values = schema.defaults();
-    let mut sources: BTreeMap<String, Source> = values.keys().map(|k| (k.clone(), Source::Default)).collect();
+    let mut sources: BTreeMap<String, Source> = values
+        .keys()
+        .map(|k| (k.clone(), Source::Default))
+        .collect();
     for (layer, source) in [
         (&layers.env, Source::Env),
         (&layers.file, Source::File),
@@ -311,32 +337,55 @@ mod tests {
         let s = store(None);
         assert_eq!(s.current().flags.rollout_percent, 5);
         assert_eq!(s.current().sources[ROLLOUT_PERCENT], Source::Env);
-        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 20\nREALTIME_STREAMING_V2: true")).unwrap();
+        s.apply_file(
+            "f.yaml",
+            Some("REALTIME_ROLLOUT_PERCENT: 20\nREALTIME_STREAMING_V2: true"),
+        )
+        .unwrap();
         assert_eq!(s.current().flags.rollout_percent, 20);
         assert_eq!(s.current().sources[ROLLOUT_PERCENT], Source::File);
-        s.set_overrides("admin", BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(50))]))
-            .unwrap();
+        s.set_overrides(
+            "admin",
+            BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(50))]),
+        )
+        .unwrap();
         assert_eq!(s.current().flags.rollout_percent, 50);
         assert_eq!(s.current().sources[ROLLOUT_PERCENT], Source::Override);
         assert!(s.delete_override("admin", ROLLOUT_PERCENT).unwrap());
         assert_eq!(s.current().flags.rollout_percent, 20);
         assert!(!s.delete_override("admin", ROLLOUT_PERCENT).unwrap());
         let hist = s.history();
-        assert!(hist.iter().any(|h| h.key == ROLLOUT_PERCENT && h.old == "20" && h.new == "50" && h.who == "admin"));
-        assert!(hist.iter().any(|h| h.key == STREAMING_V2 && h.who == "file f.yaml"));
+        assert!(hist.iter().any(|h| h.key == ROLLOUT_PERCENT
+            && h.old == "20"
+            && h.new == "50"
+            && h.who == "admin"));
+        assert!(
+            hist.iter()
+                .any(|h| h.key == STREAMING_V2 && h.who == "file f.yaml")
+        );
     }
 
     #[test]
     fn bad_file_keeps_last_good_flags() {
         let s = store(None);
-        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 30")).unwrap();
+        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 30"))
+            .unwrap();
         let v = s.current().version;
-        assert!(s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 300")).is_err());
+        assert!(
+            s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 300"))
+                .is_err()
+        );
         let snap = s.current();
         assert_eq!(snap.flags.rollout_percent, 30);
-        assert!(snap.last_error.as_deref().unwrap().contains("REALTIME_ROLLOUT_PERCENT"));
+        assert!(
+            snap.last_error
+                .as_deref()
+                .unwrap()
+                .contains("REALTIME_ROLLOUT_PERCENT")
+        );
         assert!(snap.version > v);
-        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 40")).unwrap();
+        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 40"))
+            .unwrap();
         assert_eq!(s.current().last_error, None);
     }
 
@@ -344,25 +393,38 @@ mod tests {
     fn watchers_see_each_version() {
         let s = store(None);
         let mut rx = s.subscribe();
-        s.set_overrides("t", BTreeMap::from([(STREAMING_V2.to_string(), FlagValue::Bool(true))]))
-            .unwrap();
+        s.set_overrides(
+            "t",
+            BTreeMap::from([(STREAMING_V2.to_string(), FlagValue::Bool(true))]),
+        )
+        .unwrap();
         assert!(rx.has_changed().unwrap());
         assert!(rx.borrow_and_update().flags.streaming_v2);
         // Setting the same value again is not a change.
         let v = s.current().version;
-        s.set_overrides("t", BTreeMap::from([(STREAMING_V2.to_string(), FlagValue::Bool(true))]))
-            .unwrap();
+        s.set_overrides(
+            "t",
+            BTreeMap::from([(STREAMING_V2.to_string(), FlagValue::Bool(true))]),
+        )
+        .unwrap();
         assert_eq!(s.current().version, v);
     }
 
     #[test]
     fn overrides_persist_and_reload() {
-        let dir = std::env::temp_dir().join(format!("re-flags-{}-{}", std::process::id(), clock::unix_millis()));
+        let dir = std::env::temp_dir().join(format!(
+            "re-flags-{}-{}",
+            std::process::id(),
+            clock::unix_millis()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("overrides.yaml");
         let s = store(Some(path.clone()));
-        s.set_overrides("t", BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(77))]))
-            .unwrap();
+        s.set_overrides(
+            "t",
+            BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(77))]),
+        )
+        .unwrap();
         let again = store(Some(path.clone()));
         again.load_overrides().unwrap();
         assert_eq!(again.current().flags.rollout_percent, 77);

@@ -75,7 +75,11 @@ pub async fn watch_file(store: Arc<FlagStore>, path: PathBuf, mut shutdown: watc
         let state = read_state(&path).await;
         if state != last {
             if apply(&store, &file, &state).is_ok() {
-                tracing::info!(file, version = store.current().version, "flags file reloaded");
+                tracing::info!(
+                    file,
+                    version = store.current().version,
+                    "flags file reloaded"
+                );
             }
             last = state;
         }

@@ -46,7 +46,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         if req.uri().path() == STREAM_PATH {
             self.stream(req).await
         } else {
@@ -58,7 +62,10 @@ impl Gateway {
         let stats = &self.registry.context().stats;
         let Some(token) = auth::token_from_request(req.headers(), req.uri().query()) else {
             stats.count_error(error_kind::AUTH);
-            return json_error(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization header or access_token parameter)");
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token (Authorization header or access_token parameter)",
+            );
         };
         let identity = match self.verifier.verify(&token) {
             Ok(i) => i,
@@ -74,14 +81,28 @@ impl Gateway {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
         let (true, Some(key)) = (is_upgrade && req.method() == http::Method::GET, key) else {
-            return json_error(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
+            return json_error(
+                StatusCode::UPGRADE_REQUIRED,
+                "this endpoint speaks WebSocket only",
+            );
         };
-        if req.headers().get(http::header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-            return json_error(StatusCode::BAD_REQUEST, "unsupported WebSocket version (13 required)");
+        if req
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_VERSION)
+            .and_then(|v| v.to_str().ok())
+            != Some("13")
+        {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported WebSocket version (13 required)",
+            );
         }
         let Ok(permit) = self.stream_slots.clone().try_acquire_owned() else {
             stats.count_error(error_kind::OVERLOAD);
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many streams on this sidecar; retry shortly");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many streams on this sidecar; retry shortly",
+            );
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let registry = self.registry.clone();
@@ -102,7 +123,12 @@ impl Gateway {
             ::metrics::gauge!(m::ACTIVE_CONNECTIONS).increment(1.0);
             ::metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
             tracing::info!(org = identity.org_id, "connected");
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(server_ws_config())).await;
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(server_ws_config()),
+            )
+            .await;
             session::run(ws, identity, token, registry, shutdown).await;
             stats.active_connections.fetch_sub(1, Ordering::Relaxed);
             ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
@@ -111,7 +137,10 @@ impl Gateway {
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(http::header::CONNECTION, "Upgrade")
             .header(http::header::UPGRADE, "websocket")
-            .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+            .header(
+                http::header::SEC_WEBSOCKET_ACCEPT,
+                derive_accept_key(key.as_bytes()),
+            )
             .body(crate::http_server::full(""))
             .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade response"))
     }

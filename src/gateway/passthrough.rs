@@ -45,19 +45,37 @@ impl Passthrough {
         Passthrough { client, base }
     }
 
-    pub async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
         let upgrade = upgrade_protocol(req.headers());
-        let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let target = format!("{}{}", self.base.as_str().trim_end_matches('/'), path_and_query);
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let target = format!(
+            "{}{}",
+            self.base.as_str().trim_end_matches('/'),
+            path_and_query
+        );
         let Ok(uri) = target.parse::<http::Uri>() else {
-            return json_error(StatusCode::BAD_REQUEST, "request target cannot be forwarded");
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "request target cannot be forwarded",
+            );
         };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(proto) = &upgrade {
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());
         }
         append_forwarded(&mut parts.headers, peer, tls, original_host);
@@ -74,11 +92,15 @@ impl Passthrough {
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
-                return json_error(StatusCode::BAD_GATEWAY, "backend switched protocols unasked");
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "backend switched protocols unasked",
+                );
             };
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
-                let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await) else {
+                let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await)
+                else {
                     return;
                 };
                 let mut client = TokioIo::new(client);
@@ -102,7 +124,11 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants { headers.get(header::UPGRADE).cloned() } else { None }
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -121,7 +147,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, host: Option<HeaderValue>) {
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
     let ip = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
@@ -130,7 +161,10 @@ fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, host: 
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
     if let Some(h) = host {
         headers.insert("x-forwarded-host", h);
     }
@@ -158,7 +192,12 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        append_forwarded(&mut h, "127.0.0.2:5000".parse().unwrap(), false, Some("app.example".parse().unwrap()));
+        append_forwarded(
+            &mut h,
+            "127.0.0.2:5000".parse().unwrap(),
+            false,
+            Some("app.example".parse().unwrap()),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.2");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "app.example");

@@ -145,7 +145,10 @@ pub async fn run<S>(
         _ => &stats.connections_mixed,
     };
     mode_counter.fetch_add(1, Ordering::Relaxed);
-    let service_names: Vec<&str> = services.iter().map(|&s| cfg.services[s as usize].name.as_str()).collect();
+    let service_names: Vec<&str> = services
+        .iter()
+        .map(|&s| cfg.services[s as usize].name.as_str())
+        .collect();
     tracing::info!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed, "subscribed");
     let started = tokio::time::Instant::now();
 
@@ -160,8 +163,17 @@ pub async fn run<S>(
         match queue.take(&mut batch) {
             Err(QueueClosed::Overflow) => {
                 stats.count_error(error_kind::SLOW_CLIENT);
-                tracing::warn!(org, session, "client fell too far behind; closing with 1013");
-                close_with(&mut ws, close::TRY_AGAIN_LATER, "client too slow; resume with lastSeq").await;
+                tracing::warn!(
+                    org,
+                    session,
+                    "client fell too far behind; closing with 1013"
+                );
+                close_with(
+                    &mut ws,
+                    close::TRY_AGAIN_LATER,
+                    "client too slow; resume with lastSeq",
+                )
+                .await;
                 break EndReason::Slow;
             }
             Ok(()) => {}
@@ -242,7 +254,10 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn write_frames<S>(ws: &mut WebSocketStream<S>, frames: &[Frame]) -> Result<bool, tokio_tungstenite::tungstenite::Error>
+async fn write_frames<S>(
+    ws: &mut WebSocketStream<S>,
+    frames: &[Frame],
+) -> Result<bool, tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -269,7 +284,8 @@ fn record_delivery(
             for &o in d.origins_ms.iter() {
                 let lat = (now - o).max(0) as f64;
                 sum += lat;
-                ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => mode).record(lat / 1000.0);
+                ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => mode)
+                    .record(lat / 1000.0);
             }
             let name = &services[d.service as usize].name;
             stats.record_delivery(name, n, sum / n.max(1) as f64);

@@ -70,7 +70,8 @@ pub enum EventError {
 impl IncomingEvent {
     /// Reads the fields the hub needs from an upstream event object.
     pub fn parse(raw: Box<RawValue>, arrival_ms: i64) -> Result<IncomingEvent, EventError> {
-        let meta: EventMeta = serde_json::from_str(raw.get()).map_err(|_| EventError::NotAnObject)?;
+        let meta: EventMeta =
+            serde_json::from_str(raw.get()).map_err(|_| EventError::NotAnObject)?;
         let id: Box<str> = match meta.event_id {
             Some(serde_json::Value::String(s)) if !s.is_empty() => s.into(),
             Some(serde_json::Value::Number(n)) => n.to_string().into(),
@@ -211,7 +212,10 @@ impl HubRegistry {
         }
         let (tx, rx) = mpsc::channel(HUB_INBOX);
         hubs.insert(org, tx.clone());
-        self.ctx.stats.active_orgs.store(hubs.len() as u64, Ordering::Relaxed);
+        self.ctx
+            .stats
+            .active_orgs
+            .store(hubs.len() as u64, Ordering::Relaxed);
         ::metrics::gauge!(crate::metrics::ACTIVE_ORGS).set(hubs.len() as f64);
         tokio::spawn(org::OrgHub::new(org, self.clone(), tx.clone(), rx).run());
         tx
@@ -252,7 +256,12 @@ impl HubRegistry {
 
     /// Removes a hub that retires, unless a newer hub took its place or a
     /// message is still waiting for it. Returns whether it may exit.
-    fn retire(&self, org: OrgId, inbox: &mpsc::Receiver<HubMsg>, own: &mpsc::Sender<HubMsg>) -> bool {
+    fn retire(
+        &self,
+        org: OrgId,
+        inbox: &mpsc::Receiver<HubMsg>,
+        own: &mpsc::Sender<HubMsg>,
+    ) -> bool {
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         if !inbox.is_empty() {
             return false;
@@ -260,7 +269,10 @@ impl HubRegistry {
         if hubs.get(&org).is_some_and(|tx| tx.same_channel(own)) {
             hubs.remove(&org);
         }
-        self.ctx.stats.active_orgs.store(hubs.len() as u64, Ordering::Relaxed);
+        self.ctx
+            .stats
+            .active_orgs
+            .store(hubs.len() as u64, Ordering::Relaxed);
         ::metrics::gauge!(crate::metrics::ACTIVE_ORGS).set(hubs.len() as f64);
         true
     }
@@ -270,7 +282,10 @@ impl HubRegistry {
         if hubs.get(&org).is_some_and(|tx| tx.same_channel(own)) {
             hubs.remove(&org);
         }
-        self.ctx.stats.active_orgs.store(hubs.len() as u64, Ordering::Relaxed);
+        self.ctx
+            .stats
+            .active_orgs
+            .store(hubs.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -296,7 +311,13 @@ mod tests {
         let e = IncomingEvent::parse(raw(r#"{"eventId":5,"timestamp":"bad"}"#), 9).unwrap();
         assert_eq!(e.org, None);
         assert_eq!(e.origin_ms, 9);
-        assert_eq!(IncomingEvent::parse(raw(r#"{"orgId":1}"#), 0).unwrap_err(), EventError::NoEventId);
-        assert_eq!(IncomingEvent::parse(raw("[1]"), 0).unwrap_err(), EventError::NotAnObject);
+        assert_eq!(
+            IncomingEvent::parse(raw(r#"{"orgId":1}"#), 0).unwrap_err(),
+            EventError::NoEventId
+        );
+        assert_eq!(
+            IncomingEvent::parse(raw("[1]"), 0).unwrap_err(),
+            EventError::NotAnObject
+        );
     }
 }

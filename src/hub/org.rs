@@ -18,7 +18,10 @@ use tokio::time::Instant;
 use super::dedup::RecentIds;
 use super::queue::{Delivery, Frame, SessionQueue};
 use super::tokens::TokenPool;
-use super::{HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, SessionId, SourceId, SourceStatus};
+use super::{
+    HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, SessionId, SourceId,
+    SourceStatus,
+};
 use crate::auth::OrgId;
 use crate::config::Config;
 use crate::flags::{Mode, Snapshot, decide, decide_org};
@@ -111,7 +114,12 @@ pub(super) struct OrgHub {
 }
 
 impl OrgHub {
-    pub(super) fn new(org: OrgId, registry: Arc<HubRegistry>, me: mpsc::Sender<HubMsg>, inbox: mpsc::Receiver<HubMsg>) -> Self {
+    pub(super) fn new(
+        org: OrgId,
+        registry: Arc<HubRegistry>,
+        me: mpsc::Sender<HubMsg>,
+        inbox: mpsc::Receiver<HubMsg>,
+    ) -> Self {
         let ctx = registry.context().clone();
         let cfg = ctx.config.clone();
         let mut flag_rx = ctx.flags.subscribe();
@@ -184,7 +192,9 @@ impl OrgHub {
                 self.reconcile();
             }
             if self.members.is_empty()
-                && self.empty_since.is_some_and(|t| now >= t + self.cfg.stream.hub_linger)
+                && self
+                    .empty_since
+                    .is_some_and(|t| now >= t + self.cfg.stream.hub_linger)
                 && self.registry.retire(self.org, &self.inbox, &self.me)
             {
                 self.stop_all();
@@ -227,12 +237,15 @@ impl OrgHub {
     }
 
     fn fallback_deadline(&self) -> Option<Instant> {
-        self.native_down_since.map(|t| t + self.cfg.upstream.native_fallback_after)
+        self.native_down_since
+            .map(|t| t + self.cfg.upstream.native_fallback_after)
     }
 
     fn slot_linger_due(&self, now: Instant) -> bool {
         self.slots.iter().any(|s| {
-            s.subscribers == 0 && s.idle_since.is_some_and(|t| now >= t + self.cfg.stream.hub_linger)
+            s.subscribers == 0
+                && s.idle_since
+                    .is_some_and(|t| now >= t + self.cfg.stream.hub_linger)
         })
     }
 
@@ -258,7 +271,8 @@ impl OrgHub {
             services: req.services.clone(),
             property: req.property.clone(),
         };
-        self.tokens.add(req.session, req.token.clone(), req.expires_at);
+        self.tokens
+            .add(req.session, req.token.clone(), req.expires_at);
         for &s in &req.services {
             if let Some(slot) = self.slots.get_mut(s as usize) {
                 slot.subscribers += 1;
@@ -268,7 +282,9 @@ impl OrgHub {
         let mode = self.ack_mode(&req.services);
         let resumed = req.last_seq.is_some_and(|n| self.can_resume(n));
         let q = &req.queue;
-        q.push(Frame::control(protocol::ack_message(self.seq, mode, resumed)));
+        q.push(Frame::control(protocol::ack_message(
+            self.seq, mode, resumed,
+        )));
         for name in &req.unknown_services {
             q.push(Frame::control(protocol::error_message(
                 Some(name),
@@ -280,15 +296,26 @@ impl OrgHub {
         if resumed && let Some(n) = req.last_seq {
             self.replay_to(q, &view, n);
         }
-        self.views.entry(view.clone()).or_default().push((req.session, req.queue.clone()));
-        self.members.insert(req.session, Member { queue: req.queue, view });
+        self.views
+            .entry(view.clone())
+            .or_default()
+            .push((req.session, req.queue.clone()));
+        self.members.insert(
+            req.session,
+            Member {
+                queue: req.queue,
+                view,
+            },
+        );
         self.empty_since = None;
         let _ = req.reply.send(JoinReply { mode, resumed });
         self.reconcile();
     }
 
     fn leave(&mut self, id: SessionId) {
-        let Some(member) = self.members.remove(&id) else { return };
+        let Some(member) = self.members.remove(&id) else {
+            return;
+        };
         self.tokens.remove(id);
         if let Some(list) = self.views.get_mut(&member.view) {
             list.retain(|(sid, _)| *sid != id);
@@ -313,9 +340,17 @@ impl OrgHub {
 
     fn ack_mode(&self, services: &[u16]) -> &'static str {
         let group = &self.cfg.rollout_group;
-        let mut modes = services.iter().map(|&s| decide(&self.flags.flags, group, self.org, s as usize).0);
-        let first = modes.next().unwrap_or_else(|| decide_org(&self.flags.flags, group, self.org).0);
-        if modes.all(|m| m == first) { first.as_str() } else { "mixed" }
+        let mut modes = services
+            .iter()
+            .map(|&s| decide(&self.flags.flags, group, self.org, s as usize).0);
+        let first = modes
+            .next()
+            .unwrap_or_else(|| decide_org(&self.flags.flags, group, self.org).0);
+        if modes.all(|m| m == first) {
+            first.as_str()
+        } else {
+            "mixed"
+        }
     }
 
     /// True when every event after `n` of this hub is still in the window.
@@ -333,7 +368,9 @@ impl OrgHub {
         let start = self.replay.partition_point(|e| e.seq <= after);
         let mut run: Vec<&Arc<Stored>> = Vec::new();
         for e in self.replay.range(start..).filter(|e| view.wants(e)) {
-            if run.last().is_some_and(|l| l.service != e.service) || run.len() >= self.cfg.stream.batch_max_events {
+            if run.last().is_some_and(|l| l.service != e.service)
+                || run.len() >= self.cfg.stream.batch_max_events
+            {
                 q.push(self.event_frame(&run));
                 run.clear();
             }
@@ -365,7 +402,9 @@ impl OrgHub {
 
     fn send_error(&mut self, service: u16, code: ErrorCode, message: &str) {
         let now = Instant::now();
-        let Some(slot) = self.slots.get_mut(service as usize) else { return };
+        let Some(slot) = self.slots.get_mut(service as usize) else {
+            return;
+        };
         if slot.last_error_sent.is_some_and(|t| now < t + ERROR_REPEAT) {
             return;
         }
@@ -392,7 +431,9 @@ impl OrgHub {
         if let Some(n) = native_seq {
             self.native_seq = Some(self.native_seq.map_or(n, |o| o.max(n)));
         }
-        let Some(slot) = self.slots.get_mut(service as usize) else { return };
+        let Some(slot) = self.slots.get_mut(service as usize) else {
+            return;
+        };
         if cursor.is_some() {
             slot.cursor = cursor;
         }
@@ -425,7 +466,8 @@ impl OrgHub {
             if slot.pending.is_empty() {
                 continue;
             }
-            let due = slot.pending.len() >= max || slot.last_flush.is_none_or(|t| now >= t + window);
+            let due =
+                slot.pending.len() >= max || slot.last_flush.is_none_or(|t| now >= t + window);
             if due {
                 self.flush(s as u16, now);
             }
@@ -471,7 +513,9 @@ impl OrgHub {
     // ---- sources ------------------------------------------------------------
 
     fn source_status(&mut self, source: SourceId, status: SourceStatus) {
-        let Some(running) = self.sources.get_mut(&source) else { return };
+        let Some(running) = self.sources.get_mut(&source) else {
+            return;
+        };
         match status {
             SourceStatus::Ready => {
                 running.ready = true;
@@ -485,24 +529,41 @@ impl OrgHub {
             }
             SourceStatus::Down => {
                 running.ready = false;
-                if matches!(running.kind, SourceKind::Native(_)) && self.native_down_since.is_none() {
+                if matches!(running.kind, SourceKind::Native(_)) && self.native_down_since.is_none()
+                {
                     self.native_down_since = Some(Instant::now());
                 }
                 self.reconcile();
             }
-            SourceStatus::Failed { service, auth, message } => {
+            SourceStatus::Failed {
+                service,
+                auth,
+                message,
+            } => {
                 let affected: Vec<u16> = match (&running.kind, service) {
                     (_, Some(s)) => vec![s],
                     (SourceKind::Native(set), None) => set.clone(),
-                    (SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _), None) => vec![*s],
+                    (SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _), None) => {
+                        vec![*s]
+                    }
                 };
                 let native = matches!(running.kind, SourceKind::Native(_));
-                self.ctx.stats.count_error(if auth { error_kind::UPSTREAM_AUTH } else { error_kind::UPSTREAM });
-                let code = if auth { ErrorCode::UpstreamAuth } else { ErrorCode::UpstreamError };
+                self.ctx.stats.count_error(if auth {
+                    error_kind::UPSTREAM_AUTH
+                } else {
+                    error_kind::UPSTREAM
+                });
+                let code = if auth {
+                    ErrorCode::UpstreamAuth
+                } else {
+                    ErrorCode::UpstreamError
+                };
                 for s in affected {
                     // A failing link only matters to clients it is serving.
                     let serving = self.slots[s as usize].serving;
-                    if (native && serving == Some(Mode::Native)) || (!native && serving == Some(Mode::Poll)) {
+                    if (native && serving == Some(Mode::Native))
+                        || (!native && serving == Some(Mode::Poll))
+                    {
                         self.send_error(s, code, &message);
                     }
                 }
@@ -512,7 +573,10 @@ impl OrgHub {
 
     fn active(&self, s: usize, now: Instant) -> bool {
         let slot = &self.slots[s];
-        slot.subscribers > 0 || slot.idle_since.is_some_and(|t| now < t + self.cfg.stream.hub_linger)
+        slot.subscribers > 0
+            || slot
+                .idle_since
+                .is_some_and(|t| now < t + self.cfg.stream.hub_linger)
     }
 
     /// Brings the running sources in line with the flags and subscribers.
@@ -533,7 +597,11 @@ impl OrgHub {
             let d = decide(&flags, &group, self.org, s).0;
             decided[s] = Some(d);
             let v1 = flags.service_v1.get(s).copied().unwrap_or(true);
-            serve[s] = Some(if d == Mode::Native && fallback && v1 { Mode::Poll } else { d });
+            serve[s] = Some(if d == Mode::Native && fallback && v1 {
+                Mode::Poll
+            } else {
+                d
+            });
         }
 
         // Start pollers.
@@ -543,7 +611,11 @@ impl OrgHub {
             }
             let s16 = s as u16;
             if flags.leader_enabled {
-                if !self.sources.values().any(|r| matches!(r.kind, SourceKind::SharedPoller(x) if x == s16)) {
+                if !self
+                    .sources
+                    .values()
+                    .any(|r| matches!(r.kind, SourceKind::SharedPoller(x) if x == s16))
+                {
                     self.start_poller(s16, None);
                 }
             } else {
@@ -567,7 +639,10 @@ impl OrgHub {
 
         // Start a native link covering every service decided native (it
         // keeps running during a fallback, so it can come back).
-        let native_want: Vec<u16> = (0..n).filter(|&s| decided[s] == Some(Mode::Native)).map(|s| s as u16).collect();
+        let native_want: Vec<u16> = (0..n)
+            .filter(|&s| decided[s] == Some(Mode::Native))
+            .map(|s| s as u16)
+            .collect();
         let newest_native = self.newest_native();
         let adequate = newest_native.is_some_and(|id| match &self.sources[&id].kind {
             SourceKind::Native(set) => native_want.iter().all(|s| set.binary_search(s).is_ok()),
@@ -600,7 +675,8 @@ impl OrgHub {
         let native_ready = |hub: &OrgHub, s: u16| -> bool {
             newest_native.is_some_and(|id| {
                 let r = &hub.sources[&id];
-                r.ready && matches!(&r.kind, SourceKind::Native(set) if set.binary_search(&s).is_ok())
+                r.ready
+                    && matches!(&r.kind, SourceKind::Native(set) if set.binary_search(&s).is_ok())
             })
         };
         let replacement_ready = |hub: &OrgHub, s: u16| -> bool {
@@ -618,8 +694,13 @@ impl OrgHub {
                     !wanted && replacement_ready(self, *s)
                 }
                 SourceKind::SessionPoller(s, sid) => {
-                    let still_member = self.members.get(sid).is_some_and(|m| m.view.services.binary_search(s).is_ok());
-                    let wanted = serve[*s as usize] == Some(Mode::Poll) && !flags.leader_enabled && still_member;
+                    let still_member = self
+                        .members
+                        .get(sid)
+                        .is_some_and(|m| m.view.services.binary_search(s).is_ok());
+                    let wanted = serve[*s as usize] == Some(Mode::Poll)
+                        && !flags.leader_enabled
+                        && still_member;
                     !wanted && (!still_member || replacement_ready(self, *s))
                 }
                 SourceKind::Native(set) => {
@@ -694,12 +775,24 @@ impl OrgHub {
             None => SourceKind::SharedPoller(service),
             Some(s) => SourceKind::SessionPoller(service, s),
         };
-        self.sources.insert(id, Running { kind, ready, handle });
+        self.sources.insert(
+            id,
+            Running {
+                kind,
+                ready,
+                handle,
+            },
+        );
     }
 
     fn start_native(&mut self, services: Vec<u16>) {
         let id = self.alloc_source();
-        if !self.sources.values().any(|r| matches!(r.kind, SourceKind::Native(_)) && r.ready) && self.native_down_since.is_none() {
+        if !self
+            .sources
+            .values()
+            .any(|r| matches!(r.kind, SourceKind::Native(_)) && r.ready)
+            && self.native_down_since.is_none()
+        {
             self.native_down_since = Some(Instant::now());
         }
         let spec = NativeSpec {

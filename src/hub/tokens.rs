@@ -51,7 +51,9 @@ impl TokenPool {
     /// The token of one session (per-connection polling).
     pub fn of_session(&self, session: u64) -> Option<Arc<str>> {
         let e = self.entries.lock().ok()?;
-        e.iter().find(|x| x.session == session).map(|x| x.token.clone())
+        e.iter()
+            .find(|x| x.session == session)
+            .map(|x| x.token.clone())
     }
 
     /// Marks a token the backend refused with 401/403.

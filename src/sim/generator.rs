@@ -22,7 +22,11 @@ pub struct GeneratorConfig {
 
 const TICK: Duration = Duration::from_millis(10);
 
-pub(super) async fn run(state: Arc<SimState>, cfg: GeneratorConfig, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run(
+    state: Arc<SimState>,
+    cfg: GeneratorConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let services: Vec<String> = if cfg.services.is_empty() {
         state.services.iter().map(|(n, _)| n.clone()).collect()
     } else {

@@ -51,7 +51,10 @@ impl Default for SimConfig {
             jwt_secret: "demo-secret".into(),
             org_claim: "orgId".into(),
             hold: Duration::from_secs(25),
-            services: DEFAULT_SERVICES.iter().map(|(n, p)| (n.to_string(), p.to_string())).collect(),
+            services: DEFAULT_SERVICES
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+                .collect(),
             native_path: "/v2/realtime/stream".into(),
             ping_interval: Duration::from_secs(15),
             log_capacity: 100_000,
@@ -90,7 +93,11 @@ impl Simulator {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let mut tasks = Vec::new();
         if let Some(g) = cfg.generator.clone() {
-            tasks.push(tokio::spawn(generator::run(state.clone(), g, shutdown.clone())));
+            tasks.push(tokio::spawn(generator::run(
+                state.clone(),
+                g,
+                shutdown.clone(),
+            )));
         }
         let ctx = Arc::new(Ctx {
             cfg,
@@ -131,6 +138,12 @@ impl Simulator {
 
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if path == "/_sim/echo" {
+        return echo(req).await;
+    }
+    if path == "/_sim/ws-echo" {
+        return native::echo_upgrade(req).await;
+    }
     if path.starts_with("/_sim/") {
         return control(&ctx, req, &path).await;
     }
@@ -141,15 +154,29 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         let name = name.clone();
         return v1(&ctx, req, &name).await;
     }
-    json_error(StatusCode::NOT_FOUND, "no such endpoint on the simulated backend")
+    json_error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint on the simulated backend",
+    )
 }
 
 fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Response<Body>> {
-    let token = crate::auth::token_from_request(req.headers(), req.uri().query()).unwrap_or_default();
+    let token =
+        crate::auth::token_from_request(req.headers(), req.uri().query()).unwrap_or_default();
     match ctx.verifier.verify(&token) {
+        Ok(_) if ctx.state.is_revoked(&token) => {
+            ctx.state
+                .counters
+                .unauthorized
+                .fetch_add(1, Ordering::Relaxed);
+            Err(json_error(StatusCode::UNAUTHORIZED, "token revoked"))
+        }
         Ok(id) => Ok(id.org_id),
         Err(e) => {
-            ctx.state.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+            ctx.state
+                .counters
+                .unauthorized
+                .fetch_add(1, Ordering::Relaxed);
             Err(json_error(StatusCode::UNAUTHORIZED, &e.to_string()))
         }
     }
@@ -196,7 +223,10 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
     match state.fault(service) {
         Fault::None => {}
         Fault::Status(code) => {
-            return json_error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "injected fault");
+            return json_error(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "injected fault",
+            );
         }
         Fault::Slow(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Fault::Garbage => {
@@ -206,7 +236,9 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
                 .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "x"));
         }
         Fault::Drop => {
-            let failing = stream::once(async { Err::<Frame<Bytes>, BoxError>("connection dropped by fault".into()) });
+            let failing = stream::once(async {
+                Err::<Frame<Bytes>, BoxError>("connection dropped by fault".into())
+            });
             return Response::builder()
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(BodyExt::boxed(StreamBody::new(failing)))
@@ -233,10 +265,14 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
     let mut shutdown = ctx.shutdown.clone();
     loop {
         changed.borrow_and_update();
-        let (events, last) = state.with_org(org, |log| (log.after(after, Some(&services)), log.last));
+        let (events, last) =
+            state.with_org(org, |log| (log.after(after, Some(&services)), log.last));
         if !events.is_empty() {
             let body: Vec<&serde_json::value::RawValue> = events.iter().map(|e| &*e.json).collect();
-            return json(StatusCode::OK, &json!({"events": body, "cursor": cursor_value(last)}));
+            return json(
+                StatusCode::OK,
+                &json!({"events": body, "cursor": cursor_value(last)}),
+            );
         }
         // Nothing for this service up to `last`: the cursor may move past it.
         after = after.max(last);
@@ -246,7 +282,37 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
             _ = shutdown.changed() => break,
         }
     }
-    json(StatusCode::OK, &json!({"events": [], "cursor": cursor_value(after)}))
+    json(
+        StatusCode::OK,
+        &json!({"events": [], "cursor": cursor_value(after)}),
+    )
+}
+
+/// Echoes a request back (method, path, query, headers, body), streaming
+/// the body through, for pass-through tests.
+async fn echo(req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let headers: serde_json::Map<String, Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                json!(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
+        .collect();
+    let meta = json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+    });
+    Response::builder()
+        .header("x-echo-meta", meta.to_string())
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(body.map_err(Into::into).boxed())
+        .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "echo"))
 }
 
 /// The control API: publish, faults, counters.
@@ -256,7 +322,9 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
         match Limited::new(req.into_body(), 8 << 20).collect().await {
             Ok(b) => match serde_json::from_slice(&b.to_bytes()) {
                 Ok(v) => v,
-                Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+                Err(e) => {
+                    return json_error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}"));
+                }
             },
             Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
         }
@@ -274,12 +342,25 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
                 return json_error(StatusCode::BAD_REQUEST, "service required");
             };
             if !state.has_service(service) {
-                return json_error(StatusCode::BAD_REQUEST, &format!("unknown service {service:?}"));
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown service {service:?}"),
+                );
             }
-            let events = match (body.get("events"), body.get("count").and_then(Value::as_u64)) {
+            let events = match (
+                body.get("events"),
+                body.get("count").and_then(Value::as_u64),
+            ) {
                 (Some(Value::Array(list)), _) => list.clone(),
-                (None, Some(n)) if n <= 100_000 => (0..n).map(|i| json!({"data": {"n": i}})).collect(),
-                _ => return json_error(StatusCode::BAD_REQUEST, "events (list) or count (<= 100000) required"),
+                (None, Some(n)) if n <= 100_000 => {
+                    (0..n).map(|i| json!({"data": {"n": i}})).collect()
+                }
+                _ => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "events (list) or count (<= 100000) required",
+                    );
+                }
             };
             let ids = state.publish(org, service, events);
             json(StatusCode::OK, &json!({ "eventIds": ids }))
@@ -293,17 +374,26 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
                 return json_error(StatusCode::BAD_REQUEST, "service or native required");
             };
             if !state.has_service(service) {
-                return json_error(StatusCode::BAD_REQUEST, &format!("unknown service {service:?}"));
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown service {service:?}"),
+                );
             }
             match Fault::from_json(&body) {
                 Ok(f) => {
                     state.set_fault(service, f);
-                    json(StatusCode::OK, &json!({"service": service, "fault": body.get("kind")}))
+                    json(
+                        StatusCode::OK,
+                        &json!({"service": service, "fault": body.get("kind")}),
+                    )
                 }
                 Err(e) => json_error(StatusCode::BAD_REQUEST, &e),
             }
         }
-        _ => json_error(StatusCode::NOT_FOUND, "control endpoints: GET /_sim/stats, POST /_sim/publish, POST /_sim/fault"),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "control endpoints: GET /_sim/stats, POST /_sim/publish, POST /_sim/fault",
+        ),
     }
 }
 
@@ -321,8 +411,14 @@ mod tests {
 
     #[test]
     fn faults_parse() {
-        assert_eq!(Fault::from_json(&json!({"kind":"status","status":500})), Ok(Fault::Status(500)));
-        assert_eq!(Fault::from_json(&json!({"kind":"slow","ms":5})), Ok(Fault::Slow(5)));
+        assert_eq!(
+            Fault::from_json(&json!({"kind":"status","status":500})),
+            Ok(Fault::Status(500))
+        );
+        assert_eq!(
+            Fault::from_json(&json!({"kind":"slow","ms":5})),
+            Ok(Fault::Slow(5))
+        );
         assert!(Fault::from_json(&json!({"kind":"status"})).is_err());
         assert!(Fault::from_json(&json!({"kind":"explode"})).is_err());
     }

@@ -26,31 +26,39 @@ pub(super) async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Respon
         Err(resp) => return resp,
     };
     if *ctx.state.native_down.borrow() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "native stream is down (injected fault)");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "native stream is down (injected fault)",
+        );
     }
     let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
         return json_error(StatusCode::UPGRADE_REQUIRED, "WebSocket only");
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(crate::gateway::server_ws_config())).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(crate::gateway::server_ws_config()),
+        )
+        .await;
         let counters = &ctx.state.counters;
         counters.native_active.fetch_add(1, Ordering::Relaxed);
         counters.native_total.fetch_add(1, Ordering::Relaxed);
         serve(&ctx, ws, org).await;
         counters.native_active.fetch_sub(1, Ordering::Relaxed);
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(http::header::CONNECTION, "Upgrade")
-        .header(http::header::UPGRADE, "websocket")
-        .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
-        .body(full(""))
-        .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade"))
+    switching_protocols(&key)
 }
 
-async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, code: u16, why: &str) {
+async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    code: u16,
+    why: &str,
+) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: why.to_string().into(),
@@ -58,7 +66,11 @@ async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
 }
 
-async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ctx: &Ctx, mut ws: WebSocketStream<S>, org: OrgId) {
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    mut ws: WebSocketStream<S>,
+    org: OrgId,
+) {
     let state = &ctx.state;
     let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else {
@@ -68,13 +80,20 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ctx: &Ct
     let hs = match protocol::parse_handshake(&text) {
         Ok(h) => h,
         Err(e) => {
-            let _ = ws.send(Message::Text(protocol::error_message(None, e.code(), &e.to_string(), 0).into())).await;
+            let _ = ws
+                .send(Message::Text(
+                    protocol::error_message(None, e.code(), &e.to_string(), 0).into(),
+                ))
+                .await;
             close(&mut ws, protocol::close::POLICY, e.code().as_str()).await;
             return;
         }
     };
-    let (services, unknown): (Vec<String>, Vec<String>) = hs.services.into_iter().partition(|s| state.has_service(s));
-    let (mut changed, last, first_idx) = state.with_org(org, |log| (log.changed.subscribe(), log.last, log.first_idx()));
+    let (services, unknown): (Vec<String>, Vec<String>) =
+        hs.services.into_iter().partition(|s| state.has_service(s));
+    let (mut changed, last, first_idx) = state.with_org(org, |log| {
+        (log.changed.subscribe(), log.last, log.first_idx())
+    });
     let resumed = hs.last_seq.is_some_and(|n| n <= last && n + 1 >= first_idx);
     let mut sent = match hs.last_seq {
         Some(n) if resumed => n,
@@ -82,7 +101,12 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ctx: &Ct
     };
     let mut out = vec![protocol::ack_message(last, "native", resumed)];
     for u in unknown {
-        out.push(protocol::error_message(Some(&u), ErrorCode::UnknownService, "unknown service", last));
+        out.push(protocol::error_message(
+            Some(&u),
+            ErrorCode::UnknownService,
+            "unknown service",
+            last,
+        ));
     }
     for m in out {
         if ws.send(Message::Text(m.into())).await.is_err() {
@@ -106,7 +130,11 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ctx: &Ct
                 while j < events.len() && &events[j].service == svc && j - i < 100 {
                     j += 1;
                 }
-                let msg = protocol::event_message(svc, events[i..j].iter().map(|e| &*e.json), events[j - 1].idx);
+                let msg = protocol::event_message(
+                    svc,
+                    events[i..j].iter().map(|e| &*e.json),
+                    events[j - 1].idx,
+                );
                 if ws.feed(Message::Text(msg.into())).await.is_err() {
                     return;
                 }
@@ -139,4 +167,49 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ctx: &Ct
             }
         }
     }
+}
+
+/// A plain WebSocket echo endpoint, for pass-through tests.
+pub(super) async fn echo_upgrade(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
+        return json_error(StatusCode::UPGRADE_REQUIRED, "WebSocket only");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(crate::gateway::server_ws_config()),
+        )
+        .await;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await
+        {
+            match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    if ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    switching_protocols(&key)
+}
+
+fn switching_protocols(key: &http::HeaderValue) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(
+            http::header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(full(""))
+        .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade"))
 }

@@ -40,11 +40,19 @@ impl Fault {
                     .filter(|s| (100..600).contains(s))
                     .ok_or("status fault needs \"status\": 100..599")? as u16,
             ),
-            "slow" => Fault::Slow(v.get("ms").and_then(Value::as_u64).ok_or("slow fault needs \"ms\"")?),
+            "slow" => Fault::Slow(
+                v.get("ms")
+                    .and_then(Value::as_u64)
+                    .ok_or("slow fault needs \"ms\"")?,
+            ),
             "garbage" => Fault::Garbage,
             "drop" => Fault::Drop,
             "hang" => Fault::Hang,
-            other => return Err(format!("unknown fault kind {other:?} (none, status, slow, garbage, drop, hang)")),
+            other => {
+                return Err(format!(
+                    "unknown fault kind {other:?} (none, status, slow, garbage, drop, hang)"
+                ));
+            }
         })
     }
 }
@@ -111,6 +119,8 @@ pub struct SimState {
     pub counters: SimCounters,
     log_capacity: usize,
     next_event: AtomicU64,
+    /// Tokens the backend refuses with 401 although they verify.
+    revoked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SimState {
@@ -123,6 +133,7 @@ impl SimState {
             counters: SimCounters::default(),
             log_capacity: log_capacity.max(1),
             next_event: AtomicU64::new(1),
+            revoked: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -152,15 +163,19 @@ impl SimState {
                 obj.insert("eventId".into(), json!(format!("evt-{org}-{n}")));
             }
             obj.entry("orgId").or_insert(json!(org));
-            obj.entry("timestamp").or_insert_with(|| json!(clock::now_rfc3339()));
-            obj.entry("type").or_insert_with(|| json!(format!("{service}.updated")));
+            obj.entry("timestamp")
+                .or_insert_with(|| json!(clock::now_rfc3339()));
+            obj.entry("type")
+                .or_insert_with(|| json!(format!("{service}.updated")));
             ids.push(match &obj["eventId"] {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             });
             prepared.push(e);
         }
-        self.counters.published.fetch_add(prepared.len() as u64, Ordering::Relaxed);
+        self.counters
+            .published
+            .fetch_add(prepared.len() as u64, Ordering::Relaxed);
         self.with_org(org, |log| {
             for e in prepared {
                 log.last += 1;
@@ -186,7 +201,25 @@ impl SimState {
     }
 
     pub fn fault(&self, service: &str) -> Fault {
-        self.faults.lock().ok().and_then(|f| f.get(service).cloned()).unwrap_or(Fault::None)
+        self.faults
+            .lock()
+            .ok()
+            .and_then(|f| f.get(service).cloned())
+            .unwrap_or(Fault::None)
+    }
+
+    /// Makes the backend refuse `token` from now on.
+    pub fn revoke_token(&self, token: &str) {
+        if let Ok(mut r) = self.revoked.lock() {
+            r.insert(token.to_string());
+        }
+    }
+
+    pub fn is_revoked(&self, token: &str) -> bool {
+        self.revoked
+            .lock()
+            .map(|r| r.contains(token))
+            .unwrap_or(false)
     }
 
     pub fn set_native_down(&self, down: bool) {
@@ -205,7 +238,9 @@ impl SimState {
     }
 
     pub fn poll_started(&self, service: &str, delta: i64) {
-        self.counters.active_polls_total.fetch_add(delta, Ordering::Relaxed);
+        self.counters
+            .active_polls_total
+            .fetch_add(delta, Ordering::Relaxed);
         if let Ok(mut m) = self.counters.active_polls.lock() {
             *m.entry(service.to_string()).or_default() += delta;
         }
@@ -213,7 +248,11 @@ impl SimState {
 
     /// Total V1 requests so far.
     pub fn total_requests(&self) -> u64 {
-        self.counters.requests_by_service.lock().map(|m| m.values().sum()).unwrap_or(0)
+        self.counters
+            .requests_by_service
+            .lock()
+            .map(|m| m.values().sum())
+            .unwrap_or(0)
     }
 
     pub fn stats_json(&self) -> Value {

@@ -79,7 +79,11 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4096)
             .build(connector);
-        Arc::new(Upstream { http, config, stats })
+        Arc::new(Upstream {
+            http,
+            config,
+            stats,
+        })
     }
 
     pub fn spawn_poller(self: &Arc<Self>, spec: PollerSpec) -> SourceHandle {

@@ -34,11 +34,18 @@ pub fn client_ws_config() -> WebSocketConfig {
 /// The native stream URL: the base URL with a ws scheme.
 pub fn native_url(up: &Upstream) -> String {
     let base = &up.config.upstream.base_url;
-    let scheme = if base.scheme() == "https" { "wss" } else { "ws" };
+    let scheme = if base.scheme() == "https" {
+        "wss"
+    } else {
+        "ws"
+    };
     let host = base.host_str().unwrap_or("127.0.0.1");
     let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
     let prefix = base.path().trim_end_matches('/');
-    format!("{scheme}://{host}{port}{prefix}{}", up.config.upstream.native_stream_path)
+    format!(
+        "{scheme}://{host}{port}{prefix}{}",
+        up.config.upstream.native_stream_path
+    )
 }
 
 async fn send(spec: &NativeSpec, status: SourceStatus) -> bool {
@@ -54,13 +61,26 @@ async fn send(spec: &NativeSpec, status: SourceStatus) -> bool {
 pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::Receiver<()>) {
     let cfg = up.config.clone();
     let url = native_url(&up);
-    let names: Vec<String> = spec.services.iter().map(|&s| cfg.services[s as usize].name.clone()).collect();
+    let names: Vec<String> = spec
+        .services
+        .iter()
+        .map(|&s| cfg.services[s as usize].name.clone())
+        .collect();
     let mut last_seq = spec.last_seq;
     let mut backoff = Backoff::default();
     let silence_limit = cfg.stream.ping_interval * SILENCE_LIMIT_FACTOR;
     loop {
         let Some(token) = spec.tokens.pick() else {
-            if !send(&spec, SourceStatus::Failed { service: None, auth: true, message: "no live connection token for the native stream".into() }).await {
+            if !send(
+                &spec,
+                SourceStatus::Failed {
+                    service: None,
+                    auth: true,
+                    message: "no live connection token for the native stream".into(),
+                },
+            )
+            .await
+            {
                 return;
             }
             tokio::select! {
@@ -72,7 +92,15 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(url, error = %e, "native stream URL is invalid");
-                let _ = send(&spec, SourceStatus::Failed { service: None, auth: false, message: format!("invalid native stream URL: {e}") }).await;
+                let _ = send(
+                    &spec,
+                    SourceStatus::Failed {
+                        service: None,
+                        auth: false,
+                        message: format!("invalid native stream URL: {e}"),
+                    },
+                )
+                .await;
                 let _ = stop.await;
                 return;
             }
@@ -80,7 +108,8 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         if let Ok(v) = format!("Bearer {token}").parse() {
             request.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
-        let connect = tokio_tungstenite::connect_async_with_config(request, Some(client_ws_config()), true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(request, Some(client_ws_config()), true);
         let connected = tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r,
             _ = &mut stop => return,
@@ -96,7 +125,10 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                     tungstenite::Error::Http(resp) => {
                         let code = resp.status().as_u16();
                         ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => status_label(code)).increment(1);
-                        (code == 401 || code == 403, format!("native stream refused the connection: HTTP {code}"))
+                        (
+                            code == 401 || code == 403,
+                            format!("native stream refused the connection: HTTP {code}"),
+                        )
                     }
                     other => (false, format!("native stream connection failed: {other}")),
                 };
@@ -104,7 +136,16 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                     spec.tokens.refuse(&token);
                 }
                 tracing::warn!(org = spec.org, error = %message, "native link failed");
-                if !send(&spec, SourceStatus::Failed { service: None, auth, message }).await {
+                if !send(
+                    &spec,
+                    SourceStatus::Failed {
+                        service: None,
+                        auth,
+                        message,
+                    },
+                )
+                .await
+                {
                     return;
                 }
                 tokio::select! {
@@ -113,7 +154,16 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                 }
             }
             Err(_) => {
-                if !send(&spec, SourceStatus::Failed { service: None, auth: false, message: "native stream connection timed out".into() }).await {
+                if !send(
+                    &spec,
+                    SourceStatus::Failed {
+                        service: None,
+                        auth: false,
+                        message: "native stream connection timed out".into(),
+                    },
+                )
+                .await
+                {
                     return;
                 }
                 tokio::select! {
@@ -142,7 +192,10 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                 Ok(Some(Err(e))) => break format!("native stream error: {e}"),
                 Ok(Some(Ok(Message::Text(t)))) => t,
                 Ok(Some(Ok(Message::Close(frame)))) => {
-                    break format!("native stream closed by the backend ({})", frame.map(|f| f.code.to_string()).unwrap_or_default());
+                    break format!(
+                        "native stream closed by the backend ({})",
+                        frame.map(|f| f.code.to_string()).unwrap_or_default()
+                    );
                 }
                 Ok(Some(Ok(_))) => continue,
             };
@@ -158,14 +211,20 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                     acked = true;
                     backoff.reset();
                     if msg.resumed != Some(true) && last_seq.is_some() {
-                        tracing::info!(org = spec.org, "native stream could not resume; events during the gap may be missing");
+                        tracing::info!(
+                            org = spec.org,
+                            "native stream could not resume; events during the gap may be missing"
+                        );
                     }
                     if !send(&spec, SourceStatus::Ready).await {
                         return;
                     }
                 }
                 "event" => {
-                    let Some(service) = msg.service.as_deref().and_then(|n| cfg.service_index(n)) else { continue };
+                    let Some(service) = msg.service.as_deref().and_then(|n| cfg.service_index(n))
+                    else {
+                        continue;
+                    };
                     let now = crate::clock::unix_millis();
                     let events: Vec<IncomingEvent> = msg
                         .events
@@ -188,9 +247,19 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                     }
                 }
                 "error" => {
-                    let service = msg.service.as_deref().and_then(|n| cfg.service_index(n)).map(|s| s as u16);
-                    let message = msg.message.unwrap_or_else(|| "native stream reported an error".into());
-                    let status = SourceStatus::Failed { service, auth: false, message };
+                    let service = msg
+                        .service
+                        .as_deref()
+                        .and_then(|n| cfg.service_index(n))
+                        .map(|s| s as u16);
+                    let message = msg
+                        .message
+                        .unwrap_or_else(|| "native stream reported an error".into());
+                    let status = SourceStatus::Failed {
+                        service,
+                        auth: false,
+                        message,
+                    };
                     if !send(&spec, status).await {
                         return;
                     }
@@ -202,7 +271,16 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         if !send(&spec, SourceStatus::Down).await {
             return;
         }
-        if !send(&spec, SourceStatus::Failed { service: None, auth: false, message: end }).await {
+        if !send(
+            &spec,
+            SourceStatus::Failed {
+                service: None,
+                auth: false,
+                message: end,
+            },
+        )
+        .await
+        {
             return;
         }
         tokio::select! {

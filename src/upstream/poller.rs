@@ -39,7 +39,12 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
     let _gauge = GaugeGuard::new(m::UPSTREAM_POLLERS);
     let cfg = up.config.clone();
     let service = &cfg.services[spec.service as usize];
-    let base = cfg.upstream.base_url.as_str().trim_end_matches('/').to_string();
+    let base = cfg
+        .upstream
+        .base_url
+        .as_str()
+        .trim_end_matches('/')
+        .to_string();
     let mut cursor = spec.cursor.clone();
     let mut ready_sent = cursor.is_some();
     let mut backoff = Backoff::default();
@@ -141,7 +146,12 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
     }
 }
 
-async fn poll_once(up: &Upstream, service: &str, url: &str, token: &str) -> Result<Answer, PollError> {
+async fn poll_once(
+    up: &Upstream,
+    service: &str,
+    url: &str,
+    token: &str,
+) -> Result<Answer, PollError> {
     let cfg = &up.config;
     let req = http::Request::get(url)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
@@ -150,7 +160,11 @@ async fn poll_once(up: &Upstream, service: &str, url: &str, token: &str) -> Resu
         .map_err(|e| PollError::Transport(e.to_string()))?;
     let timeout = cfg.upstream.poll_timeout;
     let work = async {
-        let resp = up.http.request(req).await.map_err(|e| PollError::Transport(error_chain(&e)))?;
+        let resp = up
+            .http
+            .request(req)
+            .await
+            .map_err(|e| PollError::Transport(error_chain(&e)))?;
         let status = resp.status().as_u16();
         ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => service.to_string(), "mode" => "poll", "status" => status_label(status))
             .increment(1);
@@ -187,7 +201,11 @@ fn parse_answer(body: &[u8], events_field: &str, cursor_field: &str) -> Result<A
             Ok(serde_json::Value::String(s)) => Some(s),
             Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
             Ok(serde_json::Value::Null) => None,
-            _ => return Err(PollError::Garbage(format!("{cursor_field:?} is not a string"))),
+            _ => {
+                return Err(PollError::Garbage(format!(
+                    "{cursor_field:?} is not a string"
+                )));
+            }
         },
     };
     Ok(Answer { events, cursor })
@@ -210,7 +228,12 @@ mod tests {
 
     #[test]
     fn answers() {
-        let a = parse_answer(br#"{"events":[{"eventId":"a"}],"cursor":"c1"}"#, "events", "cursor").unwrap();
+        let a = parse_answer(
+            br#"{"events":[{"eventId":"a"}],"cursor":"c1"}"#,
+            "events",
+            "cursor",
+        )
+        .unwrap();
         assert_eq!(a.events.len(), 1);
         assert_eq!(a.cursor.as_deref(), Some("c1"));
         let a = parse_answer(br#"{"items":[],"next":7}"#, "items", "next").unwrap();
