@@ -605,11 +605,11 @@ impl OrgHub {
         }
 
         // Start pollers.
-        for s in 0..n {
-            if serve[s] != Some(Mode::Poll) {
-                continue;
-            }
-            let s16 = s as u16;
+        let polled: Vec<u16> = (0..n)
+            .filter(|&s| serve[s] == Some(Mode::Poll))
+            .map(|s| s as u16)
+            .collect();
+        for s16 in polled {
             if flags.leader_enabled {
                 if !self
                     .sources

@@ -160,7 +160,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     )
 }
 
-fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Response<Body>> {
+fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Box<Response<Body>>> {
     let token =
         crate::auth::token_from_request(req.headers(), req.uri().query()).unwrap_or_default();
     match ctx.verifier.verify(&token) {
@@ -169,7 +169,10 @@ fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Response<Body>
                 .counters
                 .unauthorized
                 .fetch_add(1, Ordering::Relaxed);
-            Err(json_error(StatusCode::UNAUTHORIZED, "token revoked"))
+            Err(Box::new(json_error(
+                StatusCode::UNAUTHORIZED,
+                "token revoked",
+            )))
         }
         Ok(id) => Ok(id.org_id),
         Err(e) => {
@@ -177,7 +180,10 @@ fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Response<Body>
                 .counters
                 .unauthorized
                 .fetch_add(1, Ordering::Relaxed);
-            Err(json_error(StatusCode::UNAUTHORIZED, &e.to_string()))
+            Err(Box::new(json_error(
+                StatusCode::UNAUTHORIZED,
+                &e.to_string(),
+            )))
         }
     }
 }
@@ -208,7 +214,7 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
     ctx.state.count_request(service, org.as_ref().ok().copied());
     let org = match org {
         Ok(o) => o,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let since = req.uri().query().and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())

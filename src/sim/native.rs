@@ -23,7 +23,7 @@ use crate::protocol::{self, ErrorCode};
 pub(super) async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Body> {
     let org = match authorize(&ctx, &req) {
         Ok(o) => o,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if *ctx.state.native_down.borrow() {
         return json_error(
@@ -187,14 +187,9 @@ pub(super) async fn echo_upgrade(mut req: Request<Incoming>) -> Response<Body> {
         .await;
         while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await
         {
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    if ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-                Message::Close(_) => return,
-                _ => {}
+            let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+            if matches!(msg, Message::Close(_)) || (echo && ws.send(msg).await.is_err()) {
+                return;
             }
         }
     });

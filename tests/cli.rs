@@ -1,0 +1,174 @@
+//! The binary's command line: `check`, `flags`, `--help`, `--version`, and `serve` start-up errors.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_realtime-edge"));
+    c.env_remove("REALTIME_EDGE_CONFIG")
+        .env_remove("JWT_SECRET")
+        .env_remove("ADMIN_TOKEN");
+    c
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "re-cli-{}-{}",
+        std::process::id(),
+        realtime_edge::clock::unix_millis()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_a_good_file() {
+    let flags = temp_file("flags.yaml", "REALTIME_ROLLOUT_PERCENT: 10\n");
+    let cfg = temp_file(
+        "edge.yaml",
+        &format!(
+            "listen: \"127.0.0.1:18080\"\nflags: {{file: \"{}\"}}\n",
+            flags.display()
+        ),
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1);
+}
+
+#[test]
+fn check_lists_every_problem_with_file_and_key() {
+    let cfg = temp_file(
+        "bad.yaml",
+        "listen: nowhere\nstream: {batch_max_events: 0}\n",
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let name = cfg.display().to_string();
+    assert!(stderr.contains(&format!("{name}: listen:")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{name}: stream.batch_max_events:")),
+        "{stderr}"
+    );
+
+    let cfg = temp_file("typo.yaml", "upstream:\n  base_ulr: \"http://x\"\n");
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("base_ulr"));
+}
+
+#[test]
+fn check_reports_a_bad_flags_file_and_unprotected_admin() {
+    let flags = temp_file("flags.yaml", "REALTIME_ROLLOUT_PERCENT: 300\n");
+    let cfg = temp_file(
+        "edge.yaml",
+        &format!(
+            "admin_listen: \"0.0.0.0:9999\"\nflags: {{file: \"{}\"}}\n",
+            flags.display()
+        ),
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("REALTIME_ROLLOUT_PERCENT"), "{stderr}");
+    assert!(stderr.contains("admin_listen"), "{stderr}");
+}
+
+#[test]
+fn serve_fails_fast_on_a_bad_config() {
+    let cfg = temp_file("bad.yaml", "stream: {replay_events: -1}\n");
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stream.replay_events"));
+    // The environment variable names the file too.
+    let out = bin()
+        .env("REALTIME_EDGE_CONFIG", &cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn help_and_version() {
+    let out = bin().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "demo", "check", "flags", "watch"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let out = bin().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn flags_subcommand_talks_to_the_admin_api() {
+    let sim = common::start_sim(Duration::from_secs(25)).await;
+    let mut cfg = common::config(&sim.base_url(), "");
+    cfg.auth.admin_token = Some("adm".into());
+    let sc = common::start_sidecar(cfg).await;
+    let admin = format!("http://{}", sc.admin_addr);
+    let run = |args: Vec<String>| {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = bin();
+            c.args(["flags", "--admin", &admin, "--token", "adm"])
+                .args(args);
+            c.output().unwrap()
+        })
+    };
+    let out = run(vec![
+        "set".into(),
+        "REALTIME_ROLLOUT_PERCENT=33".into(),
+        "REALTIME_STREAMING_V2=true".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["flags"]["REALTIME_ROLLOUT_PERCENT"], 33);
+    let out = run(vec!["evaluate".into(), "5".into()]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["orgId"], 5);
+    let out = run(vec!["set".into(), "NOPE=1".into()]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("400"));
+    let out = run(vec!["get".into()]).await.unwrap();
+    assert!(out.status.success());
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
