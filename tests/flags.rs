@@ -400,7 +400,11 @@ async fn flag_flips_lose_nothing_duplicate_nothing_and_close_nothing() {
             let mut i = 0u64;
             while running.load(Ordering::Relaxed) {
                 for &org in &[11u64, 12, 13] {
-                    let service = if i % 2 == 0 { "finance" } else { "staff" };
+                    let service = if i.is_multiple_of(2) {
+                        "finance"
+                    } else {
+                        "staff"
+                    };
                     let ids = sim.state.publish(org, service, vec![json!({"i": i})]);
                     published.entry(org).or_default().extend(ids);
                 }
