@@ -62,6 +62,7 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            register_zeroes();
             Some(handle)
         })
         .clone()
@@ -101,6 +102,21 @@ fn describe() {
     metrics::describe_gauge!(ACTIVE_ORGS, "Org hubs alive");
 }
 
+/// Series that alerts and dashboards read exist from the start, at zero.
+fn register_zeroes() {
+    metrics::gauge!(ACTIVE_CONNECTIONS).set(0.0);
+    metrics::gauge!(AVG_LATENCY_MS).set(0.0);
+    metrics::gauge!(UPSTREAM_POLLERS).set(0.0);
+    metrics::gauge!(UPSTREAM_NATIVE_LINKS).set(0.0);
+    metrics::gauge!(ACTIVE_ORGS).set(0.0);
+    for kind in error_kind::ALL {
+        metrics::counter!(ERRORS, "kind" => kind).increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(FLAG_RELOADS, "result" => result).increment(0);
+    }
+}
+
 /// Error kinds (the `kind` label of `streaming_errors`).
 pub mod error_kind {
     pub const UPSTREAM: &str = "upstream";
@@ -111,6 +127,16 @@ pub mod error_kind {
     pub const SEND: &str = "send";
     pub const CROSS_ORG: &str = "cross_org";
     pub const OVERLOAD: &str = "overload";
+    pub const ALL: [&str; 8] = [
+        UPSTREAM,
+        UPSTREAM_AUTH,
+        AUTH,
+        HANDSHAKE,
+        SLOW_CLIENT,
+        SEND,
+        CROSS_ORG,
+        OVERLOAD,
+    ];
 }
 
 /// Counters of one sidecar instance, for the JSON metrics endpoint.

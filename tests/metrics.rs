@@ -1,0 +1,75 @@
+//! What ops watch: the JSON metrics and the Prometheus text.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn metrics_report_connections_events_latency_and_errors() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
+    eventually("pollers", || async {
+        sim.state.stats_json()["activePollsTotal"] == 2
+    })
+    .await;
+    let ids = sim
+        .state
+        .publish(1, "finance", vec![json!({}), json!({}), json!({})]);
+    collect_ids(&mut ws, &ids.iter().cloned().collect()).await;
+    // A refused stream counts as an auth error.
+    let (status, _, _) = http(
+        "GET",
+        &format!("http://{}/v2/realtime/stream", sc.client_addr),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let m = sidecar_metrics(&sc).await;
+    assert_eq!(m["activeConnections"], 1, "{m}");
+    assert_eq!(m["totalConnections"], 1);
+    assert_eq!(m["eventsDelivered"], 3);
+    assert_eq!(m["eventsByService"]["finance"], 3);
+    assert!(m["errorCount"].as_u64().unwrap() >= 1);
+    assert!(m["avgLatencyMs"].as_f64().unwrap() >= 0.0);
+    assert_eq!(m["connectionsByMode"]["poll"], 1);
+    assert_eq!(m["activeOrgs"], 1);
+    assert!(m["upstream"]["v1Polls"].as_u64().unwrap() >= 1);
+    assert!(m["flagsVersion"].as_u64().unwrap() >= 1);
+
+    let (status, headers, text) = http(
+        "GET",
+        &format!("http://{}/metrics", sc.admin_addr),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    for name in [
+        "streaming_active_connections",
+        "streaming_avg_latency_ms",
+        "streaming_errors{kind=\"auth\"}",
+        "streaming_delivery_latency_seconds_bucket{mode=\"poll\"",
+        "streaming_events_delivered_total{service=\"finance\"}",
+        "streaming_upstream_requests_total{service=\"finance\",mode=\"poll\",status=\"2xx\"}",
+        "streaming_upstream_pollers",
+        "streaming_flags_version",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+    assert!(text.contains("# TYPE streaming_errors counter"));
+    assert!(text.contains("# TYPE streaming_active_connections gauge"));
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
