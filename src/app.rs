@@ -116,12 +116,15 @@ impl Sidecar {
         let prometheus = m::install_prometheus();
         let verifier = Arc::new(Verifier::new(&config.auth)?);
         let flags = Self::flag_store(&config)?;
-        if let Some(file) = &config.flags.file
-            && let Err(e) = watcher::load_initial(&flags, file).await
-        {
-            // A broken flags file must not stop the sidecar: it runs on the
-            // last good layers and shows the problem in lastError.
-            tracing::error!(error = %e, "flags file rejected at start-up");
+        let mut flags_file_state = None;
+        if let Some(file) = &config.flags.file {
+            let (state, result) = watcher::load_initial(&flags, file).await;
+            if let Err(e) = result {
+                // A broken flags file must not stop the sidecar: it runs on
+                // the last good layers and shows the problem in lastError.
+                tracing::error!(error = %e, "flags file rejected at start-up");
+            }
+            flags_file_state = Some((file.clone(), state));
         }
         ::metrics::gauge!(m::FLAGS_VERSION).set(flags.current().version as f64);
         let tls = match &config.tls {
@@ -193,12 +196,8 @@ impl Sidecar {
             move |req, peer| admin.clone().handle(req, peer),
             shutdown.clone(),
         )));
-        if let Some(file) = config.flags.file.clone() {
-            tasks.push(tokio::spawn(watcher::watch_file(
-                flags.clone(),
-                file,
-                shutdown.clone(),
-            )));
+        if let Some((file, state)) = flags_file_state {
+            tasks.push(tokio::spawn(watcher::watch_file(flags.clone(), file, state, shutdown.clone())));
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %client_addr, admin = %admin_addr, tls = config.tls.is_some(), upstream = %config.upstream.base_url,

@@ -12,6 +12,14 @@ pub fn unix_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the Unix epoch, now.
+pub fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn format_rfc3339_millis(ms: i64) -> String {
     let secs = ms.div_euclid(1000);

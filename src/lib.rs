@@ -8,13 +8,14 @@
 //! de-duplication, batching, source switching), [`upstream`] (V1 poller and
 //! native link), [`flags`] (flag store, file watcher, rollout decision),
 //! [`admin`] (admin API), [`metrics`], [`sim`] (the simulated backend), and
-//! the tools built on them ([`demo`], [`watch`], [`admin_client`]).
+//! the tools built on them ([`demo`], [`watch`], [`admin_client`], [`bench`]).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_client;
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use realtime_edge::config::{CONFIG_ENV, Config, EnvSecrets};
-use realtime_edge::{Listeners, Sidecar, admin_client, demo, watch};
+use realtime_edge::{Listeners, Sidecar, admin_client, bench, demo, watch};
 
 #[derive(Parser)]
 #[command(
@@ -90,6 +90,51 @@ enum Command {
         /// Print raw JSON messages.
         #[arg(long)]
         raw: bool,
+    },
+    /// Measure upstream load, latency, memory, fan-out and flag-flip propagation (docs/benchmarks.md).
+    Bench {
+        /// Stream clients for the load, latency and fan-out runs.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Orgs the clients are spread over.
+        #[arg(long, default_value_t = 10)]
+        orgs: u64,
+        /// Published events per second for the latency run.
+        #[arg(long, default_value_t = 1000)]
+        events_per_second: u32,
+        /// Seconds each measurement lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Idle connection counts for the memory run.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,15000")]
+        memory_steps: Vec<usize>,
+        /// Orgs in the flag-flip run.
+        #[arg(long, default_value_t = 1000)]
+        flip_orgs: usize,
+        /// Publish rates for the fan-out run.
+        #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000")]
+        fanout_rates: Vec<u32>,
+        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip).
+        #[arg(long, default_value = "abcde")]
+        scenarios: String,
+    },
+    /// A benchmark client process (started by `bench`).
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        source_ip: std::net::IpAddr,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        org_start: u64,
+        #[arg(long)]
+        org_count: u64,
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
     },
 }
 
@@ -306,6 +351,26 @@ fn main() -> ExitCode {
                     r = watch::run(opts, |line| println!("{line}")) => r.map_err(Into::into),
                     _ = shutdown_signal() => Ok(()),
                 }
+            }
+            Command::Bench { clients, orgs, events_per_second, seconds, memory_steps, flip_orgs, fanout_rates, scenarios } => {
+                let opts = bench::BenchOptions {
+                    clients,
+                    orgs,
+                    events_per_second,
+                    measure: std::time::Duration::from_secs(seconds),
+                    memory_steps,
+                    flip_orgs,
+                    fanout_rates,
+                    scenarios,
+                };
+                let table = bench::run(opts).await?;
+                println!("{table}");
+                Ok(())
+            }
+            Command::BenchWorker { target, secret, source_ip, clients, org_start, org_count, services } => {
+                let opts = bench::worker::WorkerOptions { target, secret, source_ip, clients, org_start, org_count, services };
+                bench::worker::run(opts).await;
+                Ok(())
             }
             Command::Check { .. } => Ok(()),
         }

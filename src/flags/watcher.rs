@@ -19,7 +19,7 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// What one read of the flags file found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum FileState {
+pub enum FileState {
     Missing,
     Text(String),
     Unreadable(String),
@@ -53,18 +53,21 @@ fn apply(store: &FlagStore, file: &str, state: &FileState) -> Result<(), String>
 }
 
 /// Reads the file once at start-up. A missing file is fine (no file flags).
-pub async fn load_initial(store: &FlagStore, path: &PathBuf) -> Result<(), String> {
+/// Returns what was read, for [`watch_file`] to compare against, and
+/// whether it was accepted.
+pub async fn load_initial(store: &FlagStore, path: &PathBuf) -> (FileState, Result<(), String>) {
     let state = read_state(path).await;
     if state == FileState::Missing {
         tracing::info!(file = %path.display(), "no flags file; using defaults, environment and overrides");
     }
-    apply(store, &path.display().to_string(), &state)
+    let result = apply(store, &path.display().to_string(), &state);
+    (state, result)
 }
 
-/// Watches `path` until `shutdown` fires.
-pub async fn watch_file(store: Arc<FlagStore>, path: PathBuf, mut shutdown: watch::Receiver<bool>) {
+/// Watches `path` until `shutdown` fires; `last` is what was applied last,
+/// so a change made between start-up and the first look is not missed.
+pub async fn watch_file(store: Arc<FlagStore>, path: PathBuf, mut last: FileState, mut shutdown: watch::Receiver<bool>) {
     let file = path.display().to_string();
-    let mut last = read_state(&path).await;
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -53,8 +53,11 @@ pub(super) async fn run(
             let org = rand::random_range(1..=cfg.orgs);
             let service = &services[rand::random_range(0..services.len())];
             let property = rand::random_range(1..=cfg.properties.max(1));
+            // `t_us` (publish time in Unix microseconds) lets the benchmark
+            // measure delivery latency finer than the millisecond timestamp.
             let event = json!({
                 "propertyId": property,
+                "t_us": crate::clock::unix_micros(),
                 "data": { "seqNo": n, "amount": rand::random_range(1..10_000) },
             });
             state.publish(org, service, vec![event]);

@@ -124,6 +124,23 @@ impl Simulator {
         })
     }
 
+    /// Starts an event generator on the running backend; it stops when the
+    /// returned sender is dropped or set, or when the backend shuts down.
+    pub fn spawn_generator(&self, cfg: GeneratorConfig) -> watch::Sender<bool> {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let mut shutdown = self.shutdown.subscribe();
+        let (merged_tx, merged_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+            let _ = merged_tx.send(true);
+        });
+        tokio::spawn(generator::run(self.state.clone(), cfg, merged_rx));
+        stop_tx
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -5,6 +5,8 @@
 mod native;
 mod poller;
 
+pub use native::client_ws_config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
