@@ -197,7 +197,12 @@ impl Sidecar {
             shutdown.clone(),
         )));
         if let Some((file, state)) = flags_file_state {
-            tasks.push(tokio::spawn(watcher::watch_file(flags.clone(), file, state, shutdown.clone())));
+            tasks.push(tokio::spawn(watcher::watch_file(
+                flags.clone(),
+                file,
+                state,
+                shutdown.clone(),
+            )));
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %client_addr, admin = %admin_addr, tls = config.tls.is_some(), upstream = %config.upstream.base_url,

@@ -123,17 +123,34 @@ fn load_public_key(file: &Path) -> Result<Keys, KeyError> {
         file: name.clone(),
         source,
     })?;
-    if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-        // from_rsa_pem also accepts some EC keys' PEM envelope; only trust it
-        // when the label says RSA or the body is not an EC key.
-        if DecodingKey::from_ec_pem(&pem).is_err() {
-            return Ok(Keys::Rsa(k));
+    // The key's type decides the one algorithm accepted (RS256 or ES256),
+    // read from the SubjectPublicKeyInfo's algorithm identifier.
+    const RSA_OID: &[u8] = &[
+        0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
+    ];
+    const EC_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+    let format = || KeyError::Format { file: name.clone() };
+    let spki = match rustls_pemfile::read_one(&mut pem.as_slice()) {
+        Ok(Some(rustls_pemfile::Item::SubjectPublicKeyInfo(der))) => der.as_ref().to_vec(),
+        _ if String::from_utf8_lossy(&pem).contains("BEGIN RSA PUBLIC KEY") => {
+            return DecodingKey::from_rsa_pem(&pem)
+                .map(Keys::Rsa)
+                .map_err(|_| format());
         }
+        _ => return Err(format()),
+    };
+    let has = |oid: &[u8]| spki.windows(oid.len()).any(|w| w == oid);
+    if has(RSA_OID) {
+        DecodingKey::from_rsa_pem(&pem)
+            .map(Keys::Rsa)
+            .map_err(|_| format())
+    } else if has(EC_OID) {
+        DecodingKey::from_ec_pem(&pem)
+            .map(Keys::Ec)
+            .map_err(|_| format())
+    } else {
+        Err(format())
     }
-    if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-        return Ok(Keys::Ec(k));
-    }
-    Err(KeyError::Format { file: name })
 }
 
 /// Takes the token from `Authorization: Bearer` or the `access_token` query parameter.

@@ -352,7 +352,16 @@ fn main() -> ExitCode {
                     _ = shutdown_signal() => Ok(()),
                 }
             }
-            Command::Bench { clients, orgs, events_per_second, seconds, memory_steps, flip_orgs, fanout_rates, scenarios } => {
+            Command::Bench {
+                clients,
+                orgs,
+                events_per_second,
+                seconds,
+                memory_steps,
+                flip_orgs,
+                fanout_rates,
+                scenarios,
+            } => {
                 let opts = bench::BenchOptions {
                     clients,
                     orgs,
@@ -367,8 +376,24 @@ fn main() -> ExitCode {
                 println!("{table}");
                 Ok(())
             }
-            Command::BenchWorker { target, secret, source_ip, clients, org_start, org_count, services } => {
-                let opts = bench::worker::WorkerOptions { target, secret, source_ip, clients, org_start, org_count, services };
+            Command::BenchWorker {
+                target,
+                secret,
+                source_ip,
+                clients,
+                org_start,
+                org_count,
+                services,
+            } => {
+                let opts = bench::worker::WorkerOptions {
+                    target,
+                    secret,
+                    source_ip,
+                    clients,
+                    org_start,
+                    org_count,
+                    services,
+                };
                 bench::worker::run(opts).await;
                 Ok(())
             }

@@ -45,30 +45,58 @@ struct Counters {
 pub fn publish_times(text: &str) -> impl Iterator<Item = i64> + '_ {
     text.match_indices("\"t_us\":").filter_map(move |(i, m)| {
         let rest = &text[i + m.len()..];
-        let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         rest[..end].parse().ok()
     })
 }
 
-async fn client(opts: Arc<WorkerOptions>, org: u64, hist: Arc<Histogram>, counters: Arc<Counters>, gate: Arc<Semaphore>) {
+async fn client(
+    opts: Arc<WorkerOptions>,
+    org: u64,
+    hist: Arc<Histogram>,
+    counters: Arc<Counters>,
+    gate: Arc<Semaphore>,
+) {
     let permit = gate.acquire_owned().await;
     let connect = async {
-        let socket = if opts.source_ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.ok()?;
+        let socket = if opts.source_ip.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .ok()?;
         socket.bind(SocketAddr::new(opts.source_ip, 0)).ok()?;
         let tcp = socket.connect(opts.target).await.ok()?;
         let _ = tcp.set_nodelay(true);
         let token = crate::auth::mint_hs256(&opts.secret, "orgId", org, 24 * 3600);
-        let mut req = format!("ws://{}/v2/realtime/stream", opts.target).into_client_request().ok()?;
-        req.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().ok()?);
+        let mut req = format!("ws://{}/v2/realtime/stream", opts.target)
+            .into_client_request()
+            .ok()?;
+        req.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().ok()?,
+        );
         let cfg = crate::upstream::client_ws_config().read_buffer_size(4096);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(cfg)).await.ok()?;
-        ws.send(Message::Text(protocol::handshake_json(&opts.services, None, None).into())).await.ok()?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(cfg))
+            .await
+            .ok()?;
+        ws.send(Message::Text(
+            protocol::handshake_json(&opts.services, None, None).into(),
+        ))
+        .await
+        .ok()?;
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"ack\"") => Some(ws),
             _ => None,
         }
     };
-    let Some(mut ws) = tokio::time::timeout(Duration::from_secs(60), connect).await.ok().flatten() else {
+    let Some(mut ws) = tokio::time::timeout(Duration::from_secs(60), connect)
+        .await
+        .ok()
+        .flatten()
+    else {
         counters.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -96,7 +124,13 @@ pub async fn run(opts: WorkerOptions) {
     let gate = Arc::new(Semaphore::new(200));
     for i in 0..opts.clients {
         let org = opts.org_start + (i as u64 % opts.org_count.max(1));
-        tokio::spawn(client(opts.clone(), org, hist.clone(), counters.clone(), gate.clone()));
+        tokio::spawn(client(
+            opts.clone(),
+            org,
+            hist.clone(),
+            counters.clone(),
+            gate.clone(),
+        ));
     }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {

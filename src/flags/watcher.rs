@@ -66,7 +66,12 @@ pub async fn load_initial(store: &FlagStore, path: &PathBuf) -> (FileState, Resu
 
 /// Watches `path` until `shutdown` fires; `last` is what was applied last,
 /// so a change made between start-up and the first look is not missed.
-pub async fn watch_file(store: Arc<FlagStore>, path: PathBuf, mut last: FileState, mut shutdown: watch::Receiver<bool>) {
+pub async fn watch_file(
+    store: Arc<FlagStore>,
+    path: PathBuf,
+    mut last: FileState,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let file = path.display().to_string();
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -25,10 +25,12 @@ use crate::metrics::{self as m, error_kind};
 pub const STREAM_PATH: &str = "/v2/realtime/stream";
 
 /// Buffers of a client WebSocket: small, since most connections are idle
-/// (tungstenite's 128 KiB default read buffer would dominate memory).
+/// and clients send almost nothing after the handshake (tungstenite's
+/// 128 KiB default read buffer would dominate memory; it still grows for a
+/// larger frame, up to `max_frame_size`).
 pub fn server_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(64 * 1024))
