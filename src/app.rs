@@ -54,9 +54,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })
+            http_server::bind(addr).map_err(|source| StartError::Bind { addr, source })
         };
         Ok(Listeners {
             client: bind(config.listen).await?,

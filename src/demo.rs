@@ -4,8 +4,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use tokio::net::TcpListener;
-
 use crate::app::{Listeners, Sidecar, StartError};
 use crate::config::{Config, ConfigError, EnvSecrets};
 use crate::sim::{GeneratorConfig, SimConfig, Simulator};
@@ -32,9 +30,8 @@ pub enum DemoError {
 
 /// Runs the demo until `stop` resolves.
 pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<(), DemoError> {
-    let sim_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(DemoError::Backend)?;
+    let sim_listener =
+        crate::http_server::bind(([127, 0, 0, 1], 0).into()).map_err(DemoError::Backend)?;
     let sim = Simulator::start(
         SimConfig {
             jwt_secret: DEMO_SECRET.into(),

@@ -45,6 +45,24 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
+/// Pending connections the kernel may queue before `accept`. tokio's
+/// default (1024) overflows when a thousand clients reconnect at once, and a
+/// dropped SYN costs the client a one-second retransmit; the kernel caps it
+/// at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds a listener with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Limits of one listener.
 #[derive(Clone, Copy)]
 pub struct ServerLimits {

@@ -185,6 +185,15 @@ impl Stats {
         metrics::gauge!(AVG_LATENCY_MS).set(next as f64 / 1000.0);
     }
 
+    /// The connections-by-mode counter for "poll", "native" or "mixed".
+    pub fn mode_counter(&self, mode: &str) -> &AtomicU64 {
+        match mode {
+            "poll" => &self.connections_poll,
+            "native" => &self.connections_native,
+            _ => &self.connections_mixed,
+        }
+    }
+
     pub fn avg_latency_ms(&self) -> f64 {
         self.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0
     }

@@ -482,6 +482,12 @@ async fn native_outage_falls_back_to_polling_and_returns() {
     want.extend(during.iter().cloned());
     let (got, _) = collect_ids(&mut ws, &during.iter().cloned().collect()).await;
     assert_eq!(got, during);
+    let m = sidecar_metrics(&sc).await;
+    assert_eq!(
+        m["connectionsByMode"]["poll"], 1,
+        "served by the fallback poller: {m}"
+    );
+    assert_eq!(m["connectionsByMode"]["native"], 0);
 
     sim.state.set_native_down(false);
     eventually("native again, polling stopped", || async {
@@ -492,6 +498,9 @@ async fn native_outage_falls_back_to_polling_and_returns() {
     let after = sim.state.publish(21, "finance", vec![json!({})]);
     let (got, _) = collect_ids(&mut ws, &after.iter().cloned().collect()).await;
     assert_eq!(got, after, "nothing replayed twice after the return");
+    let m = sidecar_metrics(&sc).await;
+    assert_eq!(m["connectionsByMode"]["native"], 1, "{m}");
+    assert_eq!(m["connectionsByMode"]["poll"], 0);
     assert_eq!(sidecar_metrics(&sc).await["activeConnections"], 1);
     sc.shutdown().await;
     sim.shutdown().await;

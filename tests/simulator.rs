@@ -258,7 +258,7 @@ async fn native_stream_refuses_bad_handshakes() {
 
 #[tokio::test]
 async fn generator_publishes_to_every_org() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = realtime_edge::http_server::bind(([127, 0, 0, 1], 0).into()).unwrap();
     let sim = realtime_edge::sim::Simulator::start(
         realtime_edge::sim::SimConfig {
             jwt_secret: SECRET.into(),

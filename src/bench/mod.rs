@@ -323,7 +323,7 @@ async fn measure(
 }
 
 async fn start_sim(hold: Duration) -> Result<Simulator, BenchError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = crate::http_server::bind(([127, 0, 0, 1], 0).into())?;
     Ok(Simulator::start(
         SimConfig {
             jwt_secret: SECRET.into(),
@@ -343,10 +343,6 @@ fn generator(rate: u32, orgs: u64) -> GeneratorConfig {
         properties: 10,
         services: SERVICES.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-fn stat(sim: &Simulator, key: &str) -> i64 {
-    sim.state.stats_json()[key].as_i64().unwrap_or(0)
 }
 
 async fn wait_for(
@@ -428,7 +424,7 @@ async fn upstream_load(
     }
     let want = (o.clients * SERVICES.len()) as i64;
     wait_for("direct long-polls", Duration::from_secs(60), || {
-        stat(&sim, "activePollsTotal") >= want
+        sim.state.active_polls() >= want
     })
     .await?;
     let gen_stop = sim.spawn_generator(generator(rate, o.orgs));
@@ -458,7 +454,7 @@ async fn upstream_load(
     w.wait_connected(o.clients).await?;
     let want = o.orgs as i64 * SERVICES.len() as i64;
     wait_for("shared pollers", Duration::from_secs(30), || {
-        stat(&sim, "activePollsTotal") >= want
+        sim.state.active_polls() >= want
     })
     .await?;
     let gen_stop = sim.spawn_generator(generator(rate, o.orgs));
@@ -522,7 +518,7 @@ async fn latency_and_fanout(
     workers[0].wait_connected(o.clients).await?;
     let want = o.orgs as i64 * SERVICES.len() as i64;
     wait_for("shared pollers", Duration::from_secs(30), || {
-        stat(&sim, "activePollsTotal") >= want
+        sim.state.active_polls() >= want
     })
     .await?;
     let cfg = format!(
@@ -547,7 +543,7 @@ async fn latency_and_fanout(
             .set_flags("REALTIME_STREAMING_V2=true&REALTIME_ROLLOUT_PERCENT=100")
             .await?;
         wait_for("native mode", Duration::from_secs(30), || {
-            stat(&sim, "activePollsTotal") == 0 && stat(&sim, "nativeActive") >= o.orgs as i64
+            sim.state.active_polls() == 0 && sim.state.native_active() >= o.orgs as i64
         })
         .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -565,7 +561,7 @@ async fn latency_and_fanout(
         drop(gen_stop);
         sidecar.set_flags("REALTIME_STREAMING_V2=false").await?;
         wait_for("poll mode", Duration::from_secs(30), || {
-            stat(&sim, "nativeActive") == 0
+            sim.state.native_active() == 0
         })
         .await?;
     }
@@ -668,7 +664,7 @@ async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Resu
     .await?;
     w.wait_connected(n).await?;
     wait_for("a poller per org", Duration::from_secs(60), || {
-        stat(&sim, "activePollsTotal") >= n as i64
+        sim.state.active_polls() >= n as i64
     })
     .await?;
     sidecar
@@ -676,14 +672,14 @@ async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Resu
         .await?;
     let t0 = Instant::now();
     wait_for("every org native", Duration::from_secs(60), || {
-        stat(&sim, "nativeActive") >= n as i64 && stat(&sim, "activePollsTotal") == 0
+        sim.state.native_active() >= n as i64 && sim.state.active_polls() == 0
     })
     .await?;
     let to_native = t0.elapsed();
     sidecar.set_flags("REALTIME_STREAMING_V2=false").await?;
     let t0 = Instant::now();
     wait_for("every org polling", Duration::from_secs(60), || {
-        stat(&sim, "activePollsTotal") >= n as i64
+        sim.state.active_polls() >= n as i64
     })
     .await?;
     let to_poll = t0.elapsed();
@@ -691,7 +687,7 @@ async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Resu
     // nothing published in between is lost; with no events that is the
     // backend's hold time.
     wait_for("native links closed", Duration::from_secs(60), || {
-        stat(&sim, "nativeActive") == 0
+        sim.state.native_active() == 0
     })
     .await?;
     let overlap = t0.elapsed();

@@ -4,7 +4,6 @@
 //! expiry, overflow or shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -139,12 +138,6 @@ pub async fn run<S>(
             return;
         }
     };
-    let mode_counter = match reply.mode {
-        "poll" => &stats.connections_poll,
-        "native" => &stats.connections_native,
-        _ => &stats.connections_mixed,
-    };
-    mode_counter.fetch_add(1, Ordering::Relaxed);
     let service_names: Vec<&str> = services
         .iter()
         .map(|&s| cfg.services[s as usize].name.as_str())
@@ -198,7 +191,7 @@ pub async fn run<S>(
             };
             match written {
                 Ok(true) => {
-                    record_delivery(&stats, &cfg.services, &batch, reply.mode, &mut delivered);
+                    record_delivery(&stats, &cfg.services, &batch, &mut delivered);
                     batch.clear();
                     continue;
                 }
@@ -241,7 +234,6 @@ pub async fn run<S>(
         }
     };
     let _ = hub.send(HubMsg::Leave(session)).await;
-    mode_counter.fetch_sub(1, Ordering::Relaxed);
     count_close(end);
     tracing::info!(org, session, services = ?service_names, mode = reply.mode, duration_ms = started.elapsed().as_millis() as u64,
         events = delivered, reason = end.as_str(), "disconnected");
@@ -272,7 +264,6 @@ fn record_delivery(
     stats: &crate::metrics::Stats,
     services: &[crate::config::ServiceConfig],
     frames: &[Frame],
-    mode: &'static str,
     delivered: &mut u64,
 ) {
     let now = crate::clock::unix_millis();
@@ -281,11 +272,11 @@ fn record_delivery(
             let n = d.origins_ms.len() as u64;
             *delivered += n;
             let mut sum = 0f64;
+            let histogram = ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
             for &o in d.origins_ms.iter() {
                 let lat = (now - o).max(0) as f64;
                 sum += lat;
-                ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => mode)
-                    .record(lat / 1000.0);
+                histogram.record(lat / 1000.0);
             }
             let name = &services[d.service as usize].name;
             stats.record_delivery(name, n, sum / n.max(1) as f64);

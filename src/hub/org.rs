@@ -61,6 +61,8 @@ impl ViewKey {
 struct Member {
     queue: Arc<SessionQueue>,
     view: ViewKey,
+    /// How the member is served now: "poll", "native" or "mixed".
+    serving: &'static str,
 }
 
 #[derive(Default)]
@@ -69,7 +71,8 @@ struct Slot {
     /// Set when the last subscriber left; sources stay for the linger.
     idle_since: Option<Instant>,
     pending: Vec<IncomingEvent>,
-    last_flush: Option<Instant>,
+    /// When the oldest pending event arrived.
+    pending_since: Option<Instant>,
     /// The newest V1 cursor, so a new poller continues where the last stopped.
     cursor: Option<String>,
     last_error_sent: Option<Instant>,
@@ -159,14 +162,20 @@ impl OrgHub {
         let mut flags_open = true;
         loop {
             let deadline = self.next_deadline();
+            // Set when the inbox still held messages after a full drain.
+            let mut busy = false;
             tokio::select! {
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { break };
                     self.handle(msg);
+                    busy = true;
                     for _ in 0..DRAIN_LIMIT {
                         match self.inbox.try_recv() {
                             Ok(msg) => self.handle(msg),
-                            Err(_) => break,
+                            Err(_) => {
+                                busy = false;
+                                break;
+                            }
                         }
                     }
                 }
@@ -183,7 +192,7 @@ impl OrgHub {
                 _ = shutdown.changed() => break,
             }
             let now = Instant::now();
-            self.flush_due(now);
+            self.flush_due(now, busy);
             if now >= self.next_ping {
                 self.next_ping = now + self.cfg.stream.ping_interval;
                 self.broadcast(Frame::control(protocol::ping_message(self.seq)));
@@ -215,9 +224,8 @@ impl OrgHub {
         let mut d = self.next_ping;
         let window = self.cfg.stream.batch_window;
         for slot in &self.slots {
-            if !slot.pending.is_empty() {
-                let at = slot.last_flush.map_or_else(Instant::now, |t| t + window);
-                d = d.min(at);
+            if let Some(t) = slot.pending_since {
+                d = d.min(t + window);
             }
             if slot.subscribers == 0
                 && let Some(t) = slot.idle_since
@@ -305,11 +313,13 @@ impl OrgHub {
             Member {
                 queue: req.queue,
                 view,
+                serving: "",
             },
         );
         self.empty_since = None;
         let _ = req.reply.send(JoinReply { mode, resumed });
         self.reconcile();
+        self.classify(req.session);
     }
 
     fn leave(&mut self, id: SessionId) {
@@ -389,6 +399,9 @@ impl OrgHub {
             text: protocol::event_message(name, events.iter().map(|e| &*e.raw), last.seq).into(),
             delivery: Some(Delivery {
                 service: last.service,
+                mode: self.slots[last.service as usize]
+                    .serving
+                    .map_or("poll", Mode::as_str),
                 origins_ms: events.iter().map(|e| e.origin_ms).collect(),
             }),
         }
@@ -448,6 +461,9 @@ impl OrgHub {
                 continue;
             }
             if self.recent.insert(&ev.id) {
+                if slot.pending.is_empty() {
+                    slot.pending_since = Some(Instant::now());
+                }
                 slot.pending.push(ev);
             }
         }
@@ -455,29 +471,31 @@ impl OrgHub {
             // Events flowing again announce the recovery.
             slot.last_error_sent = None;
         }
-        self.flush_due(Instant::now());
     }
 
-    fn flush_due(&mut self, now: Instant) {
+    /// Sends what is pending. Adaptive batching: when the hub has drained
+    /// everything that arrived together, events go out at once (latency);
+    /// while messages keep queueing up (`busy`), a service's batch grows
+    /// until `batch_max_events` or until its oldest event has waited
+    /// `batch_window_ms` (throughput, and the contract's upper bound).
+    fn flush_due(&mut self, now: Instant, busy: bool) {
         let window = self.cfg.stream.batch_window;
         let max = self.cfg.stream.batch_max_events;
         for s in 0..self.slots.len() {
             let slot = &self.slots[s];
-            if slot.pending.is_empty() {
+            let Some(since) = slot.pending_since else {
                 continue;
-            }
-            let due =
-                slot.pending.len() >= max || slot.last_flush.is_none_or(|t| now >= t + window);
-            if due {
-                self.flush(s as u16, now);
+            };
+            if !busy || slot.pending.len() >= max || now >= since + window {
+                self.flush(s as u16);
             }
         }
     }
 
-    fn flush(&mut self, service: u16, now: Instant) {
+    fn flush(&mut self, service: u16) {
         let slot = &mut self.slots[service as usize];
         let pending = std::mem::take(&mut slot.pending);
-        slot.last_flush = Some(now);
+        slot.pending_since = None;
         let mut stored = Vec::with_capacity(pending.len());
         for ev in pending {
             self.seq += 1;
@@ -722,9 +740,11 @@ impl OrgHub {
         }
 
         // Record switches of the effective source.
+        let mut switched = false;
         for s in 0..n {
             let was = self.slots[s].serving;
             if serve[s] != was {
+                switched = true;
                 if let (Some(from), Some(to)) = (was, serve[s]) {
                     tracing::info!(org = self.org, service = %self.cfg.services[s].name, from = from.as_str(), to = to.as_str(),
                         fallback = fallback && decided[s] == Some(Mode::Native), "mode switch");
@@ -735,7 +755,55 @@ impl OrgHub {
             if serve[s].is_none() && self.slots[s].subscribers == 0 {
                 self.slots[s].idle_since = None;
                 self.slots[s].pending.clear();
+                self.slots[s].pending_since = None;
             }
+        }
+        if switched {
+            let ids: Vec<SessionId> = self.members.keys().copied().collect();
+            for id in ids {
+                self.classify(id);
+            }
+        }
+    }
+
+    /// How the slots serve a set of services now.
+    fn serving_class(&self, services: &[u16]) -> &'static str {
+        let mut modes = services
+            .iter()
+            .filter_map(|&s| self.slots[s as usize].serving);
+        match modes.next() {
+            None => "poll",
+            Some(first) => {
+                if modes.all(|m| m == first) {
+                    first.as_str()
+                } else {
+                    "mixed"
+                }
+            }
+        }
+    }
+
+    /// Keeps the process-wide connections-by-mode counts in step with a member.
+    fn classify(&mut self, id: SessionId) {
+        let Some(member) = self.members.get(&id) else {
+            return;
+        };
+        let now = self.serving_class(&member.view.services);
+        let before = member.serving;
+        if now == before {
+            return;
+        }
+        let stats = &self.ctx.stats;
+        if !before.is_empty() {
+            stats
+                .mode_counter(before)
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        stats
+            .mode_counter(now)
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(m) = self.members.get_mut(&id) {
+            m.serving = now;
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Frame {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub service: u16,
+    /// The source that served the events ("poll" or "native").
+    pub mode: &'static str,
     pub origins_ms: Arc<[i64]>,
 }
 

@@ -246,6 +246,16 @@ impl SimState {
         }
     }
 
+    /// V1 requests being held right now.
+    pub fn active_polls(&self) -> i64 {
+        self.counters.active_polls_total.load(Ordering::Relaxed)
+    }
+
+    /// Native stream connections open right now.
+    pub fn native_active(&self) -> i64 {
+        self.counters.native_active.load(Ordering::Relaxed)
+    }
+
     /// Total V1 requests so far.
     pub fn total_requests(&self) -> u64 {
         self.counters

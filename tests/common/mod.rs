@@ -12,7 +12,7 @@ use realtime_edge::config::{Config, EnvSecrets};
 use realtime_edge::sim::{SimConfig, Simulator};
 use realtime_edge::{Listeners, Sidecar};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -21,12 +21,25 @@ pub const SECRET: &str = "test-secret";
 /// The longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// A fresh directory under the system temp dir, unique per call.
+pub fn unique_dir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!(
+        "re-{tag}-{}-{n}-{}",
+        std::process::id(),
+        realtime_edge::clock::unix_micros()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 pub fn token(org: u64) -> String {
     realtime_edge::auth::mint_hs256(SECRET, "orgId", org, 3600)
 }
 
 pub async fn start_sim(hold: Duration) -> Simulator {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = realtime_edge::http_server::bind(([127, 0, 0, 1], 0).into()).unwrap();
     Simulator::start(
         SimConfig {
             jwt_secret: SECRET.into(),
