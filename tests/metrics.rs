@@ -70,6 +70,18 @@ async fn metrics_report_connections_events_latency_and_errors() {
     }
     assert!(text.contains("# TYPE streaming_errors counter"));
     assert!(text.contains("# TYPE streaming_active_connections gauge"));
+
+    // Gone connections leave every count.
+    drop(ws);
+    eventually("connection gone", || async {
+        sidecar_metrics(&sc).await["activeConnections"] == 0
+    })
+    .await;
+    eventually("mode counts back to zero", || async {
+        let m = sidecar_metrics(&sc).await;
+        m["connectionsByMode"] == json!({"poll": 0, "native": 0, "mixed": 0})
+    })
+    .await;
     sc.shutdown().await;
     sim.shutdown().await;
 }

@@ -326,6 +326,12 @@ impl OrgHub {
         let Some(member) = self.members.remove(&id) else {
             return;
         };
+        if !member.serving.is_empty() {
+            self.ctx
+                .stats
+                .mode_counter(member.serving)
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.tokens.remove(id);
         if let Some(list) = self.views.get_mut(&member.view) {
             list.retain(|(sid, _)| *sid != id);
