@@ -63,6 +63,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The 101 answer that completes a WebSocket upgrade for `key`.
+pub fn switching_protocols(key: &http::HeaderValue) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(
+            http::header::SEC_WEBSOCKET_ACCEPT,
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .body(full(""))
+        .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade response"))
+}
+
 /// Limits of one listener.
 #[derive(Clone, Copy)]
 pub struct ServerLimits {

@@ -13,6 +13,11 @@ fn bin() -> Command {
     c
 }
 
+/// `realtime-edge check --config FILE`.
+fn check(cfg: &std::path::Path) -> std::process::Output {
+    bin().args(["check", "--config"]).arg(cfg).output().unwrap()
+}
+
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "re-cli-{}-{}",
@@ -35,11 +40,7 @@ fn check_accepts_a_good_file() {
             flags.display()
         ),
     );
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check(&cfg);
     assert!(
         out.status.success(),
         "{}",
@@ -56,11 +57,7 @@ fn check_lists_every_problem_with_file_and_key() {
         "bad.yaml",
         "listen: nowhere\nstream: {batch_max_events: 0}\n",
     );
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check(&cfg);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let name = cfg.display().to_string();
@@ -71,11 +68,7 @@ fn check_lists_every_problem_with_file_and_key() {
     );
 
     let cfg = temp_file("typo.yaml", "upstream:\n  base_ulr: \"http://x\"\n");
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check(&cfg);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("base_ulr"));
 }
@@ -90,11 +83,7 @@ fn check_reports_a_bad_flags_file_and_unprotected_admin() {
             flags.display()
         ),
     );
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check(&cfg);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("REALTIME_ROLLOUT_PERCENT"), "{stderr}");

@@ -302,6 +302,28 @@ impl WorkerProcess {
     }
 }
 
+/// The backend and the sidecar of one scenario.
+struct Rig {
+    sim: Simulator,
+    sidecar: SidecarProcess,
+}
+
+impl Rig {
+    async fn start(exe: &PathBuf) -> Result<Rig, BenchError> {
+        let sim = start_sim(Duration::from_secs(25)).await?;
+        let sidecar = SidecarProcess::spawn(exe, &sim.base_url()).await?;
+        Ok(Rig { sim, sidecar })
+    }
+
+    async fn finish(self, workers: Vec<WorkerProcess>) {
+        for w in workers {
+            w.quit().await;
+        }
+        self.sidecar.stop().await;
+        self.sim.shutdown().await;
+    }
+}
+
 /// Runs every worker's `reset`, waits `measure`, then merges their reports.
 async fn measure(
     workers: &mut [WorkerProcess],
@@ -358,6 +380,19 @@ async fn wait_for(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
+}
+
+fn latency_row(mode: &str, h: &Merged, cfg: &str, events: u64) -> Row {
+    Row(
+        format!("b. latency {mode} mode p50 / p95 / p99"),
+        format!(
+            "{} / {} / {}",
+            ms(h.quantile_ms(0.5)),
+            ms(h.quantile_ms(0.95)),
+            ms(h.quantile_ms(0.99))
+        ),
+        format!("{cfg}; {events} deliveries"),
+    )
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -439,8 +474,8 @@ async fn upstream_load(
     }
     sim.shutdown().await;
 
-    let sim = start_sim(Duration::from_secs(25)).await?;
-    let sidecar = SidecarProcess::spawn(exe, &sim.base_url()).await?;
+    let rig = Rig::start(exe).await?;
+    let (sim, sidecar) = (&rig.sim, &rig.sidecar);
     let mut w = WorkerProcess::spawn(
         exe,
         sidecar.client_addr,
@@ -463,9 +498,7 @@ async fn upstream_load(
     tokio::time::sleep(o.measure).await;
     let through = (sim.state.total_requests() - before) as f64 / o.measure.as_secs_f64();
     drop(gen_stop);
-    w.quit().await;
-    sidecar.stop().await;
-    sim.shutdown().await;
+    rig.finish(vec![w]).await;
     let cfg = format!(
         "{} clients, {} orgs, {} services, {rate} events/s",
         o.clients,
@@ -501,8 +534,8 @@ async fn latency_and_fanout(
     latency: bool,
     fanout: bool,
 ) -> Result<(), BenchError> {
-    let sim = start_sim(Duration::from_secs(25)).await?;
-    let sidecar = SidecarProcess::spawn(exe, &sim.base_url()).await?;
+    let rig = Rig::start(exe).await?;
+    let (sim, sidecar) = (&rig.sim, &rig.sidecar);
     let mut workers = vec![
         WorkerProcess::spawn(
             exe,
@@ -529,16 +562,7 @@ async fn latency_and_fanout(
         let gen_stop = sim.spawn_generator(generator(o.events_per_second, o.orgs));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (h, events, _) = measure(&mut workers, o.measure).await?;
-        rows.push(Row(
-            "b. latency poll mode p50 / p95 / p99".into(),
-            format!(
-                "{} / {} / {}",
-                ms(h.quantile_ms(0.5)),
-                ms(h.quantile_ms(0.95)),
-                ms(h.quantile_ms(0.99))
-            ),
-            format!("{cfg}; {events} deliveries"),
-        ));
+        rows.push(latency_row("poll", &h, &cfg, events));
         sidecar
             .set_flags("REALTIME_STREAMING_V2=true&REALTIME_ROLLOUT_PERCENT=100")
             .await?;
@@ -548,16 +572,7 @@ async fn latency_and_fanout(
         .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (h, events, _) = measure(&mut workers, o.measure).await?;
-        rows.push(Row(
-            "b. latency native mode p50 / p95 / p99".into(),
-            format!(
-                "{} / {} / {}",
-                ms(h.quantile_ms(0.5)),
-                ms(h.quantile_ms(0.95)),
-                ms(h.quantile_ms(0.99))
-            ),
-            format!("{cfg}; {events} deliveries"),
-        ));
+        rows.push(latency_row("native", &h, &cfg, events));
         drop(gen_stop);
         sidecar.set_flags("REALTIME_STREAMING_V2=false").await?;
         wait_for("poll mode", Duration::from_secs(30), || {
@@ -590,18 +605,14 @@ async fn latency_and_fanout(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    for w in workers {
-        w.quit().await;
-    }
-    sidecar.stop().await;
-    sim.shutdown().await;
+    rig.finish(workers).await;
     Ok(())
 }
 
 /// (c) resident memory per idle connection.
 async fn memory(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Result<(), BenchError> {
-    let sim = start_sim(Duration::from_secs(25)).await?;
-    let sidecar = SidecarProcess::spawn(exe, &sim.base_url()).await?;
+    let rig = Rig::start(exe).await?;
+    let sidecar = &rig.sidecar;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base = sidecar.rss_kib();
     let mut workers: Vec<WorkerProcess> = Vec::new();
@@ -639,18 +650,14 @@ async fn memory(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Result<
             ),
         ));
     }
-    for w in workers {
-        w.quit().await;
-    }
-    sidecar.stop().await;
-    sim.shutdown().await;
+    rig.finish(workers).await;
     Ok(())
 }
 
 /// (e) time from the admin POST returning to every org serving from its new source.
 async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Result<(), BenchError> {
-    let sim = start_sim(Duration::from_secs(25)).await?;
-    let sidecar = SidecarProcess::spawn(exe, &sim.base_url()).await?;
+    let rig = Rig::start(exe).await?;
+    let (sim, sidecar) = (&rig.sim, &rig.sidecar);
     let n = o.flip_orgs;
     let mut w = WorkerProcess::spawn(
         exe,
@@ -706,9 +713,7 @@ async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Resu
             r.closed
         ),
     ));
-    w.quit().await;
-    sidecar.stop().await;
-    sim.shutdown().await;
+    rig.finish(vec![w]).await;
     Ok(())
 }
 

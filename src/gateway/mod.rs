@@ -13,7 +13,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::auth::{self, Verifier};
@@ -135,15 +134,6 @@ impl Gateway {
             stats.active_connections.fetch_sub(1, Ordering::Relaxed);
             ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
         });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(http::header::CONNECTION, "Upgrade")
-            .header(http::header::UPGRADE, "websocket")
-            .header(
-                http::header::SEC_WEBSOCKET_ACCEPT,
-                derive_accept_key(key.as_bytes()),
-            )
-            .body(crate::http_server::full(""))
-            .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade response"))
+        crate::http_server::switching_protocols(&key)
     }
 }

@@ -212,11 +212,7 @@ impl HubRegistry {
         }
         let (tx, rx) = mpsc::channel(HUB_INBOX);
         hubs.insert(org, tx.clone());
-        self.ctx
-            .stats
-            .active_orgs
-            .store(hubs.len() as u64, Ordering::Relaxed);
-        ::metrics::gauge!(crate::metrics::ACTIVE_ORGS).set(hubs.len() as f64);
+        self.count_orgs(hubs.len());
         tokio::spawn(org::OrgHub::new(org, self.clone(), tx.clone(), rx).run());
         tx
     }
@@ -266,26 +262,34 @@ impl HubRegistry {
         if !inbox.is_empty() {
             return false;
         }
-        if hubs.get(&org).is_some_and(|tx| tx.same_channel(own)) {
-            hubs.remove(&org);
-        }
-        self.ctx
-            .stats
-            .active_orgs
-            .store(hubs.len() as u64, Ordering::Relaxed);
-        ::metrics::gauge!(crate::metrics::ACTIVE_ORGS).set(hubs.len() as f64);
+        self.remove_locked(&mut hubs, org, own);
         true
     }
 
+    /// Removes a hub that stops (shutdown).
     fn forget(&self, org: OrgId, own: &mpsc::Sender<HubMsg>) {
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove_locked(&mut hubs, org, own);
+    }
+
+    fn remove_locked(
+        &self,
+        hubs: &mut HashMap<OrgId, mpsc::Sender<HubMsg>>,
+        org: OrgId,
+        own: &mpsc::Sender<HubMsg>,
+    ) {
         if hubs.get(&org).is_some_and(|tx| tx.same_channel(own)) {
             hubs.remove(&org);
         }
+        self.count_orgs(hubs.len());
+    }
+
+    fn count_orgs(&self, n: usize) {
         self.ctx
             .stats
             .active_orgs
-            .store(hubs.len() as u64, Ordering::Relaxed);
+            .store(n as u64, Ordering::Relaxed);
+        ::metrics::gauge!(crate::metrics::ACTIVE_ORGS).set(n as f64);
     }
 }
 

@@ -180,29 +180,16 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
 fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Box<Response<Body>>> {
     let token =
         crate::auth::token_from_request(req.headers(), req.uri().query()).unwrap_or_default();
-    match ctx.verifier.verify(&token) {
-        Ok(_) if ctx.state.is_revoked(&token) => {
-            ctx.state
-                .counters
-                .unauthorized
-                .fetch_add(1, Ordering::Relaxed);
-            Err(Box::new(json_error(
-                StatusCode::UNAUTHORIZED,
-                "token revoked",
-            )))
-        }
-        Ok(id) => Ok(id.org_id),
-        Err(e) => {
-            ctx.state
-                .counters
-                .unauthorized
-                .fetch_add(1, Ordering::Relaxed);
-            Err(Box::new(json_error(
-                StatusCode::UNAUTHORIZED,
-                &e.to_string(),
-            )))
-        }
-    }
+    let refusal = match ctx.verifier.verify(&token) {
+        Ok(id) if !ctx.state.is_revoked(&token) => return Ok(id.org_id),
+        Ok(_) => "token revoked".to_string(),
+        Err(e) => e.to_string(),
+    };
+    ctx.state
+        .counters
+        .unauthorized
+        .fetch_add(1, Ordering::Relaxed);
+    Err(Box::new(json_error(StatusCode::UNAUTHORIZED, &refusal)))
 }
 
 fn cursor_value(c: u64) -> String {
@@ -338,6 +325,21 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
         .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "echo"))
 }
 
+/// The body's `service`, when it names a simulated service.
+fn known_service<'a>(state: &SimState, body: &'a Value) -> Result<&'a str, Box<Response<Body>>> {
+    match body.get("service").and_then(Value::as_str) {
+        None => Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "service required",
+        ))),
+        Some(s) if !state.has_service(s) => Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("unknown service {s:?}"),
+        ))),
+        Some(s) => Ok(s),
+    }
+}
+
 /// The control API: publish, faults, counters.
 async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body> {
     let method = req.method().clone();
@@ -361,15 +363,10 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
             let Some(org) = body.get("orgId").and_then(Value::as_u64) else {
                 return json_error(StatusCode::BAD_REQUEST, "orgId (integer) required");
             };
-            let Some(service) = body.get("service").and_then(Value::as_str) else {
-                return json_error(StatusCode::BAD_REQUEST, "service required");
+            let service = match known_service(state, &body) {
+                Ok(s) => s,
+                Err(resp) => return *resp,
             };
-            if !state.has_service(service) {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown service {service:?}"),
-                );
-            }
             let events = match (
                 body.get("events"),
                 body.get("count").and_then(Value::as_u64),
@@ -393,15 +390,10 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
                 state.set_native_down(n == "down");
                 return json(StatusCode::OK, &json!({"native": n}));
             }
-            let Some(service) = body.get("service").and_then(Value::as_str) else {
-                return json_error(StatusCode::BAD_REQUEST, "service or native required");
+            let service = match known_service(state, &body) {
+                Ok(s) => s,
+                Err(resp) => return *resp,
             };
-            if !state.has_service(service) {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown service {service:?}"),
-                );
-            }
             match Fault::from_json(&body) {
                 Ok(f) => {
                     state.set_fault(service, f);

@@ -11,16 +11,15 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::{Ctx, authorize};
 use crate::auth::OrgId;
-use crate::http_server::{Body, full, json_error};
+use crate::http_server::{Body, json_error};
 use crate::protocol::{self, ErrorCode};
 
-pub(super) async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let org = match authorize(&ctx, &req) {
         Ok(o) => o,
         Err(resp) => return *resp,
@@ -31,6 +30,23 @@ pub(super) async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Respon
             "native stream is down (injected fault)",
         );
     }
+    accept(req, move |ws| async move {
+        let counters = &ctx.state.counters;
+        counters.native_active.fetch_add(1, Ordering::Relaxed);
+        counters.native_total.fetch_add(1, Ordering::Relaxed);
+        serve(&ctx, ws, org).await;
+        counters.native_active.fetch_sub(1, Ordering::Relaxed);
+    })
+}
+
+type ServerWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Completes a WebSocket upgrade and runs `serve` on the socket in a task.
+fn accept<F, Fut>(mut req: Request<Incoming>, serve: F) -> Response<Body>
+where
+    F: FnOnce(ServerWs) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
         return json_error(StatusCode::UPGRADE_REQUIRED, "WebSocket only");
     };
@@ -45,13 +61,9 @@ pub(super) async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Respon
             Some(crate::gateway::server_ws_config()),
         )
         .await;
-        let counters = &ctx.state.counters;
-        counters.native_active.fetch_add(1, Ordering::Relaxed);
-        counters.native_total.fetch_add(1, Ordering::Relaxed);
-        serve(&ctx, ws, org).await;
-        counters.native_active.fetch_sub(1, Ordering::Relaxed);
+        serve(ws).await;
     });
-    switching_protocols(&key)
+    crate::http_server::switching_protocols(&key)
 }
 
 async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
@@ -170,21 +182,8 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 /// A plain WebSocket echo endpoint, for pass-through tests.
-pub(super) async fn echo_upgrade(mut req: Request<Incoming>) -> Response<Body> {
-    let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
-        return json_error(StatusCode::UPGRADE_REQUIRED, "WebSocket only");
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(crate::gateway::server_ws_config()),
-        )
-        .await;
+pub(super) async fn echo_upgrade(req: Request<Incoming>) -> Response<Body> {
+    accept(req, |mut ws| async move {
         while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await
         {
             let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
@@ -192,19 +191,5 @@ pub(super) async fn echo_upgrade(mut req: Request<Incoming>) -> Response<Body> {
                 return;
             }
         }
-    });
-    switching_protocols(&key)
-}
-
-fn switching_protocols(key: &http::HeaderValue) -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(http::header::CONNECTION, "Upgrade")
-        .header(http::header::UPGRADE, "websocket")
-        .header(
-            http::header::SEC_WEBSOCKET_ACCEPT,
-            derive_accept_key(key.as_bytes()),
-        )
-        .body(full(""))
-        .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade"))
+    })
 }

@@ -113,6 +113,14 @@ impl Backoff {
         self.failures = 0;
     }
 
+    /// Waits out the next delay; false when `stop` fired meanwhile.
+    pub async fn wait(&mut self, stop: &mut oneshot::Receiver<()>) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(self.next_delay()) => true,
+            _ = stop => false,
+        }
+    }
+
     pub fn next_delay(&mut self) -> Duration {
         let step_ms = (200u64 << self.failures.min(8)).min(30_000);
         self.failures = self.failures.saturating_add(1);

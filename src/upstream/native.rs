@@ -83,10 +83,10 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
             {
                 return;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => continue,
-                _ = &mut stop => return,
+            if !backoff.wait(&mut stop).await {
+                return;
             }
+            continue;
         };
         let mut request = match url.as_str().into_client_request() {
             Ok(r) => r,
@@ -148,10 +148,10 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                 {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
-                    _ = &mut stop => return,
+                if !backoff.wait(&mut stop).await {
+                    return;
                 }
+                continue;
             }
             Err(_) => {
                 if !send(
@@ -166,10 +166,10 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                 {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
-                    _ = &mut stop => return,
+                if !backoff.wait(&mut stop).await {
+                    return;
                 }
+                continue;
             }
         };
         let _gauge = GaugeGuard::new(m::UPSTREAM_NATIVE_LINKS);
@@ -283,9 +283,8 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         {
             return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = &mut stop => return,
+        if !backoff.wait(&mut stop).await {
+            return;
         }
     }
 }

@@ -135,11 +135,8 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                 // With another token at hand a refusal is retried at once.
                 let retry_now = matches!(e, PollError::Refused(_))
                     && matches!(&spec.tokens, TokenChoice::Pool(p) if p.pick().is_some());
-                if !retry_now {
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = &mut stop => return,
-                    }
+                if !retry_now && !backoff.wait(&mut stop).await {
+                    return;
                 }
             }
         }
