@@ -161,3 +161,77 @@ async fn flags_subcommand_talks_to_the_admin_api() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn serve_logs_json_events_and_never_a_token() {
+    use futures_util::SinkExt;
+    use std::io::{BufRead, BufReader};
+    let cfg = temp_file(
+        "serve.yaml",
+        &format!(
+            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\nauth: {{jwt_secret: \"{}\"}}\nflags: {{file: null}}\nupstream: {{base_url: \"http://127.0.0.1:9\"}}\n",
+            common::SECRET
+        ),
+    );
+    let mut child = bin()
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let listen = loop {
+        let line = rx.recv_timeout(common::WAIT).expect("serving line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+        lines.push(line);
+        if v["message"] == "realtime-edge serving" {
+            break v["listen"]
+                .as_str()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap();
+        }
+    };
+    let token = common::token(77);
+    let mut ws = common::connect(listen, &token).await;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        common::hello(&["finance"]).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(common::next_json(&mut ws).await["type"], "ack");
+    // A pass-through request with the token in the query string.
+    let _ = common::http(
+        "GET",
+        &format!("http://{listen}/api/x?access_token={token}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        lines.push(line);
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("\"subscribed\""), "{all}");
+    assert!(
+        all.contains("\"disconnected\"") || all.contains("\"connected\""),
+        "{all}"
+    );
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!all.contains(signature), "a token reached the log:\n{all}");
+}

@@ -678,6 +678,11 @@ async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Resu
         .set_flags("REALTIME_STREAMING_V2=true&REALTIME_ROLLOUT_PERCENT=100")
         .await?;
     let t0 = Instant::now();
+    wait_for("every native link open", Duration::from_secs(60), || {
+        sim.state.native_active() >= n as i64
+    })
+    .await?;
+    let links_open = t0.elapsed();
     wait_for("every org native", Duration::from_secs(60), || {
         sim.state.native_active() >= n as i64 && sim.state.active_polls() == 0
     })
@@ -702,7 +707,10 @@ async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Resu
     rows.push(Row(
         format!("e. flag flip poll -> native, {n} orgs"),
         format!("{:.0} ms", to_native.as_secs_f64() * 1000.0),
-        "POST returned -> every org's native link acked and its poller gone".into(),
+        format!(
+            "POST returned -> every org's native link acked and its poller gone (all {n} links open after {:.0} ms)",
+            links_open.as_secs_f64() * 1000.0
+        ),
     ));
     rows.push(Row(
         format!("e. rollback native -> poll, {n} orgs"),
