@@ -91,7 +91,7 @@ impl Admin {
                     .rev()
                     .map(|h| json!({"time": h.time, "who": h.who, "key": h.key, "old": h.old, "new": h.new}))
                     .collect();
-                json(StatusCode::OK, &json!({ "changes": entries }))
+                json(StatusCode::OK, &json!({ "history": entries }))
             }
             (Method::GET, "/v2/realtime/metrics") => json(StatusCode::OK, &self.metrics_json()),
             (Method::GET, "/metrics") => {

@@ -24,6 +24,9 @@ use crate::hub::{HubContext, HubRegistry};
 use crate::metrics::{self as m, Stats};
 use crate::upstream::Upstream;
 
+/// Overloaded streams being closed with 1013 at the same time.
+const REFUSALS_AT_ONCE: usize = 512;
+
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -144,6 +147,7 @@ impl Sidecar {
             verifier,
             passthrough: Passthrough::new(config.upstream.base_url.clone()),
             stream_slots: Arc::new(Semaphore::new(config.stream.max_connections)),
+            refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             shutdown: shutdown.clone(),
             tls: tls.is_some(),
         });

@@ -19,13 +19,7 @@ fn check(cfg: &std::path::Path) -> std::process::Output {
 }
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "re-cli-{}-{}",
-        std::process::id(),
-        realtime_edge::clock::unix_millis()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
+    let p = common::unique_dir("cli").join(name);
     std::fs::write(&p, text).unwrap();
     p
 }

@@ -12,13 +12,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "re-{name}-{}-{}",
-        std::process::id(),
-        realtime_edge::clock::unix_millis()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    unique_dir(name)
 }
 
 async fn flags_of(sc: &realtime_edge::Sidecar) -> Value {
@@ -112,7 +106,7 @@ async fn form_and_json_bodies_apply_and_bad_input_changes_nothing() {
     assert_eq!(status, 400);
     // History: who, key, old -> new.
     let h = get_json(&format!("{admin}/history"), None).await;
-    let changes = h["changes"].as_array().unwrap();
+    let changes = h["history"].as_array().unwrap();
     assert!(
         changes
             .iter()
@@ -268,7 +262,7 @@ async fn flags_file_hot_reload_in_place_rename_symlink_and_broken() {
     )
     .await;
     assert!(
-        h["changes"].as_array().unwrap().iter().any(|c| c["who"]
+        h["history"].as_array().unwrap().iter().any(|c| c["who"]
             .as_str()
             .unwrap()
             .starts_with("file ")

@@ -561,3 +561,21 @@ async fn ws_stream_rejects_plain_get() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_full_sidecar_closes_new_streams_with_1013() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), "stream: {max_connections: 2}\n")).await;
+    let (_a, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    let (_b, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    let mut c = connect(sc.client_addr, &token(1)).await;
+    assert_eq!(close_code(&mut c).await, Some(1013));
+    // Those already connected are unaffected.
+    eventually("poller", || async { sim.state.active_polls() == 1 }).await;
+    let ids = sim.state.publish(1, "finance", vec![json!({})]);
+    let mut a = _a;
+    let (got, _) = collect_ids(&mut a, &ids.iter().cloned().collect()).await;
+    assert_eq!(got, ids);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}

@@ -18,13 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "re-keys-{}-{}",
-        std::process::id(),
-        realtime_edge::clock::unix_millis()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    unique_dir("keys")
 }
 
 fn openssl(args: &[&str]) {

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub verifier: Arc<Verifier>,
     pub passthrough: passthrough::Passthrough,
     pub stream_slots: Arc<Semaphore>,
+    /// Streams being refused with 1013 at once (see `refuse_overloaded`).
+    pub refusal_slots: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub tls: bool,
 }
@@ -100,10 +102,7 @@ impl Gateway {
         }
         let Ok(permit) = self.stream_slots.clone().try_acquire_owned() else {
             stats.count_error(error_kind::OVERLOAD);
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many streams on this sidecar; retry shortly",
-            );
+            return self.refuse_overloaded(req, key);
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let registry = self.registry.clone();
@@ -133,6 +132,42 @@ impl Gateway {
             session::run(ws, identity, token, registry, shutdown).await;
             stats.active_connections.fetch_sub(1, Ordering::Relaxed);
             ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
+        });
+        crate::http_server::switching_protocols(&key)
+    }
+
+    /// Full: a browser cannot read an HTTP status from a failed WebSocket,
+    /// so the upgrade completes and the stream closes at once with 1013
+    /// (retry later, resume with lastSeq). A small separate cap bounds these
+    /// short-lived refusals; past it the answer is a plain 503.
+    fn refuse_overloaded(
+        &self,
+        mut req: Request<Incoming>,
+        key: http::HeaderValue,
+    ) -> Response<Body> {
+        let Ok(permit) = self.refusal_slots.clone().try_acquire_owned() else {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many streams on this sidecar; retry shortly",
+            );
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(server_ws_config()),
+                )
+                .await;
+                session::close_with(
+                    &mut ws,
+                    crate::protocol::close::TRY_AGAIN_LATER,
+                    "sidecar overloaded; retry with lastSeq",
+                )
+                .await;
+            }
         });
         crate::http_server::switching_protocols(&key)
     }

@@ -47,7 +47,7 @@ impl EndReason {
     }
 }
 
-async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+pub async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
