@@ -428,7 +428,17 @@ impl RawConfig {
             .base_url
             .unwrap_or_else(|| "http://127.0.0.1:4000".to_string());
         let base_url = match url::Url::parse(&base_text) {
-            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+            // The sidecar runs beside the backend; TLS to the backend is not
+            // built (yet), and a URL it cannot use is refused here rather
+            // than failing on every poll.
+            Ok(u) if u.scheme() == "https" => {
+                p.push(
+                    "upstream.base_url",
+                    format!("{base_text:?}: https upstreams are not supported; reach the backend over http on the local network"),
+                );
+                u
+            }
+            Ok(u) if u.scheme() == "http" && u.host().is_some() => {
                 if u.query().is_some() || u.fragment().is_some() {
                     p.push(
                         "upstream.base_url",
@@ -440,7 +450,7 @@ impl RawConfig {
             Ok(_) => {
                 p.push(
                     "upstream.base_url",
-                    format!("{base_text:?} must be an http:// or https:// URL with a host"),
+                    format!("{base_text:?} must be an http:// URL with a host"),
                 );
                 url::Url::parse("http://127.0.0.1:4000").expect("default URL parses")
             }
@@ -776,6 +786,12 @@ services:
         ] {
             assert!(joined.contains(key), "missing {key} in\n{joined}");
         }
+    }
+
+    #[test]
+    fn https_upstream_is_refused_with_a_reason() {
+        let lines = problems("upstream: {base_url: \"https://backend:443\"}\n");
+        assert!(lines[0].contains("upstream.base_url") && lines[0].contains("https"), "{lines:?}");
     }
 
     #[test]

@@ -499,3 +499,40 @@ async fn native_outage_falls_back_to_polling_and_returns() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn flips_leave_orgs_whose_decision_did_not_change_alone() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=31").await;
+    let (mut native_client, ack) = subscribe(sc.client_addr, 31, hello(&["finance"])).await;
+    assert_eq!(ack["mode"], "native");
+    let (_poll_client, ack) = subscribe(sc.client_addr, 32, hello(&["finance"])).await;
+    eventually("one link, one poller", || async {
+        sim.state.native_active() == 1 && sim.state.active_polls() == 1
+    })
+    .await;
+    let polls_before = sim.state.total_requests();
+    // Rollout moves; org 31 stays native through the allow-list and org 32
+    // (bucket above 1) stays polling: nothing of theirs is restarted.
+    assert!(realtime_edge::flags::bucket("realtime", 32) > 1);
+    for p in ["1", "0", "1", "0"] {
+        set_flags(&sc, &format!("REALTIME_ROLLOUT_PERCENT={p}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = sim.state.stats_json();
+    assert_eq!(
+        stats["nativeTotal"], 1,
+        "the native link was not reconnected: {stats}"
+    );
+    assert_eq!(
+        sim.state.total_requests(),
+        polls_before,
+        "the poller was not restarted"
+    );
+    let ids = sim.state.publish(31, "finance", vec![json!({})]);
+    let (got, _) = collect_ids(&mut native_client, &ids.iter().cloned().collect()).await;
+    assert_eq!(got, ids);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}

@@ -3,15 +3,20 @@
 //! refuses is set aside and another connection's token is tried.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::clock;
+
+/// A refused token is tried again after this long: a backend that briefly
+/// refused everything must not leave the org without credentials for good.
+const REFUSAL_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Entry {
     session: u64,
     token: Arc<str>,
     expires_at: Option<u64>,
-    refused: bool,
+    refused_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -26,7 +31,7 @@ impl TokenPool {
                 session,
                 token,
                 expires_at,
-                refused: false,
+                refused_at: None,
             });
         }
     }
@@ -44,7 +49,10 @@ impl TokenPool {
         let e = self.entries.lock().ok()?;
         e.iter()
             .rev()
-            .find(|x| !x.refused && x.expires_at.is_none_or(|t| t > now))
+            .find(|x| {
+                x.refused_at.is_none_or(|t| t.elapsed() >= REFUSAL_TTL)
+                    && x.expires_at.is_none_or(|t| t > now)
+            })
             .map(|x| x.token.clone())
     }
 
@@ -60,7 +68,7 @@ impl TokenPool {
     pub fn refuse(&self, token: &str) {
         if let Ok(mut e) = self.entries.lock() {
             for x in e.iter_mut().filter(|x| &*x.token == token) {
-                x.refused = true;
+                x.refused_at = Some(Instant::now());
             }
         }
     }
