@@ -791,7 +791,10 @@ services:
     #[test]
     fn https_upstream_is_refused_with_a_reason() {
         let lines = problems("upstream: {base_url: \"https://backend:443\"}\n");
-        assert!(lines[0].contains("upstream.base_url") && lines[0].contains("https"), "{lines:?}");
+        assert!(
+            lines[0].contains("upstream.base_url") && lines[0].contains("https"),
+            "{lines:?}"
+        );
     }
 
     #[test]

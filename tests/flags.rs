@@ -508,6 +508,7 @@ async fn flips_leave_orgs_whose_decision_did_not_change_alone() {
     let (mut native_client, ack) = subscribe(sc.client_addr, 31, hello(&["finance"])).await;
     assert_eq!(ack["mode"], "native");
     let (_poll_client, ack) = subscribe(sc.client_addr, 32, hello(&["finance"])).await;
+    assert_eq!(ack["mode"], "poll");
     eventually("one link, one poller", || async {
         sim.state.native_active() == 1 && sim.state.active_polls() == 1
     })
