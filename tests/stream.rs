@@ -579,3 +579,49 @@ async fn a_full_sidecar_closes_new_streams_with_1013() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn bursts_are_batched_per_service_within_the_limits() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), "stream: {batch_max_events: 40}\n")).await;
+    let (mut ws, ack) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
+    eventually("pollers", || async { sim.state.active_polls() == 2 }).await;
+    let mut ids = sim
+        .state
+        .publish(1, "finance", (0..100).map(|i| json!({"i": i})).collect());
+    ids.extend(
+        sim.state
+            .publish(1, "staff", (0..30).map(|i| json!({"i": i})).collect()),
+    );
+    let (got, msgs) = collect_ids(&mut ws, &ids.iter().cloned().collect()).await;
+    assert_eq!(got.len(), ids.len(), "each event once");
+    let mut last_seq = ack["seq"].as_u64().unwrap();
+    let mut finance = Vec::new();
+    for m in msgs.iter().filter(|m| m["type"] == "event") {
+        let events = m["events"].as_array().unwrap();
+        assert!(
+            !events.is_empty() && events.len() <= 40,
+            "{} events in one message",
+            events.len()
+        );
+        let seq = m["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "seq only grows");
+        assert_eq!(
+            seq - last_seq,
+            events.len() as u64,
+            "seq is the position of the message's last event"
+        );
+        last_seq = seq;
+        let service = m["service"].as_str().unwrap();
+        for e in events {
+            // A batch holds one service's events only.
+            assert_eq!(e["type"], format!("{service}.updated"));
+            if service == "finance" {
+                finance.push(e["eventId"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(finance, ids[..100].to_vec(), "order kept within a service");
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
