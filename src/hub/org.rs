@@ -541,9 +541,12 @@ impl OrgHub {
             return;
         };
         match status {
+            // Only the newest native link decides whether the org's native
+            // stream is up: an older one being retired may drop meanwhile.
             SourceStatus::Ready => {
                 running.ready = true;
-                if matches!(running.kind, SourceKind::Native(_)) {
+                let native = matches!(running.kind, SourceKind::Native(_));
+                if native && self.newest_native() == Some(source) {
                     if self.native_down_since.is_some() {
                         tracing::info!(org = self.org, "native stream link is up");
                     }
@@ -553,8 +556,8 @@ impl OrgHub {
             }
             SourceStatus::Down => {
                 running.ready = false;
-                if matches!(running.kind, SourceKind::Native(_)) && self.native_down_since.is_none()
-                {
+                let native = matches!(running.kind, SourceKind::Native(_));
+                if native && self.newest_native() == Some(source) && self.native_down_since.is_none() {
                     self.native_down_since = Some(Instant::now());
                 }
                 self.reconcile();
