@@ -554,10 +554,17 @@ async fn ws_stream_rejects_plain_get() {
     )
     .await;
     assert_eq!(status, 426, "{body}");
-    // And a never-handshaking client does not linger forever (bounded).
+    // A ping before the handshake is answered and does not count as one.
     let mut ws = connect(sc.client_addr, &token(1)).await;
     ws.send(Message::Ping(vec![1].into())).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_millis(50), ws.next()).await;
+    match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], &[1]),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    ws.send(Message::Text(hello(&["finance"]).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "ack");
     sc.shutdown().await;
     sim.shutdown().await;
 }

@@ -74,24 +74,28 @@ pub async fn run<S>(
     let org = identity.org_id;
 
     // ---- handshake --------------------------------------------------------
-    let first = tokio::select! {
-        r = tokio::time::timeout(cfg.stream.handshake_timeout, ws.next()) => r,
-        _ = shutdown.changed() => {
-            close_with(&mut ws, close::GOING_AWAY, "shutting down").await;
-            return;
+    // Control frames (a browser's or proxy's ping) may come first.
+    let deadline = tokio::time::Instant::now() + cfg.stream.handshake_timeout;
+    let text = loop {
+        let next = tokio::select! {
+            r = tokio::time::timeout_at(deadline, ws.next()) => r,
+            _ = shutdown.changed() => {
+                close_with(&mut ws, close::GOING_AWAY, "shutting down").await;
+                return;
+            }
+        };
+        match next {
+            Err(_) => {
+                stats.count_error(error_kind::HANDSHAKE);
+                close_with(&mut ws, close::POLICY, "no handshake in time").await;
+                count_close(EndReason::Handshake);
+                return;
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Ok(Message::Text(t)))) => break t.to_string(),
+            Ok(Some(Ok(Message::Binary(b)))) => break String::from_utf8_lossy(&b).into_owned(),
+            Ok(Some(Ok(_))) => continue,
         }
-    };
-    let text = match first {
-        Err(_) => {
-            stats.count_error(error_kind::HANDSHAKE);
-            close_with(&mut ws, close::POLICY, "no handshake in time").await;
-            count_close(EndReason::Handshake);
-            return;
-        }
-        Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
-        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
-        Ok(Some(Ok(Message::Binary(b)))) => String::from_utf8_lossy(&b).into_owned(),
-        Ok(Some(Ok(_))) => String::new(),
     };
     let hs = match protocol::parse_handshake(&text) {
         Ok(h) => h,

@@ -557,7 +557,10 @@ impl OrgHub {
             SourceStatus::Down => {
                 running.ready = false;
                 let native = matches!(running.kind, SourceKind::Native(_));
-                if native && self.newest_native() == Some(source) && self.native_down_since.is_none() {
+                if native
+                    && self.newest_native() == Some(source)
+                    && self.native_down_since.is_none()
+                {
                     self.native_down_since = Some(Instant::now());
                 }
                 self.reconcile();
