@@ -288,7 +288,17 @@ async fn resume_delivers_exactly_the_missed_events() {
     )
     .await;
     assert_eq!(ack["resumed"], true, "{ack}");
-    let (got, _) = collect_ids(&mut back, &ids(&missed)).await;
+    assert_eq!(
+        ack["seq"], last_seq,
+        "a resumed stream starts at its lastSeq"
+    );
+    let (got, replayed) = collect_ids(&mut back, &ids(&missed)).await;
+    let mut position = last_seq;
+    for m in &replayed {
+        let seq = m["seq"].as_u64().unwrap();
+        assert!(seq >= position, "seq only grows: {position} then {m}");
+        position = seq;
+    }
     assert_eq!(ids(&got), ids(&missed));
     assert_eq!(got.len(), missed.len(), "no duplicates: {got:?}");
     assert!(

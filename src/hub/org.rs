@@ -289,20 +289,26 @@ impl OrgHub {
         }
         let mode = self.ack_mode(&req.services);
         let resumed = req.last_seq.is_some_and(|n| self.can_resume(n));
+        // A resumed client's position is its lastSeq: the replay then moves
+        // it forward, so the seq it sees only ever grows.
+        let position = match req.last_seq {
+            Some(n) if resumed => n,
+            _ => self.seq,
+        };
         let q = &req.queue;
         q.push(Frame::control(protocol::ack_message(
-            self.seq, mode, resumed,
+            position, mode, resumed,
         )));
         for name in &req.unknown_services {
             q.push(Frame::control(protocol::error_message(
                 Some(name),
                 ErrorCode::UnknownService,
                 &format!("unknown service {name:?}"),
-                self.seq,
+                position,
             )));
         }
-        if resumed && let Some(n) = req.last_seq {
-            self.replay_to(q, &view, n);
+        if resumed {
+            self.replay_to(q, &view, position);
         }
         self.views
             .entry(view.clone())
