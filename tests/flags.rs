@@ -21,8 +21,7 @@ async fn flags_of(sc: &realtime_edge::Sidecar) -> Value {
 
 #[tokio::test]
 async fn form_and_json_bodies_apply_and_bad_input_changes_nothing() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let admin = format!("http://{}/feature-flags", sc.admin_addr);
     let v = set_flags(&sc, "REALTIME_ROLLOUT_PERCENT=10").await;
     assert_eq!(v["flags"]["REALTIME_ROLLOUT_PERCENT"], 10);
@@ -297,8 +296,7 @@ async fn overrides_survive_a_restart() {
 
 #[tokio::test]
 async fn native_org_uses_one_upstream_link_and_no_polls() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=7").await;
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -329,16 +327,12 @@ async fn native_org_uses_one_upstream_link_and_no_polls() {
 
 #[tokio::test]
 async fn leader_flag_off_means_one_poller_per_connection() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(subscribe(sc.client_addr, 3, hello(&["finance"])).await.0);
     }
-    eventually("shared poller", || async {
-        sim.state.stats_json()["activePollsTotal"] == 1
-    })
-    .await;
+    pollers(&sim, 1).await;
     set_flags(&sc, "FIN_LEADER_ENABLED=false").await;
     // Make-before-break: the shared poller stays until the new ones have answered.
     eventually("a poller per connection", || async {
@@ -350,15 +344,9 @@ async fn leader_flag_off_means_one_poller_per_connection() {
         let (got, _) = collect_ids(ws, &ids.iter().cloned().collect()).await;
         assert_eq!(got, ids, "each event once, though several pollers saw it");
     }
-    eventually("exactly one per connection", || async {
-        sim.state.stats_json()["activePollsTotal"] == 5
-    })
-    .await;
+    pollers(&sim, 5).await;
     set_flags(&sc, "FIN_LEADER_ENABLED=true").await;
-    eventually("back to one", || async {
-        sim.state.stats_json()["activePollsTotal"] == 1
-    })
-    .await;
+    pollers(&sim, 1).await;
     sc.shutdown().await;
     sim.shutdown().await;
 }
@@ -379,10 +367,7 @@ async fn flag_flips_lose_nothing_duplicate_nothing_and_close_nothing() {
             ));
         }
     }
-    eventually("pollers", || async {
-        sim.state.stats_json()["activePollsTotal"] == 6
-    })
-    .await;
+    pollers(&sim, 6).await;
 
     // Publish continuously while the flags flip back and forth.
     let running = Arc::new(AtomicBool::new(true));
@@ -450,8 +435,7 @@ async fn flag_flips_lose_nothing_duplicate_nothing_and_close_nothing() {
 
 #[tokio::test]
 async fn native_outage_falls_back_to_polling_and_returns() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     set_flags(
         &sc,
         "REALTIME_STREAMING_V2=true&REALTIME_ROLLOUT_PERCENT=100",
@@ -468,10 +452,7 @@ async fn native_outage_falls_back_to_polling_and_returns() {
 
     sim.state.set_native_down(true);
     // After native_fallback_s (2 s in tests) the org polls.
-    eventually("fallback poller", || async {
-        sim.state.stats_json()["activePollsTotal"] == 1
-    })
-    .await;
+    pollers(&sim, 1).await;
     let during = sim.state.publish(21, "finance", vec![json!({}), json!({})]);
     want.extend(during.iter().cloned());
     let (got, _) = collect_ids(&mut ws, &during.iter().cloned().collect()).await;
@@ -502,8 +483,7 @@ async fn native_outage_falls_back_to_polling_and_returns() {
 
 #[tokio::test]
 async fn flips_leave_orgs_whose_decision_did_not_change_alone() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=31").await;
     let (mut native_client, ack) = subscribe(sc.client_addr, 31, hello(&["finance"])).await;
     assert_eq!(ack["mode"], "native");

@@ -2,20 +2,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::json;
 
 #[tokio::test]
 async fn metrics_report_connections_events_latency_and_errors() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
-    eventually("pollers", || async {
-        sim.state.stats_json()["activePollsTotal"] == 2
-    })
-    .await;
+    pollers(&sim, 2).await;
     let ids = sim
         .state
         .publish(1, "finance", vec![json!({}), json!({}), json!({})]);

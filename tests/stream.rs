@@ -17,8 +17,7 @@ fn ids(v: &[String]) -> HashSet<String> {
 
 #[tokio::test]
 async fn message_shapes_and_delivery() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let (mut ws, ack) = subscribe(
         sc.client_addr,
         1,
@@ -36,10 +35,7 @@ async fn message_shapes_and_delivery() {
     assert_eq!(err["seq"], ack["seq"]);
 
     // Wait until the shared pollers are parked at the backend.
-    eventually("pollers running", || async {
-        sim.state.stats_json()["activePollsTotal"] == 2
-    })
-    .await;
+    pollers(&sim, 2).await;
     let published = sim.state.publish(
         1,
         "finance",
@@ -111,8 +107,7 @@ async fn bad_handshakes_are_refused_with_1008() {
 
 #[tokio::test]
 async fn bad_tokens_get_401_before_the_upgrade() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let url = format!("http://{}/v2/realtime/stream", sc.client_addr);
     let none_alg = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJvcmdJZCI6MX0.";
     let wrong_key = realtime_edge::auth::mint_hs256("another-secret", "orgId", 1, 60);
@@ -156,17 +151,13 @@ async fn bad_tokens_get_401_before_the_upgrade() {
 
 #[tokio::test]
 async fn fifty_connections_share_three_pollers() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let mut clients = Vec::new();
     for _ in 0..50 {
         let (ws, _) = subscribe(sc.client_addr, 5, hello(&["finance", "staff", "tasks"])).await;
         clients.push(ws);
     }
-    eventually("three pollers", || async {
-        sim.state.stats_json()["activePollsTotal"] == 3
-    })
-    .await;
+    pollers(&sim, 3).await;
     // Let more time pass: the count stays at three, not 150.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sim.state.stats_json()["activePollsTotal"], 3);
@@ -188,8 +179,7 @@ async fn fifty_connections_share_three_pollers() {
 
 #[tokio::test]
 async fn property_filter() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let (mut filtered, _) = subscribe(
         sc.client_addr,
         1,
@@ -197,10 +187,7 @@ async fn property_filter() {
     )
     .await;
     let (mut all, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
-    eventually("poller", || async {
-        sim.state.stats_json()["activePollsTotal"] == 1
-    })
-    .await;
+    pollers(&sim, 1).await;
     let a = sim.state.publish(
         1,
         "finance",
@@ -225,14 +212,10 @@ async fn property_filter() {
 
 #[tokio::test]
 async fn orgs_never_see_each_other() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let (mut one, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let (mut two, _) = subscribe(sc.client_addr, 2, hello(&["finance"])).await;
-    eventually("pollers", || async {
-        sim.state.stats_json()["activePollsTotal"] == 2
-    })
-    .await;
+    pollers(&sim, 2).await;
     // The backend misbehaves: org 1's endpoint returns an event of org 2.
     let leaked = sim
         .state
@@ -257,15 +240,11 @@ async fn orgs_never_see_each_other() {
 
 #[tokio::test]
 async fn resume_delivers_exactly_the_missed_events() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     // A second client keeps the org's hub alive while the first is away.
     let (mut keeper, _) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
     let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
-    eventually("pollers", || async {
-        sim.state.stats_json()["activePollsTotal"] == 2
-    })
-    .await;
+    pollers(&sim, 2).await;
     let first = sim.state.publish(1, "finance", vec![json!({}), json!({})]);
     let (_, msgs) = collect_ids(&mut ws, &ids(&first)).await;
     let last_seq = msgs
@@ -315,13 +294,9 @@ async fn resume_delivers_exactly_the_missed_events() {
 
 #[tokio::test]
 async fn last_seq_from_an_earlier_run_is_not_resumed() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
-    eventually("poller", || async {
-        sim.state.stats_json()["activePollsTotal"] == 1
-    })
-    .await;
+    pollers(&sim, 1).await;
     let a = sim
         .state
         .publish(1, "finance", vec![json!({}), json!({}), json!({})]);
@@ -372,10 +347,7 @@ async fn a_failing_service_does_not_disturb_the_others_and_recovers() {
     );
     let sc = start_sidecar(config(&sim.base_url(), &extra)).await;
     let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
-    eventually("pollers", || async {
-        sim.state.stats_json()["activePollsTotal"] == 2
-    })
-    .await;
+    pollers(&sim, 2).await;
     for fault in [
         Fault::Status(500),
         Fault::Garbage,
@@ -430,10 +402,7 @@ async fn a_client_that_stops_reading_is_cut_off() {
     // A raw socket with a tiny receive window that never reads.
     let (mut slow, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let (mut healthy, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
-    eventually("poller", || async {
-        sim.state.stats_json()["activePollsTotal"] == 1
-    })
-    .await;
+    pollers(&sim, 1).await;
     let rss_before = rss_kib();
     let blob = "x".repeat(1000);
     let mut last = Vec::new();
@@ -482,8 +451,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test]
 async fn token_expiry_closes_with_4001() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let short = realtime_edge::auth::mint_hs256(SECRET, "orgId", 1, 1);
     let mut ws = connect(sc.client_addr, &short).await;
     ws.send(Message::Text(hello(&["finance"]).to_string().into()))
@@ -497,8 +465,7 @@ async fn token_expiry_closes_with_4001() {
 
 #[tokio::test]
 async fn shutdown_closes_streams_with_1001() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let stop = tokio::spawn(sc.shutdown());
     assert_eq!(close_code(&mut ws).await, Some(1001));
@@ -554,8 +521,7 @@ async fn upstream_401_tries_another_connections_token() {
 
 #[tokio::test]
 async fn ws_stream_rejects_plain_get() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (sim, sc) = rig("").await;
     let (status, _, body) = http(
         "GET",
         &format!("http://{}/v2/realtime/stream", sc.client_addr),
@@ -581,14 +547,13 @@ async fn ws_stream_rejects_plain_get() {
 
 #[tokio::test]
 async fn a_full_sidecar_closes_new_streams_with_1013() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "stream: {max_connections: 2}\n")).await;
+    let (sim, sc) = rig("stream: {max_connections: 2}\n").await;
     let (_a, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let (_b, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let mut c = connect(sc.client_addr, &token(1)).await;
     assert_eq!(close_code(&mut c).await, Some(1013));
     // Those already connected are unaffected.
-    eventually("poller", || async { sim.state.active_polls() == 1 }).await;
+    pollers(&sim, 1).await;
     let ids = sim.state.publish(1, "finance", vec![json!({})]);
     let mut a = _a;
     let (got, _) = collect_ids(&mut a, &ids.iter().cloned().collect()).await;
@@ -599,10 +564,9 @@ async fn a_full_sidecar_closes_new_streams_with_1013() {
 
 #[tokio::test]
 async fn bursts_are_batched_per_service_within_the_limits() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(&sim.base_url(), "stream: {batch_max_events: 40}\n")).await;
+    let (sim, sc) = rig("stream: {batch_max_events: 40}\n").await;
     let (mut ws, ack) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
-    eventually("pollers", || async { sim.state.active_polls() == 2 }).await;
+    pollers(&sim, 2).await;
     let mut ids = sim
         .state
         .publish(1, "finance", (0..100).map(|i| json!({"i": i})).collect());

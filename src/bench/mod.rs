@@ -403,6 +403,15 @@ fn ms(v: Option<f64>) -> String {
 /// One table row.
 struct Row(String, String, String);
 
+/// V1 requests per second reaching the backend while `events` are published.
+async fn v1_request_rate(sim: &Simulator, events: GeneratorConfig, measure: Duration) -> f64 {
+    let _generator = sim.spawn_generator(events);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = sim.state.total_requests();
+    tokio::time::sleep(measure).await;
+    (sim.state.total_requests() - before) as f64 / measure.as_secs_f64()
+}
+
 /// (a) V1 requests per second: clients polling directly vs through the sidecar.
 async fn upstream_load(
     exe: &PathBuf,
@@ -462,12 +471,7 @@ async fn upstream_load(
         sim.state.active_polls() >= want
     })
     .await?;
-    let gen_stop = sim.spawn_generator(generator(rate, o.orgs));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = sim.state.total_requests();
-    tokio::time::sleep(o.measure).await;
-    let direct = (sim.state.total_requests() - before) as f64 / o.measure.as_secs_f64();
-    drop(gen_stop);
+    let direct = v1_request_rate(&sim, generator(rate, o.orgs), o.measure).await;
     running.store(false, Ordering::Relaxed);
     for t in tasks {
         t.abort();
@@ -492,12 +496,7 @@ async fn upstream_load(
         sim.state.active_polls() >= want
     })
     .await?;
-    let gen_stop = sim.spawn_generator(generator(rate, o.orgs));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = sim.state.total_requests();
-    tokio::time::sleep(o.measure).await;
-    let through = (sim.state.total_requests() - before) as f64 / o.measure.as_secs_f64();
-    drop(gen_stop);
+    let through = v1_request_rate(sim, generator(rate, o.orgs), o.measure).await;
     rig.finish(vec![w]).await;
     let cfg = format!(
         "{} clients, {} orgs, {} services, {rate} events/s",

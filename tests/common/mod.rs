@@ -74,6 +74,21 @@ pub fn config(backend: &str, extra: &str) -> Config {
     Config::from_yaml("test.yaml", &yaml, &EnvSecrets::default()).unwrap()
 }
 
+/// The simulated backend (25 s hold) and a sidecar in front of it.
+pub async fn rig(extra: &str) -> (Simulator, Sidecar) {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), extra)).await;
+    (sim, sc)
+}
+
+/// Waits until `n` V1 requests are parked at the backend.
+pub async fn pollers(sim: &Simulator, n: i64) {
+    eventually(&format!("{n} parked V1 polls"), || async {
+        sim.state.active_polls() == n
+    })
+    .await;
+}
+
 pub async fn start_sidecar(cfg: Config) -> Sidecar {
     let listeners = Listeners::bind(&cfg).await.unwrap();
     Sidecar::start(cfg, listeners).await.unwrap()
