@@ -139,7 +139,7 @@ impl Sidecar {
             config: config.clone(),
             flags: flags.clone(),
             stats: stats.clone(),
-            upstream,
+            upstream: Arc::new(upstream),
             shutdown: shutdown.clone(),
         });
         let gateway = Arc::new(Gateway {

@@ -14,6 +14,8 @@
 mod dedup;
 mod org;
 pub mod queue;
+#[cfg(test)]
+mod switching_tests;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -29,7 +31,7 @@ use crate::config::Config;
 use crate::flags::FlagStore;
 use crate::metrics::Stats;
 use crate::protocol::PropertyKey;
-use crate::upstream::Upstream;
+use crate::upstream::SourceSpawner;
 
 pub use queue::{Frame, SessionQueue};
 
@@ -164,7 +166,7 @@ pub struct HubContext {
     pub config: Arc<Config>,
     pub flags: Arc<FlagStore>,
     pub stats: Arc<Stats>,
-    pub upstream: Arc<Upstream>,
+    pub upstream: Arc<dyn SourceSpawner>,
     pub shutdown: watch::Receiver<bool>,
 }
 

@@ -111,6 +111,8 @@ pub(super) struct OrgHub {
     next_source: SourceId,
     native_seq: Option<u64>,
     native_down_since: Option<Instant>,
+    /// Whether the last reconcile served native services by polling.
+    in_fallback: bool,
     tokens: Arc<TokenPool>,
     empty_since: Option<Instant>,
     next_ping: Instant,
@@ -152,6 +154,7 @@ impl OrgHub {
             next_source: 1,
             native_seq: None,
             native_down_since: None,
+            in_fallback: false,
             tokens: Arc::new(TokenPool::default()),
             empty_since: Some(Instant::now()),
         }
@@ -197,7 +200,8 @@ impl OrgHub {
                 self.next_ping = now + self.cfg.stream.ping_interval;
                 self.broadcast(Frame::control(protocol::ping_message(self.seq)));
             }
-            if self.fallback_deadline().is_some_and(|d| now >= d) || self.slot_linger_due(now) {
+            let fallback_due = self.fallback_deadline().is_some_and(|d| now >= d);
+            if fallback_due != self.in_fallback || self.slot_linger_due(now) {
                 self.reconcile();
             }
             if self.members.is_empty()
@@ -233,7 +237,9 @@ impl OrgHub {
                 d = d.min(t + self.cfg.stream.hub_linger);
             }
         }
-        if let Some(f) = self.fallback_deadline() {
+        // Once the fallback is in force it needs no timer (a deadline in
+        // the past would spin this loop).
+        if let Some(f) = self.fallback_deadline().filter(|_| !self.in_fallback) {
             d = d.min(f);
         }
         if self.members.is_empty()
@@ -624,6 +630,7 @@ impl OrgHub {
         let group = self.cfg.rollout_group.clone();
         let flags = self.flags.flags.clone();
         let fallback = self.fallback_deadline().is_some_and(|d| now >= d);
+        self.in_fallback = fallback;
         let mut decided: Vec<Option<Mode>> = vec![None; n];
         let mut serve: Vec<Option<Mode>> = vec![None; n];
         for s in 0..n {

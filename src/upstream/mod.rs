@@ -58,6 +58,12 @@ pub struct SourceHandle {
 }
 
 impl SourceHandle {
+    /// A handle and the receiver its source task watches.
+    pub fn new() -> (SourceHandle, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (SourceHandle { stop: Some(tx) }, rx)
+    }
+
     pub fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -87,17 +93,26 @@ impl Upstream {
             stats,
         })
     }
+}
 
-    pub fn spawn_poller(self: &Arc<Self>, spec: PollerSpec) -> SourceHandle {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(poller::run(self.clone(), spec, rx));
-        SourceHandle { stop: Some(tx) }
+/// Starts sources for a hub. The hub depends on this seam, not on HTTP, so
+/// its switching logic is tested with scripted sources.
+pub trait SourceSpawner: Send + Sync {
+    fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle;
+    fn spawn_native(&self, spec: NativeSpec) -> SourceHandle;
+}
+
+impl SourceSpawner for Arc<Upstream> {
+    fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle {
+        let (handle, stop) = SourceHandle::new();
+        tokio::spawn(poller::run(self.clone(), spec, stop));
+        handle
     }
 
-    pub fn spawn_native(self: &Arc<Self>, spec: NativeSpec) -> SourceHandle {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(native::run(self.clone(), spec, rx));
-        SourceHandle { stop: Some(tx) }
+    fn spawn_native(&self, spec: NativeSpec) -> SourceHandle {
+        let (handle, stop) = SourceHandle::new();
+        tokio::spawn(native::run(self.clone(), spec, stop));
+        handle
     }
 }
 

@@ -1,0 +1,490 @@
+//! The hub against scripted sources: de-duplication, the cross-org guard,
+//! positions, and the make-before-break order of every switch, with
+//! tokio's paused clock instead of sleeping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    HubContext, HubMsg, HubRegistry, IncomingEvent, JoinRequest, SessionQueue, SourceId,
+    SourceStatus,
+};
+use crate::config::{Config, EnvSecrets};
+use crate::flags::{FlagSchema, FlagStore, FlagValue};
+use crate::metrics::Stats;
+use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, SourceSpawner};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Poller {
+        service: u16,
+        cursor: Option<String>,
+    },
+    Native {
+        services: Vec<u16>,
+        last_seq: Option<u64>,
+    },
+}
+
+struct Spawned {
+    kind: Kind,
+    source: SourceId,
+    hub: mpsc::Sender<HubMsg>,
+    stop: oneshot::Receiver<()>,
+}
+
+impl Spawned {
+    fn stopped(&mut self) -> bool {
+        !matches!(
+            self.stop.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+}
+
+#[derive(Default)]
+struct Scripted {
+    spawned: Mutex<Vec<Spawned>>,
+}
+
+impl Scripted {
+    fn record(&self, kind: Kind, source: SourceId, hub: mpsc::Sender<HubMsg>) -> SourceHandle {
+        let (handle, stop) = SourceHandle::new();
+        self.spawned.lock().unwrap().push(Spawned {
+            kind,
+            source,
+            hub,
+            stop,
+        });
+        handle
+    }
+
+    fn count(&self) -> usize {
+        self.spawned.lock().unwrap().len()
+    }
+
+    /// Runs `f` on the i-th source started.
+    fn with<R>(&self, i: usize, f: impl FnOnce(&mut Spawned) -> R) -> R {
+        f(&mut self.spawned.lock().unwrap()[i])
+    }
+
+    fn kind(&self, i: usize) -> Kind {
+        self.with(i, |s| s.kind.clone())
+    }
+
+    fn stopped(&self, i: usize) -> bool {
+        self.with(i, |s| s.stopped())
+    }
+
+    fn sender(&self, i: usize) -> (SourceId, mpsc::Sender<HubMsg>) {
+        self.with(i, |s| (s.source, s.hub.clone()))
+    }
+}
+
+struct ScriptedSpawner(Arc<Scripted>);
+
+impl SourceSpawner for ScriptedSpawner {
+    fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle {
+        let kind = Kind::Poller {
+            service: spec.service,
+            cursor: spec.cursor,
+        };
+        self.0.record(kind, spec.source, spec.hub)
+    }
+
+    fn spawn_native(&self, spec: NativeSpec) -> SourceHandle {
+        let kind = Kind::Native {
+            services: spec.services,
+            last_seq: spec.last_seq,
+        };
+        self.0.record(kind, spec.source, spec.hub)
+    }
+}
+
+/// A source handle as the test drives it.
+struct Source {
+    source: SourceId,
+    hub: mpsc::Sender<HubMsg>,
+}
+
+impl Source {
+    fn of(s: &Scripted, i: usize) -> Source {
+        let (source, hub) = s.sender(i);
+        Source { source, hub }
+    }
+
+    async fn events(&self, service: u16, events: Vec<IncomingEvent>, cursor: Option<&str>) {
+        let msg = HubMsg::Events {
+            source: self.source,
+            service,
+            events,
+            cursor: cursor.map(String::from),
+            native_seq: None,
+        };
+        self.hub.send(msg).await.unwrap();
+    }
+
+    async fn status(&self, status: SourceStatus) {
+        self.hub
+            .send(HubMsg::Status {
+                source: self.source,
+                status,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+struct Fixture {
+    registry: Arc<HubRegistry>,
+    scripted: Arc<Scripted>,
+    flags: Arc<FlagStore>,
+    stats: Arc<Stats>,
+    _shutdown: watch::Sender<bool>,
+}
+
+fn fixture() -> Fixture {
+    let cfg = Config::from_yaml(
+        "test.yaml",
+        "flags: {file: null}\nupstream: {native_fallback_s: 2}\nstream: {hub_linger_ms: 600000, ping_interval_s: 3600}\n",
+        &EnvSecrets::default(),
+    )
+    .unwrap();
+    let schema = FlagSchema::new(cfg.services.iter().map(|s| s.name.clone()).collect());
+    let flags = FlagStore::new(schema, BTreeMap::new(), None);
+    let stats = Arc::new(Stats::default());
+    let scripted = Arc::new(Scripted::default());
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let registry = HubRegistry::new(HubContext {
+        config: Arc::new(cfg),
+        flags: flags.clone(),
+        stats: stats.clone(),
+        upstream: Arc::new(ScriptedSpawner(scripted.clone())),
+        shutdown,
+    });
+    Fixture {
+        registry,
+        scripted,
+        flags,
+        stats,
+        _shutdown: shutdown_tx,
+    }
+}
+
+fn event(id: &str, org: u64) -> IncomingEvent {
+    let raw = RawValue::from_string(format!(r#"{{"eventId":"{id}","orgId":{org}}}"#)).unwrap();
+    IncomingEvent::parse(raw, 0).unwrap()
+}
+
+/// Ends the test binary if a test runs for a minute of real time. With the
+/// paused clock, a hub loop that spins never lets time advance, so without
+/// this such a bug would hang the run instead of failing it.
+struct Watchdog(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn watchdog() -> Watchdog {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = done.clone();
+    std::thread::spawn(move || {
+        for _ in 0..600 {
+            std::thread::sleep(Duration::from_millis(100));
+            if seen.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        eprintln!("a hub test ran for 60 s of real time: a hub loop is spinning");
+        std::process::abort();
+    });
+    Watchdog(done)
+}
+
+/// Lets the hub task run (the paused clock moves on when all are idle).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+async fn join(f: &Fixture, org: u64, services: Vec<u16>) -> Arc<SessionQueue> {
+    let queue = SessionQueue::new(1 << 20);
+    let (reply, rx) = oneshot::channel();
+    let req = Box::new(JoinRequest {
+        session: f.registry.next_session_id(),
+        queue: queue.clone(),
+        services,
+        unknown_services: Vec::new(),
+        property: None,
+        last_seq: None,
+        token: "token".into(),
+        expires_at: None,
+        reply,
+    });
+    f.registry.join(org, req, rx).await.unwrap();
+    settle().await;
+    queue
+}
+
+/// The messages queued so far, parsed.
+fn drain(q: &SessionQueue) -> Vec<serde_json::Value> {
+    let mut frames = Vec::new();
+    q.take(&mut frames).unwrap();
+    frames
+        .iter()
+        .map(|f| serde_json::from_str(f.text.as_str()).unwrap())
+        .collect()
+}
+
+fn event_ids(msgs: &[serde_json::Value]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m["type"] == "event")
+        .flat_map(|m| {
+            m["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["eventId"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn set(f: &Fixture, pairs: &[(&str, FlagValue)]) {
+    let changes = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    f.flags.set_overrides("test", changes).unwrap();
+}
+
+fn native_for(org: u64) -> [(&'static str, FlagValue); 2] {
+    [
+        (crate::flags::STREAMING_V2, FlagValue::Bool(true)),
+        (
+            crate::flags::ALLOWLIST,
+            FlagValue::Orgs(BTreeSet::from([org])),
+        ),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn dedup_cross_org_guard_and_positions() {
+    let _watchdog = watchdog();
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    assert_eq!(
+        f.scripted.kind(0),
+        Kind::Poller {
+            service: 0,
+            cursor: None
+        }
+    );
+    let ack = drain(&q).remove(0);
+    assert_eq!(ack["type"], "ack");
+    let base = ack["seq"].as_u64().unwrap();
+    let poller = Source::of(&f.scripted, 0);
+    poller
+        .events(
+            0,
+            vec![event("a", 1), event("b", 1), event("a", 1), event("x", 2)],
+            Some("c1"),
+        )
+        .await;
+    settle().await;
+    let msgs = drain(&q);
+    assert_eq!(
+        event_ids(&msgs),
+        ["a", "b"],
+        "duplicate and foreign events are dropped"
+    );
+    assert_eq!(msgs[0]["seq"], base + 2);
+    assert_eq!(
+        f.stats.errors.load(Ordering::Relaxed),
+        1,
+        "the foreign event is counted"
+    );
+    // The same ids again, later: still not delivered twice.
+    poller
+        .events(0, vec![event("b", 1), event("c", 1)], None)
+        .await;
+    settle().await;
+    assert_eq!(event_ids(&drain(&q)), ["c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_to_native_stops_the_poller_only_once_native_is_ready() {
+    let _watchdog = watchdog();
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    drain(&q);
+    let poller = Source::of(&f.scripted, 0);
+    poller.events(0, vec![event("a", 1)], Some("c1")).await;
+    settle().await;
+
+    set(&f, &native_for(1));
+    settle().await;
+    assert_eq!(f.scripted.count(), 2);
+    assert_eq!(
+        f.scripted.kind(1),
+        Kind::Native {
+            services: vec![0],
+            last_seq: None
+        }
+    );
+    assert!(
+        !f.scripted.stopped(0),
+        "the poller keeps serving until native is ready"
+    );
+    let native = Source::of(&f.scripted, 1);
+    // During the overlap both deliver; each event reaches the client once.
+    poller.events(0, vec![event("b", 1)], Some("c2")).await;
+    native
+        .events(0, vec![event("b", 1), event("c", 1)], None)
+        .await;
+    settle().await;
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    assert!(
+        f.scripted.stopped(0),
+        "the poller stops once native is ready"
+    );
+    assert!(!f.scripted.stopped(1));
+    assert_eq!(event_ids(&drain(&q)), ["a", "b", "c"]);
+    assert!(
+        q.is_closed().is_none(),
+        "the client's stream was never touched"
+    );
+
+    // And back: the new poller continues from the last cursor, so it is
+    // ready at once and the native link goes.
+    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
+    settle().await;
+    assert_eq!(
+        f.scripted.kind(2),
+        Kind::Poller {
+            service: 0,
+            cursor: Some("c2".into())
+        }
+    );
+    assert!(f.scripted.stopped(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn native_to_poll_without_a_cursor_keeps_native_until_the_first_answer() {
+    let _watchdog = watchdog();
+    let f = fixture();
+    set(&f, &native_for(1));
+    let q = join(&f, 1, vec![0]).await;
+    assert_eq!(drain(&q)[0]["mode"], "native");
+    let native = Source::of(&f.scripted, 0);
+    native.status(SourceStatus::Ready).await;
+    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
+    settle().await;
+    assert_eq!(
+        f.scripted.kind(1),
+        Kind::Poller {
+            service: 0,
+            cursor: None
+        }
+    );
+    // Long after: the poller has not answered, so native still covers.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(!f.scripted.stopped(0));
+    native.events(0, vec![event("n1", 1)], None).await;
+    let poller = Source::of(&f.scripted, 1);
+    poller.events(0, vec![event("n1", 1)], Some("c9")).await;
+    poller.status(SourceStatus::Ready).await;
+    settle().await;
+    assert!(f.scripted.stopped(0));
+    assert_eq!(event_ids(&drain(&q)), ["n1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn native_outage_falls_back_after_the_grace_time_and_returns() {
+    let _watchdog = watchdog();
+    let f = fixture();
+    set(&f, &native_for(1));
+    let q = join(&f, 1, vec![0]).await;
+    let native = Source::of(&f.scripted, 0);
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    native.status(SourceStatus::Down).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        f.scripted.count(),
+        1,
+        "no fallback before native_fallback_s"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        f.scripted.count(),
+        2,
+        "fallback poller after native_fallback_s"
+    );
+    assert_eq!(
+        f.scripted.kind(1),
+        Kind::Poller {
+            service: 0,
+            cursor: None
+        }
+    );
+    assert!(
+        !f.scripted.stopped(0),
+        "the native link keeps retrying during the fallback"
+    );
+    let poller = Source::of(&f.scripted, 1);
+    poller.events(0, vec![event("p1", 1)], Some("c1")).await;
+    poller.status(SourceStatus::Ready).await;
+    settle().await;
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    assert!(
+        f.scripted.stopped(1),
+        "back on native, the fallback poller stops"
+    );
+    assert_eq!(event_ids(&drain(&q)), ["p1"]);
+    let m = &f.stats;
+    assert_eq!(m.connections_native.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_added_to_native_starts_a_wider_link_before_dropping_the_old() {
+    let _watchdog = watchdog();
+    let f = fixture();
+    set(&f, &native_for(1));
+    let _a = join(&f, 1, vec![0]).await;
+    Source::of(&f.scripted, 0).status(SourceStatus::Ready).await;
+    Source::of(&f.scripted, 0)
+        .hub
+        .send(HubMsg::Events {
+            source: f.scripted.sender(0).0,
+            service: 0,
+            events: vec![event("e", 1)],
+            cursor: None,
+            native_seq: Some(41),
+        })
+        .await
+        .unwrap();
+    let _b = join(&f, 1, vec![0, 2]).await;
+    assert_eq!(
+        f.scripted.kind(1),
+        Kind::Native {
+            services: vec![0, 2],
+            last_seq: Some(41)
+        },
+        "resumes from the org's native position"
+    );
+    assert!(!f.scripted.stopped(0));
+    Source::of(&f.scripted, 1).status(SourceStatus::Ready).await;
+    settle().await;
+    assert!(f.scripted.stopped(0));
+    // A link that dropped on its way out does not count as an outage.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(f.scripted.count(), 2, "no fallback poller");
+}
