@@ -606,3 +606,20 @@ async fn bursts_are_batched_per_service_within_the_limits() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_backend_that_does_not_hold_requests_is_not_hammered() {
+    let sim = start_sim(Duration::ZERO).await;
+    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let requests = sim.state.total_requests();
+    // Without the pause a poller would send thousands of requests here.
+    assert!(requests <= 5, "{requests} requests in 1.5 s");
+    // Events still flow.
+    let ids = sim.state.publish(1, "finance", vec![json!({})]);
+    let (got, _) = collect_ids(&mut ws, &ids.iter().cloned().collect()).await;
+    assert_eq!(got, ids);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -12,6 +13,11 @@ use tokio::sync::oneshot;
 use super::{Backoff, GaugeGuard, MAX_POLL_BODY, PollerSpec, TokenChoice, Upstream, status_label};
 use crate::hub::{HubMsg, IncomingEvent, SourceStatus};
 use crate::metrics as m;
+
+/// An empty answer quicker than this means the backend is not holding requests.
+const MIN_EMPTY_POLL: Duration = Duration::from_millis(100);
+/// The pause after such an answer, which bounds the request rate.
+const EMPTY_POLL_PAUSE: Duration = Duration::from_secs(1);
 
 /// How one poll ended.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
     let mut cursor = spec.cursor.clone();
     let mut ready_sent = cursor.is_some();
     let mut backoff = Backoff::default();
+    let mut answered_fast = false;
     loop {
         let token = match &spec.tokens {
             TokenChoice::Pool(pool) => pool.pick(),
@@ -65,10 +72,12 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                             .finish(),
                     );
                 }
+                let started = tokio::time::Instant::now();
                 let res = tokio::select! {
                     r = poll_once(&up, &service.name, &url, &token) => r,
                     _ = &mut stop => return,
                 };
+                answered_fast = started.elapsed() < MIN_EMPTY_POLL;
                 if let Err(PollError::Refused(_)) = &res
                     && let TokenChoice::Pool(pool) = &spec.tokens
                 {
@@ -81,6 +90,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
         match outcome {
             Ok(answer) => {
                 backoff.reset();
+                let empty = answer.events.is_empty();
                 let now = crate::clock::unix_millis();
                 let mut events = Vec::with_capacity(answer.events.len());
                 for raw in answer.events {
@@ -115,6 +125,14 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     };
                     if spec.hub.send(status).await.is_err() {
                         return;
+                    }
+                }
+                // A backend that answers "nothing" at once instead of
+                // holding the request would be polled in a tight loop.
+                if empty && answered_fast {
+                    tokio::select! {
+                        _ = tokio::time::sleep(EMPTY_POLL_PAUSE) => {}
+                        _ = &mut stop => return,
                     }
                 }
             }
