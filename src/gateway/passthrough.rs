@@ -13,6 +13,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 use crate::http_server::{Body, json_error};
 
@@ -28,9 +30,14 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Relayed WebSocket upgrades at once. An upgraded connection leaves the
+/// listener's connection count, so it is counted here instead.
+const MAX_RELAYED_UPGRADES: usize = 4096;
+
 pub struct Passthrough {
     client: Client<HttpConnector, Incoming>,
     base: url::Url,
+    relays: Arc<Semaphore>,
 }
 
 impl Passthrough {
@@ -42,7 +49,11 @@ impl Passthrough {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Passthrough { client, base }
+        Passthrough {
+            client,
+            base,
+            relays: Arc::new(Semaphore::new(MAX_RELAYED_UPGRADES)),
+        }
     }
 
     pub async fn forward(
@@ -67,6 +78,18 @@ impl Passthrough {
                 StatusCode::BAD_REQUEST,
                 "request target cannot be forwarded",
             );
+        };
+        let relay_permit = match &upgrade {
+            None => None,
+            Some(_) => match self.relays.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many relayed WebSocket connections; retry shortly",
+                    );
+                }
+            },
         };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -99,6 +122,7 @@ impl Passthrough {
             };
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
+                let _permit = relay_permit;
                 let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await)
                 else {
                     return;
