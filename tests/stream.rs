@@ -60,12 +60,7 @@ async fn message_shapes_and_delivery() {
 
 #[tokio::test]
 async fn pings_arrive() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(
-        &sim.base_url(),
-        "stream: {ping_interval_s: 1, hub_linger_ms: 100}\n",
-    ))
-    .await;
+    let (sim, sc) = rig("stream: {ping_interval_s: 1, hub_linger_ms: 100}\n").await;
     let (mut ws, ack) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let ping = next_json(&mut ws).await;
     assert_eq!(ping["type"], "ping");
@@ -77,12 +72,7 @@ async fn pings_arrive() {
 
 #[tokio::test]
 async fn bad_handshakes_are_refused_with_1008() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(
-        &sim.base_url(),
-        "stream: {handshake_timeout_s: 1}\n",
-    ))
-    .await;
+    let (sim, sc) = rig("stream: {handshake_timeout_s: 1}\n").await;
     for (text, code) in [
         ("not json", "BAD_HANDSHAKE"),
         ("[1,2]", "BAD_HANDSHAKE"),
@@ -393,12 +383,7 @@ async fn a_failing_service_does_not_disturb_the_others_and_recovers() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off() {
-    let sim = start_sim(Duration::from_secs(25)).await;
-    let sc = start_sidecar(config(
-        &sim.base_url(),
-        "stream: {max_queue_bytes: 65536, batch_window_ms: 5}\n",
-    ))
-    .await;
+    let (sim, sc) = rig("stream: {max_queue_bytes: 65536, batch_window_ms: 5}\n").await;
     // A raw socket with a tiny receive window that never reads.
     let (mut slow, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let (mut healthy, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;

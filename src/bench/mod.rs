@@ -245,6 +245,25 @@ impl WorkerProcess {
         })
     }
 
+    /// The latency and load runs' clients: `o.clients` over `o.orgs` orgs,
+    /// subscribed to the three generated services.
+    async fn standard(
+        exe: &PathBuf,
+        sidecar: &SidecarProcess,
+        o: &BenchOptions,
+    ) -> Result<WorkerProcess, BenchError> {
+        WorkerProcess::spawn(
+            exe,
+            sidecar.client_addr,
+            "127.0.0.2",
+            o.clients,
+            1,
+            o.orgs,
+            &SERVICES,
+        )
+        .await
+    }
+
     async fn command(&mut self, line: &str) -> Result<(), BenchError> {
         self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
         self.stdin.flush().await?;
@@ -480,16 +499,7 @@ async fn upstream_load(
 
     let rig = Rig::start(exe).await?;
     let (sim, sidecar) = (&rig.sim, &rig.sidecar);
-    let mut w = WorkerProcess::spawn(
-        exe,
-        sidecar.client_addr,
-        "127.0.0.2",
-        o.clients,
-        1,
-        o.orgs,
-        &SERVICES,
-    )
-    .await?;
+    let mut w = WorkerProcess::standard(exe, sidecar, o).await?;
     w.wait_connected(o.clients).await?;
     let want = o.orgs as i64 * SERVICES.len() as i64;
     wait_for("shared pollers", Duration::from_secs(30), || {
@@ -535,18 +545,7 @@ async fn latency_and_fanout(
 ) -> Result<(), BenchError> {
     let rig = Rig::start(exe).await?;
     let (sim, sidecar) = (&rig.sim, &rig.sidecar);
-    let mut workers = vec![
-        WorkerProcess::spawn(
-            exe,
-            sidecar.client_addr,
-            "127.0.0.2",
-            o.clients,
-            1,
-            o.orgs,
-            &SERVICES,
-        )
-        .await?,
-    ];
+    let mut workers = vec![WorkerProcess::standard(exe, sidecar, o).await?];
     workers[0].wait_connected(o.clients).await?;
     let want = o.orgs as i64 * SERVICES.len() as i64;
     wait_for("shared pollers", Duration::from_secs(30), || {
