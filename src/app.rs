@@ -206,6 +206,9 @@ impl Sidecar {
                 shutdown.clone(),
             )));
         }
+        if config.auth.jwt_secret.is_none() && config.auth.jwt_public_key_file.is_none() {
+            tracing::warn!(file = %config.source, "no auth.jwt_secret, JWT_SECRET or auth.jwt_public_key_file: every stream will be refused with 401 (pass-through still works)");
+        }
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %client_addr, admin = %admin_addr, tls = config.tls.is_some(), upstream = %config.upstream.base_url,
             flags_version = flags.current().version, "realtime-edge serving");

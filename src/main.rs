@@ -249,6 +249,12 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         }
         return ExitCode::FAILURE;
     }
+    if config.auth.jwt_secret.is_none() && config.auth.jwt_public_key_file.is_none() {
+        eprintln!(
+            "warning: {}: auth: no jwt_secret (or JWT_SECRET) and no jwt_public_key_file; every stream would be refused with 401",
+            config.source
+        );
+    }
     let flags = config
         .flags
         .file
