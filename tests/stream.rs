@@ -608,3 +608,32 @@ async fn a_backend_that_does_not_hold_requests_is_not_hammered() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_oversized_or_broken_client_frame_ends_only_that_stream() {
+    let (sim, sc) = rig("").await;
+    let (mut good, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    let (mut big, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    pollers(&sim, 1).await;
+    // 200 KiB: beyond the 64 KiB a client may send in one message.
+    let _ = big.send(Message::Text("x".repeat(200 * 1024).into())).await;
+    let ended = loop {
+        match tokio::time::timeout(WAIT, big.next())
+            .await
+            .expect("the stream must end")
+        {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break true,
+            Some(Ok(_)) => continue,
+        }
+    };
+    assert!(ended);
+    let ids = sim.state.publish(1, "finance", vec![json!({})]);
+    let (got, _) = collect_ids(&mut good, &ids.iter().cloned().collect()).await;
+    assert_eq!(got, ids, "the other stream is unaffected");
+    eventually("one stream left", || async {
+        sidecar_metrics(&sc).await["activeConnections"] == 1
+    })
+    .await;
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
