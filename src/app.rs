@@ -160,20 +160,12 @@ impl Sidecar {
             prometheus,
             ready: ready.clone(),
         });
-        let client_addr = listeners
-            .client
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let admin_addr = listeners
-            .admin
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.admin_listen,
-                source,
-            })?;
+        let local = |l: &TcpListener, addr: SocketAddr| {
+            l.local_addr()
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let client_addr = local(&listeners.client, config.listen)?;
+        let admin_addr = local(&listeners.admin, config.admin_listen)?;
 
         let mut tasks = Vec::new();
         let client_limits = ServerLimits {

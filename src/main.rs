@@ -120,22 +120,7 @@ enum Command {
     },
     /// A benchmark client process (started by `bench`).
     #[command(hide = true)]
-    BenchWorker {
-        #[arg(long)]
-        target: SocketAddr,
-        #[arg(long)]
-        secret: String,
-        #[arg(long)]
-        source_ip: std::net::IpAddr,
-        #[arg(long)]
-        clients: usize,
-        #[arg(long)]
-        org_start: u64,
-        #[arg(long)]
-        org_count: u64,
-        #[arg(long, value_delimiter = ',')]
-        services: Vec<String>,
-    },
+    BenchWorker(bench::worker::WorkerOptions),
 }
 
 #[derive(Subcommand)]
@@ -395,24 +380,7 @@ fn main() -> ExitCode {
                 println!("{table}");
                 Ok(())
             }
-            Command::BenchWorker {
-                target,
-                secret,
-                source_ip,
-                clients,
-                org_start,
-                org_count,
-                services,
-            } => {
-                let opts = bench::worker::WorkerOptions {
-                    target,
-                    secret,
-                    source_ip,
-                    clients,
-                    org_start,
-                    org_count,
-                    services,
-                };
+            Command::BenchWorker(opts) => {
                 bench::worker::run(opts).await;
                 Ok(())
             }

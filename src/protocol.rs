@@ -250,44 +250,26 @@ mod tests {
 
     #[test]
     fn handshake_errors() {
-        assert_eq!(
-            parse_handshake("nope").unwrap_err().code(),
-            ErrorCode::BadHandshake
-        );
-        assert_eq!(
-            parse_handshake("[1]").unwrap_err().code(),
-            ErrorCode::BadHandshake
-        );
-        assert_eq!(
-            parse_handshake(r#"{"services":["a"],"version":2}"#)
-                .unwrap_err()
-                .code(),
-            ErrorCode::UnsupportedVersion
-        );
-        assert_eq!(
-            parse_handshake(r#"{"services":"a","version":1}"#)
-                .unwrap_err()
-                .code(),
-            ErrorCode::BadHandshake
-        );
-        assert_eq!(
-            parse_handshake(r#"{"services":[],"version":1}"#)
-                .unwrap_err()
-                .code(),
-            ErrorCode::BadHandshake
-        );
-        assert_eq!(
-            parse_handshake(r#"{"services":["a"],"lastSeq":-1}"#)
-                .unwrap_err()
-                .code(),
-            ErrorCode::BadHandshake
-        );
-        assert_eq!(
-            parse_handshake(r#"{"services":["a"],"filters":[]}"#)
-                .unwrap_err()
-                .code(),
-            ErrorCode::BadHandshake
-        );
+        for (text, code) in [
+            ("nope", ErrorCode::BadHandshake),
+            ("[1]", ErrorCode::BadHandshake),
+            (
+                r#"{"services":["a"],"version":2}"#,
+                ErrorCode::UnsupportedVersion,
+            ),
+            (r#"{"services":"a","version":1}"#, ErrorCode::BadHandshake),
+            (r#"{"services":[],"version":1}"#, ErrorCode::BadHandshake),
+            (
+                r#"{"services":["a"],"lastSeq":-1}"#,
+                ErrorCode::BadHandshake,
+            ),
+            (
+                r#"{"services":["a"],"filters":[]}"#,
+                ErrorCode::BadHandshake,
+            ),
+        ] {
+            assert_eq!(parse_handshake(text).unwrap_err().code(), code, "{text}");
+        }
     }
 
     #[test]

@@ -158,7 +158,6 @@ async fn flags_subcommand_talks_to_the_admin_api() {
 
 #[tokio::test]
 async fn serve_logs_json_events_and_never_a_token() {
-    use futures_util::SinkExt;
     use std::io::{BufRead, BufReader};
     let cfg = temp_file(
         "serve.yaml",
@@ -198,12 +197,7 @@ async fn serve_logs_json_events_and_never_a_token() {
     };
     let token = common::token(77);
     let mut ws = common::connect(listen, &token).await;
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(
-        common::hello(&["finance"]).to_string().into(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(common::next_json(&mut ws).await["type"], "ack");
+    common::handshake(&mut ws, &common::hello(&["finance"])).await;
     // A pass-through request with the token in the query string.
     let _ = common::http(
         "GET",

@@ -63,6 +63,17 @@ async fn http_request_with_streamed_body_passes_through() {
     sim.shutdown().await;
 }
 
+/// Sends `msg` and expects it back unchanged.
+async fn echoes(ws: &mut Ws, msg: Message) {
+    ws.send(msg.clone()).await.unwrap();
+    let back = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, msg);
+}
+
 #[tokio::test]
 async fn other_websockets_are_relayed() {
     let sim = start_sim(Duration::from_secs(25)).await;
@@ -72,25 +83,9 @@ async fn other_websockets_are_relayed() {
             .await
             .unwrap();
     for i in 0..20 {
-        ws.send(Message::Text(format!("hello {i}").into()))
-            .await
-            .unwrap();
-        let back = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, Message::Text(format!("hello {i}").into()));
+        echoes(&mut ws, Message::Text(format!("hello {i}").into())).await;
     }
-    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into()))
-        .await
-        .unwrap();
-    let back = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, Message::Binary(vec![0u8, 1, 2, 255].into()));
+    echoes(&mut ws, Message::Binary(vec![0u8, 1, 2, 255].into())).await;
     sc.shutdown().await;
     sim.shutdown().await;
 }

@@ -131,10 +131,7 @@ async fn bad_tokens_get_401_before_the_upgrade() {
         let url = format!("{}?access_token={}", stream_url(sc.client_addr), token(3));
         tokio_tungstenite::connect_async(url).await.unwrap()
     };
-    ws.send(Message::Text(hello(&["finance"]).to_string().into()))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut ws).await["type"], "ack");
+    handshake(&mut ws, &hello(&["finance"])).await;
     sc.shutdown().await;
     sim.shutdown().await;
 }
@@ -439,10 +436,7 @@ async fn token_expiry_closes_with_4001() {
     let (sim, sc) = rig("").await;
     let short = realtime_edge::auth::mint_hs256(SECRET, "orgId", 1, 1);
     let mut ws = connect(sc.client_addr, &short).await;
-    ws.send(Message::Text(hello(&["finance"]).to_string().into()))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut ws).await["type"], "ack");
+    handshake(&mut ws, &hello(&["finance"])).await;
     assert_eq!(close_code(&mut ws).await, Some(4001));
     sc.shutdown().await;
     sim.shutdown().await;
@@ -467,15 +461,9 @@ async fn upstream_401_tries_another_connections_token() {
     let newer = token(1);
     assert_ne!(older, newer);
     let mut a = connect(sc.client_addr, &older).await;
-    a.send(Message::Text(hello(&["finance"]).to_string().into()))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut a).await["type"], "ack");
+    handshake(&mut a, &hello(&["finance"])).await;
     let mut b = connect(sc.client_addr, &newer).await;
-    b.send(Message::Text(hello(&["finance"]).to_string().into()))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut b).await["type"], "ack");
+    handshake(&mut b, &hello(&["finance"])).await;
     // The backend stops accepting the newest token: the poller moves to the other one.
     sim.state.revoke_token(&newer);
     eventually("a refusal happened", || async {
@@ -522,10 +510,7 @@ async fn ws_stream_rejects_plain_get() {
         Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], &[1]),
         other => panic!("expected a pong, got {other:?}"),
     }
-    ws.send(Message::Text(hello(&["finance"]).to_string().into()))
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut ws).await["type"], "ack");
+    handshake(&mut ws, &hello(&["finance"])).await;
     sc.shutdown().await;
     sim.shutdown().await;
 }

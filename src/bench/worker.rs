@@ -19,16 +19,23 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use super::histogram::Histogram;
 use crate::protocol;
 
-/// One worker's share of the clients.
-#[derive(Debug, Clone)]
+/// One worker's share of the clients (also its command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct WorkerOptions {
+    #[arg(long)]
     pub target: SocketAddr,
+    #[arg(long)]
     pub secret: String,
+    #[arg(long)]
     pub source_ip: IpAddr,
+    #[arg(long)]
     pub clients: usize,
     /// Client i belongs to org `org_start + i % org_count`.
+    #[arg(long)]
     pub org_start: u64,
+    #[arg(long)]
     pub org_count: u64,
+    #[arg(long, value_delimiter = ',')]
     pub services: Vec<String>,
 }
 

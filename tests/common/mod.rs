@@ -111,14 +111,20 @@ pub async fn connect(addr: SocketAddr, token: &str) -> Ws {
     ws
 }
 
-/// Connects, sends a handshake and returns the client with the ack.
-pub async fn subscribe(addr: SocketAddr, org: u64, handshake: Value) -> (Ws, Value) {
-    let mut ws = connect(addr, &token(org)).await;
+/// Sends a handshake on an open stream and returns the ack.
+pub async fn handshake(ws: &mut Ws, handshake: &Value) -> Value {
     ws.send(Message::Text(handshake.to_string().into()))
         .await
         .unwrap();
-    let ack = next_json(&mut ws).await;
+    let ack = next_json(ws).await;
     assert_eq!(ack["type"], "ack", "{ack}");
+    ack
+}
+
+/// Connects, sends a handshake and returns the client with the ack.
+pub async fn subscribe(addr: SocketAddr, org: u64, hs: Value) -> (Ws, Value) {
+    let mut ws = connect(addr, &token(org)).await;
+    let ack = handshake(&mut ws, &hs).await;
     (ws, ack)
 }
 
