@@ -23,6 +23,12 @@ pub const ROLLOUT_PERCENT: &str = "REALTIME_ROLLOUT_PERCENT";
 pub const ALLOWLIST: &str = "REALTIME_ALLOWLIST_ORGS";
 pub const DENYLIST: &str = "REALTIME_DENYLIST_ORGS";
 pub const LEADER_ENABLED: &str = "FIN_LEADER_ENABLED";
+/// The sidecar answers old clients' V1 long-polls from the hub (CONTRACT 3.4).
+pub const V1_FACADE: &str = "REALTIME_V1_FACADE";
+/// Uploads go to the backend's native upload stream instead of multipart (CONTRACT 7).
+pub const UPLOAD_NATIVE: &str = "DOCUMENTS_UPLOAD_NATIVE";
+/// Chat is relayed to the backend's native chat stream instead of hosted here (CONTRACT 8).
+pub const CHAT_NATIVE: &str = "COLLAB_CHAT_NATIVE";
 /// Suffix of the per-service flags (`FINANCE_REALTIME_V1`).
 pub const SERVICE_V1_SUFFIX: &str = "_REALTIME_V1";
 
@@ -34,6 +40,12 @@ pub struct Flags {
     pub allowlist: BTreeSet<OrgId>,
     pub denylist: BTreeSet<OrgId>,
     pub leader_enabled: bool,
+    /// `REALTIME_V1_FACADE`.
+    pub v1_facade: bool,
+    /// `DOCUMENTS_UPLOAD_NATIVE`.
+    pub upload_native: bool,
+    /// `COLLAB_CHAT_NATIVE`.
+    pub chat_native: bool,
     /// Indexed like the configured services.
     pub service_v1: Vec<bool>,
 }
@@ -46,6 +58,9 @@ impl Default for Flags {
             allowlist: BTreeSet::new(),
             denylist: BTreeSet::new(),
             leader_enabled: true,
+            v1_facade: false,
+            upload_native: false,
+            chat_native: false,
             service_v1: Vec::new(),
         }
     }
@@ -121,6 +136,9 @@ impl FlagSchema {
             ALLOWLIST,
             DENYLIST,
             LEADER_ENABLED,
+            V1_FACADE,
+            UPLOAD_NATIVE,
+            CHAT_NATIVE,
         ]
         .iter()
         .map(|k| k.to_string())
@@ -131,7 +149,9 @@ impl FlagSchema {
 
     fn kind(&self, key: &str) -> Option<Kind> {
         match key {
-            STREAMING_V2 | LEADER_ENABLED => Some(Kind::Bool),
+            STREAMING_V2 | LEADER_ENABLED | V1_FACADE | UPLOAD_NATIVE | CHAT_NATIVE => {
+                Some(Kind::Bool)
+            }
             ROLLOUT_PERCENT => Some(Kind::Percent),
             ALLOWLIST | DENYLIST => Some(Kind::Orgs),
             k if self.services.iter().any(|s| Self::service_flag(s) == k) => Some(Kind::Bool),
@@ -141,7 +161,10 @@ impl FlagSchema {
 
     fn default_value(&self, key: &str) -> Option<FlagValue> {
         Some(match self.kind(key)? {
-            Kind::Bool => FlagValue::Bool(key != STREAMING_V2),
+            // Switches default off; the leader and per-service V1 flags default on.
+            Kind::Bool => FlagValue::Bool(
+                key == LEADER_ENABLED || self.services.iter().any(|s| Self::service_flag(s) == key),
+            ),
             Kind::Percent => FlagValue::Percent(0),
             Kind::Orgs => FlagValue::Orgs(BTreeSet::new()),
         })
@@ -319,6 +342,9 @@ impl FlagSchema {
             allowlist: orgs_of(ALLOWLIST),
             denylist: orgs_of(DENYLIST),
             leader_enabled: bool_of(LEADER_ENABLED, true),
+            v1_facade: bool_of(V1_FACADE, false),
+            upload_native: bool_of(UPLOAD_NATIVE, false),
+            chat_native: bool_of(CHAT_NATIVE, false),
             service_v1: self
                 .services
                 .iter()
@@ -350,7 +376,7 @@ mod tests {
         let keys = schema().keys();
         assert!(keys.contains(&"FINANCE_REALTIME_V1".to_string()));
         assert!(keys.contains(&"GUEST_REALTIME_V1".to_string()));
-        assert_eq!(keys.len(), 7);
+        assert_eq!(keys.len(), 10);
     }
 
     #[test]
