@@ -17,6 +17,7 @@ use tokio_rustls::rustls;
 use crate::admin::Admin;
 use crate::auth::Verifier;
 use crate::config::{Config, TlsConfig};
+use crate::facade::{CursorKey, Facade};
 use crate::flags::{FlagSchema, FlagStore, watcher};
 use crate::gateway::{Gateway, passthrough::Passthrough};
 use crate::http_server::{self, ServerLimits};
@@ -142,9 +143,17 @@ impl Sidecar {
             upstream: Arc::new(upstream),
             shutdown: shutdown.clone(),
         });
+        let facade = Arc::new(Facade::new(
+            config.clone(),
+            registry.clone(),
+            verifier.clone(),
+            flags.clone(),
+            CursorKey::random(crate::clock::unix_millis().max(0) as u64),
+        ));
         let gateway = Arc::new(Gateway {
             registry: registry.clone(),
             verifier,
+            facade,
             passthrough: Passthrough::new(config.upstream.base_url.clone()),
             stream_slots: Arc::new(Semaphore::new(config.stream.max_connections)),
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),

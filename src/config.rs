@@ -124,6 +124,10 @@ pub struct LegacyConfig {
     pub cursor_param: String,
     pub events_field: String,
     pub cursor_field: String,
+    /// How long the V1 facade holds a request with nothing to answer (CONTRACT 3.4).
+    pub facade_hold: Duration,
+    /// V1 facade requests held at once; past it new ones get 503.
+    pub facade_max_held: usize,
 }
 
 /// Where flags come from.
@@ -319,6 +323,8 @@ struct RawLegacy {
     cursor_param: Option<String>,
     events_field: Option<String>,
     cursor_field: Option<String>,
+    facade_hold_s: Option<u64>,
+    facade_max_held: Option<u64>,
 }
 
 /// The ten services of CONTRACT section 6, in its order.
@@ -643,6 +649,20 @@ impl RawConfig {
                 self.legacy.cursor_field.as_deref(),
                 "cursor",
             ),
+            facade_hold: Duration::from_secs(p.range(
+                "legacy.facade_hold_s",
+                self.legacy.facade_hold_s,
+                25,
+                1,
+                300,
+            )),
+            facade_max_held: p.range(
+                "legacy.facade_max_held",
+                self.legacy.facade_max_held,
+                1000,
+                0,
+                100_000,
+            ) as usize,
         };
 
         if !p.0.is_empty() {

@@ -40,6 +40,14 @@ pub const FLAGS_VERSION: &str = "streaming_flags_version";
 pub const CROSS_ORG_DROPPED: &str = "streaming_cross_org_events_dropped_total";
 /// Gauge: org hubs alive.
 pub const ACTIVE_ORGS: &str = "streaming_active_orgs";
+/// Counter: V1 requests served by the facade (CONTRACT 3.4).
+pub const FACADE_REQUESTS: &str = "streaming_facade_requests_total";
+/// Gauge: V1 requests the facade holds now.
+pub const FACADE_HELD: &str = "streaming_facade_held_requests";
+/// Counter: events answered by the facade.
+pub const FACADE_EVENTS: &str = "streaming_facade_events_total";
+/// Counter by `reason`: V1 requests the facade forwarded to the backend.
+pub const FACADE_FORWARDED: &str = "streaming_facade_forwarded_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -100,6 +108,13 @@ fn describe() {
         "Events dropped because their orgId was not the connection's"
     );
     metrics::describe_gauge!(ACTIVE_ORGS, "Org hubs alive");
+    metrics::describe_counter!(FACADE_REQUESTS, "V1 requests served by the facade");
+    metrics::describe_gauge!(FACADE_HELD, "V1 requests the facade holds now");
+    metrics::describe_counter!(FACADE_EVENTS, "Events answered by the V1 facade");
+    metrics::describe_counter!(
+        FACADE_FORWARDED,
+        "V1 requests the facade forwarded to the backend, by reason"
+    );
 }
 
 /// Series that alerts and dashboards read exist from the start, at zero.
@@ -114,6 +129,12 @@ fn register_zeroes() {
     }
     for result in ["ok", "error"] {
         metrics::counter!(FLAG_RELOADS, "result" => result).increment(0);
+    }
+    metrics::gauge!(FACADE_HELD).set(0.0);
+    metrics::counter!(FACADE_REQUESTS).increment(0);
+    metrics::counter!(FACADE_EVENTS).increment(0);
+    for reason in crate::facade::ForwardReason::ALL {
+        metrics::counter!(FACADE_FORWARDED, "reason" => reason.as_str()).increment(0);
     }
 }
 

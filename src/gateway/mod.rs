@@ -41,6 +41,8 @@ pub struct Gateway {
     pub registry: Arc<HubRegistry>,
     pub verifier: Arc<Verifier>,
     pub passthrough: passthrough::Passthrough,
+    /// Answers old clients' V1 long-polls from the hub when the flag is on.
+    pub facade: Arc<crate::facade::Facade>,
     pub stream_slots: Arc<Semaphore>,
     /// Streams being refused with 1013 at once (see `refuse_overloaded`).
     pub refusal_slots: Arc<Semaphore>,
@@ -51,9 +53,15 @@ pub struct Gateway {
 impl Gateway {
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        if let Some(service) = self.facade.service_for(&req) {
+            req = match self.facade.handle(req, service).await {
+                Ok(answer) => return answer,
+                Err(forward) => forward,
+            };
+        }
         if req.uri().path() == STREAM_PATH {
             self.stream(req).await
         } else {

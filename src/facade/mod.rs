@@ -1,0 +1,469 @@
+//! The legacy V1 facade (CONTRACT 3.4): old clients' long-polls answered
+//! from the org's hub instead of one backend request per client poll.
+//!
+//! ```text
+//! GET {v1_path}?since=<facade cursor> ──► classify ──► forward unchanged (not ours)
+//!                                             │
+//!                                             ▼
+//!                          join the org hub as a one-service member
+//!                          (replay after the cursor, else live events)
+//!                                             │
+//!             first event message, or hold ends ──► {"events": [...], "cursor": "<new>"}
+//! ```
+//!
+//! A held request is a hub member like a stream, so the org's shared
+//! sources (one poller per service, or the native link) feed it; it costs
+//! its small queue and no task beyond hyper's connection task. The hub's
+//! own bounds shape each answer: an event message carries at most
+//! `stream.batch_max_events` events and `stream.batch_max_bytes`, and the
+//! answer is exactly one such message, whose position becomes the cursor.
+
+pub mod cursor;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::auth::{self, Identity, Verifier};
+use crate::config::Config;
+use crate::flags::FlagStore;
+use crate::http_server::{Body, full, json_error};
+use crate::hub::queue::QueueClosed;
+use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
+use crate::metrics as m;
+
+pub use cursor::{Cursor, CursorKey};
+
+/// Why a V1 request went to the backend instead of the facade (the
+/// `reason` label of the forwarded counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardReason {
+    /// No `Authorization: Bearer` token.
+    NoToken,
+    /// The token did not verify.
+    InvalidToken,
+    /// The org is in `REALTIME_DENYLIST_ORGS`.
+    Denylisted,
+    /// The query has a parameter other than the cursor.
+    ExtraParams,
+    /// The cursor was not minted by this sidecar in this position space
+    /// (the backend's own, an earlier run's, forged or altered).
+    ForeignCursor,
+    /// Our cursor, but its position left the replay window.
+    ExpiredCursor,
+    /// The facade is off and the request carried a facade cursor.
+    FacadeOff,
+    /// The sidecar is draining.
+    ShuttingDown,
+}
+
+impl ForwardReason {
+    pub const ALL: [ForwardReason; 8] = [
+        ForwardReason::NoToken,
+        ForwardReason::InvalidToken,
+        ForwardReason::Denylisted,
+        ForwardReason::ExtraParams,
+        ForwardReason::ForeignCursor,
+        ForwardReason::ExpiredCursor,
+        ForwardReason::FacadeOff,
+        ForwardReason::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardReason::NoToken => "no_token",
+            ForwardReason::InvalidToken => "invalid_token",
+            ForwardReason::Denylisted => "denylisted",
+            ForwardReason::ExtraParams => "extra_params",
+            ForwardReason::ForeignCursor => "foreign_cursor",
+            ForwardReason::ExpiredCursor => "expired_cursor",
+            ForwardReason::FacadeOff => "facade_off",
+            ForwardReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// What to do with one V1 request.
+#[derive(Debug)]
+enum Decision {
+    Serve {
+        identity: Identity,
+        token: String,
+        cursor: Option<Cursor>,
+    },
+    /// Forward; `strip_cursor` drops the (facade) cursor parameter so the
+    /// backend treats the request as a first poll.
+    Forward {
+        reason: Option<ForwardReason>,
+        strip_cursor: bool,
+    },
+}
+
+/// The facade of one sidecar.
+pub struct Facade {
+    config: Arc<Config>,
+    registry: Arc<HubRegistry>,
+    verifier: Arc<Verifier>,
+    flags: Arc<FlagStore>,
+    key: CursorKey,
+    /// V1 path → service index.
+    paths: HashMap<String, u16>,
+    held: Arc<Semaphore>,
+}
+
+impl Facade {
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<HubRegistry>,
+        verifier: Arc<Verifier>,
+        flags: Arc<FlagStore>,
+        key: CursorKey,
+    ) -> Facade {
+        let paths = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.v1_path.clone(), i as u16))
+            .collect();
+        let held = Arc::new(Semaphore::new(config.legacy.facade_max_held));
+        Facade {
+            config,
+            registry,
+            verifier,
+            flags,
+            key,
+            paths,
+            held,
+        }
+    }
+
+    /// The service whose V1 endpoint a request addresses, if any.
+    pub fn service_for<B>(&self, req: &Request<B>) -> Option<u16> {
+        if req.method() != Method::GET {
+            return None;
+        }
+        self.paths.get(req.uri().path()).copied()
+    }
+
+    /// Answers a V1 request from the hub, or hands it back (possibly
+    /// without its cursor parameter) to be forwarded to the backend.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        service: u16,
+    ) -> Result<Response<Body>, Request<Incoming>> {
+        match self.classify(&req, service) {
+            Decision::Forward {
+                reason,
+                strip_cursor,
+            } => {
+                if let Some(reason) = reason {
+                    ::metrics::counter!(m::FACADE_FORWARDED, "reason" => reason.as_str())
+                        .increment(1);
+                }
+                if strip_cursor {
+                    self.strip_cursor(&mut req);
+                }
+                Err(req)
+            }
+            Decision::Serve {
+                identity,
+                token,
+                cursor,
+            } => {
+                let Ok(permit) = self.held.clone().try_acquire_owned() else {
+                    self.registry
+                        .context()
+                        .stats
+                        .count_error(m::error_kind::OVERLOAD);
+                    return Ok(json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many held V1 requests on this sidecar; retry shortly",
+                    ));
+                };
+                match self.serve(identity, token, service, cursor, permit).await {
+                    Served::Answer(resp) => Ok(resp),
+                    Served::Forward(reason) => {
+                        ::metrics::counter!(m::FACADE_FORWARDED, "reason" => reason.as_str())
+                            .increment(1);
+                        if reason == ForwardReason::ExpiredCursor {
+                            // The backend cannot honour our cursor: a first poll.
+                            self.strip_cursor(&mut req);
+                        }
+                        Err(req)
+                    }
+                }
+            }
+        }
+    }
+
+    fn classify<B>(&self, req: &Request<B>, service: u16) -> Decision {
+        let flags = self.flags.current();
+        let param = self.config.legacy.cursor_param.as_str();
+        let mut cursor_text: Option<String> = None;
+        let mut extra = false;
+        if let Some(q) = req.uri().query() {
+            for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+                if k == param && cursor_text.is_none() {
+                    cursor_text = Some(v.into_owned());
+                } else {
+                    extra = true;
+                }
+            }
+        }
+        let ours = cursor_text.as_deref().and_then(|t| self.key.open(t));
+        if !flags.flags.v1_facade {
+            // After a rollback a facade cursor means nothing to the backend:
+            // send it as a first poll, like after a page reload.
+            return Decision::Forward {
+                reason: ours.map(|_| ForwardReason::FacadeOff),
+                strip_cursor: ours.is_some(),
+            };
+        }
+        let forward = |reason| Decision::Forward {
+            reason: Some(reason),
+            strip_cursor: false,
+        };
+        let Some(token) = auth::token_from_request(req.headers(), None) else {
+            return forward(ForwardReason::NoToken);
+        };
+        let identity = match self.verifier.verify(&token) {
+            Ok(i) => i,
+            Err(_) => return forward(ForwardReason::InvalidToken),
+        };
+        if flags.flags.denylist.contains(&identity.org_id) {
+            return forward(ForwardReason::Denylisted);
+        }
+        if extra {
+            return forward(ForwardReason::ExtraParams);
+        }
+        let cursor = match (&cursor_text, ours) {
+            (None, _) => None,
+            (Some(_), Some(c)) if c.org == identity.org_id && c.service == service => Some(c),
+            (Some(_), _) => return forward(ForwardReason::ForeignCursor),
+        };
+        Decision::Serve {
+            identity,
+            token,
+            cursor,
+        }
+    }
+
+    /// Drops the cursor parameter from the request's query.
+    fn strip_cursor<B>(&self, req: &mut Request<B>) {
+        let param = self.config.legacy.cursor_param.as_str();
+        let uri = req.uri();
+        let Some(q) = uri.query() else { return };
+        let rest: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
+            .filter(|(k, _)| k != param)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut target = uri.path().to_string();
+        if !rest.is_empty() {
+            target.push('?');
+            target.push_str(
+                &url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(rest)
+                    .finish(),
+            );
+        }
+        let mut parts = uri.clone().into_parts();
+        if let Ok(pq) = target.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(new) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = new;
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        identity: Identity,
+        token: String,
+        service: u16,
+        cursor: Option<Cursor>,
+        _permit: OwnedSemaphorePermit,
+    ) -> Served {
+        let ctx = self.registry.context();
+        let org = identity.org_id;
+        let session = self.registry.next_session_id();
+        let queue = SessionQueue::new(self.config.stream.max_queue_bytes);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let join = Box::new(JoinRequest {
+            session,
+            queue: queue.clone(),
+            services: vec![service],
+            unknown_services: Vec::new(),
+            property: None,
+            last_seq: cursor.map(|c| c.position),
+            token: token.into(),
+            expires_at: identity.expires_at,
+            reply: reply_tx,
+        });
+        let Ok((hub, reply)) = self.registry.join(org, join, reply_rx).await else {
+            return Served::Forward(ForwardReason::ShuttingDown);
+        };
+        let _member = Membership { hub, session };
+        if cursor.is_some() && !reply.resumed {
+            return Served::Forward(ForwardReason::ExpiredCursor);
+        }
+        ::metrics::counter!(m::FACADE_REQUESTS).increment(1);
+        let _held = HeldGauge::new();
+
+        let deadline = tokio::time::Instant::now() + self.config.legacy.facade_hold;
+        let mut flags = self.flags.subscribe();
+        let mut shutdown = ctx.shutdown.clone();
+        let mut position = cursor.map(|c| c.position);
+        let mut frames: Vec<Frame> = Vec::new();
+        loop {
+            if queue.take(&mut frames) == Err(QueueClosed::Overflow) {
+                break;
+            }
+            for frame in frames.drain(..) {
+                let Ok(msg) = serde_json::from_str::<HubMessage>(frame.text.as_str()) else {
+                    continue;
+                };
+                match msg.kind {
+                    "event" => {
+                        if let Some(events) = msg.events {
+                            let count = frame
+                                .delivery
+                                .as_ref()
+                                .map_or(0, |d| d.origins_ms.len() as u64);
+                            ::metrics::counter!(m::FACADE_EVENTS).increment(count);
+                            return Served::Answer(self.answer(
+                                org,
+                                service,
+                                msg.seq,
+                                Some(events),
+                            ));
+                        }
+                    }
+                    // The ack and pings carry the org's current position; every
+                    // event of this service up to it is already in the queue.
+                    "ack" | "ping" | "error" => position = Some(msg.seq),
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                _ = queue.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                changed = flags.changed() => {
+                    if changed.is_err() || !flags.borrow().flags.v1_facade {
+                        break;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        let position = position.unwrap_or_default();
+        Served::Answer(self.answer(org, service, position, None))
+    }
+
+    fn answer(
+        &self,
+        org: u64,
+        service: u16,
+        position: u64,
+        events: Option<&RawValue>,
+    ) -> Response<Body> {
+        let cursor = self.key.mint(Cursor {
+            org,
+            service,
+            position,
+        });
+        let body = V1Answer {
+            events_field: &self.config.legacy.events_field,
+            events,
+            cursor_field: &self.config.legacy.cursor_field,
+            cursor: &cursor,
+        };
+        let text = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = Response::new(full(text));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+enum Served {
+    Answer(Response<Body>),
+    Forward(ForwardReason),
+}
+
+/// The fields of a hub message the facade reads.
+#[derive(Deserialize)]
+struct HubMessage<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    seq: u64,
+    #[serde(borrow, default)]
+    events: Option<&'a RawValue>,
+}
+
+/// `{"<events_field>": [...], "<cursor_field>": "..."}` with the backend's
+/// event objects passed through byte for byte.
+struct V1Answer<'a> {
+    events_field: &'a str,
+    events: Option<&'a RawValue>,
+    cursor_field: &'a str,
+    cursor: &'a str,
+}
+
+impl Serialize for V1Answer<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        match self.events {
+            Some(raw) => map.serialize_entry(self.events_field, raw)?,
+            None => map.serialize_entry(self.events_field, &[(); 0])?,
+        }
+        map.serialize_entry(self.cursor_field, self.cursor)?;
+        map.end()
+    }
+}
+
+/// Leaves the hub however the request ends (answered, or the client went away).
+struct Membership {
+    hub: mpsc::Sender<HubMsg>,
+    session: SessionId,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Err(mpsc::error::TrySendError::Full(msg)) =
+            self.hub.try_send(HubMsg::Leave(self.session))
+        {
+            let hub = self.hub.clone();
+            tokio::spawn(async move {
+                let _ = hub.send(msg).await;
+            });
+        }
+    }
+}
+
+/// The held-requests gauge, decremented however the request ends.
+struct HeldGauge;
+
+impl HeldGauge {
+    fn new() -> HeldGauge {
+        ::metrics::gauge!(m::FACADE_HELD).increment(1.0);
+        HeldGauge
+    }
+}
+
+impl Drop for HeldGauge {
+    fn drop(&mut self) {
+        ::metrics::gauge!(m::FACADE_HELD).decrement(1.0);
+    }
+}
