@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::flags::{FlagStore, FlagValue, Snapshot, bucket, decide, decide_org};
 use crate::http_server::{Body, full, json, json_error};
 use crate::hub::HubRegistry;
@@ -27,6 +28,8 @@ pub struct Admin {
     pub registry: Arc<HubRegistry>,
     pub prometheus: Option<PrometheusHandle>,
     pub ready: Arc<AtomicBool>,
+    /// `POST /drain` starts it; `/readyz` is 503 from then on.
+    pub drain: Arc<Drain>,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -45,7 +48,7 @@ impl Admin {
         match (method.clone(), path.as_str()) {
             (Method::GET, "/healthz") => return json(StatusCode::OK, &json!({"status": "ok"})),
             (Method::GET, "/readyz") => {
-                return if self.ready.load(Ordering::Acquire) {
+                return if self.ready.load(Ordering::Acquire) && !self.drain.is_draining() {
                     json(StatusCode::OK, &json!({"ready": true}))
                 } else {
                     json(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false}))
@@ -93,6 +96,15 @@ impl Admin {
                     .collect();
                 json(StatusCode::OK, &json!({ "history": entries }))
             }
+            (Method::POST, "/drain") => {
+                if self.drain.begin() {
+                    tracing::info!(who, "drain requested through the admin API");
+                }
+                json(
+                    StatusCode::ACCEPTED,
+                    &json!({"draining": true, "drainS": self.drain.drain_window().as_secs()}),
+                )
+            }
             (Method::GET, "/v2/realtime/metrics") => json(StatusCode::OK, &self.metrics_json()),
             (Method::GET, "/metrics") => {
                 let text = self
@@ -111,7 +123,8 @@ impl Admin {
                 | "/feature-flags/evaluate"
                 | "/feature-flags/history"
                 | "/v2/realtime/metrics"
-                | "/metrics",
+                | "/metrics"
+                | "/drain",
             ) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => json_error(StatusCode::NOT_FOUND, "not found"),
         }
@@ -123,9 +136,18 @@ impl Admin {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
+        // A half-sent body must not hold an admin connection slot for long.
+        let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+        let body = match tokio::time::timeout(self.config.limits.admin_body_timeout, collect).await
+        {
+            Ok(Ok(b)) => b.to_bytes(),
             Err(_) => {
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body did not arrive in time",
+                );
+            }
+            Ok(Err(_)) => {
                 return json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body too large or unreadable",

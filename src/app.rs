@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
@@ -18,9 +18,10 @@ use crate::admin::Admin;
 use crate::auth::Verifier;
 use crate::config::{Config, TlsConfig};
 use crate::facade::{CursorKey, Facade};
+use crate::drain::Drain;
 use crate::flags::{FlagSchema, FlagStore, watcher};
 use crate::gateway::{Gateway, passthrough::Passthrough};
-use crate::http_server::{self, ServerLimits};
+use crate::http_server::{self, Lifecycle, ServerLimits};
 use crate::hub::{HubContext, HubRegistry};
 use crate::metrics::{self as m, Stats};
 use crate::upstream::Upstream;
@@ -73,7 +74,7 @@ pub struct Sidecar {
     pub admin_addr: SocketAddr,
     pub flags: Arc<FlagStore>,
     pub stats: Arc<Stats>,
-    shutdown: watch::Sender<bool>,
+    drain: Arc<Drain>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -134,7 +135,8 @@ impl Sidecar {
             None => None,
         };
         let stats = Arc::new(Stats::default());
-        let (shutdown_tx, shutdown) = watch::channel(false);
+        let drain = Drain::new(config.shutdown.clone());
+        let shutdown = drain.stop_signal();
         let upstream = Upstream::new(config.clone(), stats.clone());
         let registry = HubRegistry::new(HubContext {
             config: config.clone(),
@@ -154,10 +156,14 @@ impl Sidecar {
             registry: registry.clone(),
             verifier,
             facade,
-            passthrough: Passthrough::new(config.upstream.base_url.clone()),
+            passthrough: Passthrough::new(
+                config.upstream.base_url.clone(),
+                config.passthrough.clone(),
+                drain.clone(),
+            ),
             stream_slots: Arc::new(Semaphore::new(config.stream.max_connections)),
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
-            shutdown: shutdown.clone(),
+            drain: drain.clone(),
             tls: tls.is_some(),
         });
         let ready = Arc::new(AtomicBool::new(false));
@@ -168,6 +174,7 @@ impl Sidecar {
             registry,
             prometheus,
             ready: ready.clone(),
+            drain: drain.clone(),
         });
         let local = |l: &TcpListener, addr: SocketAddr| {
             l.local_addr()
@@ -178,19 +185,25 @@ impl Sidecar {
 
         let mut tasks = Vec::new();
         let client_limits = ServerLimits {
-            max_connections: config.stream.max_connections + 1024,
-            header_timeout: Duration::from_secs(30),
+            max_connections: config.limits.client_connections,
+            header_timeout: config.limits.header_timeout,
         };
-        tasks.push(tokio::spawn(http_server::serve(
+        tasks.push(tokio::spawn(http_server::serve_with(
             listeners.client,
             tls,
             client_limits,
             move |req, peer| gateway.clone().handle(req, peer),
-            shutdown.clone(),
+            Lifecycle {
+                wind_down: drain.wind_down_signal(),
+                stop: drain.stop_signal(),
+                tracker: drain.tracker().clone(),
+            },
         )));
+        // The admin listener serves through the drain (readiness, metrics)
+        // and stops last.
         let admin_limits = ServerLimits {
-            max_connections: 256,
-            header_timeout: Duration::from_secs(10),
+            max_connections: config.limits.admin_connections,
+            header_timeout: config.limits.header_timeout,
         };
         tasks.push(tokio::spawn(http_server::serve(
             listeners.admin,
@@ -218,21 +231,35 @@ impl Sidecar {
             admin_addr,
             flags,
             stats,
-            shutdown: shutdown_tx,
+            drain,
             tasks,
         })
     }
 
-    /// Stops accepting, closes streams with 1001 and waits for the listeners.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+    /// The shutdown controller (CONTRACT 2.2), e.g. to start a drain.
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
+    }
+
+    /// Runs until a drain (started by [`Drain::begin`], a signal in `main`
+    /// or `POST /drain`) has finished, then stops every loop.
+    pub async fn run(self) {
+        self.drain.stopped().await;
         for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+            let _ = tokio::time::timeout(LISTENER_STOP, t).await;
         }
-        // Give sessions a moment to send their close frames.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Closes every stream with 1001 now, lets requests in flight finish
+    /// (at most [`crate::drain::FINAL_GRACE`]), then stops.
+    pub async fn shutdown(self) {
+        self.drain.begin_now();
+        self.run().await;
     }
 }
+
+/// How long a listener or the flags watcher may take to end after the stop.
+const LISTENER_STOP: Duration = Duration::from_secs(2);
 
 fn load_tls(file: &str, tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
     let err = |message: String| StartError::Tls {

@@ -5,7 +5,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,8 +19,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every handler answers with.
@@ -80,63 +83,130 @@ pub fn switching_protocols(key: &http::HeaderValue) -> Response<Body> {
 /// Limits of one listener.
 #[derive(Clone, Copy)]
 pub struct ServerLimits {
-    /// Open connections at once; beyond it new ones get a 503 and are closed.
+    /// Open connections at once, upgraded ones included (the permit lives as
+    /// long as the socket); beyond it new ones get a 503 and are closed.
     pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive.
+    /// Time allowed for a request's headers to arrive (and for a TLS handshake).
     pub header_timeout: Duration,
 }
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests get to finish at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How a listener ends.
+pub struct Lifecycle {
+    /// Turns true when connections should finish their request in flight and
+    /// close; connections accepted afterwards serve one request each.
+    pub wind_down: watch::Receiver<bool>,
+    /// Turns true to stop accepting; connections still open get
+    /// [`STOP_GRACE`] more, then are dropped.
+    pub stop: watch::Receiver<bool>,
+    /// Every connection task is spawned here, so a drain can wait for it.
+    pub tracker: TaskTracker,
+}
+
+/// How long connections still open when a listener stops may take to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Connections being refused with [`OVERLOADED`] at once; past it a
+/// refused socket is closed without an answer.
+const REFUSALS_AT_ONCE: usize = 256;
+/// Backoff after a failed `accept` (out of descriptors and the like).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 48\r\nconnection: close\r\n\r\n{\"error\":\"too many connections; retry shortly\"}\n";
 
-/// Accepts connections until `shutdown` turns true, handing each request to `handler`.
+/// Accepts connections until `shutdown` turns true, handing each request to
+/// `handler`; connections open then get a short grace to finish.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: ServerLimits,
     handler: H,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let lifecycle = Lifecycle {
+        wind_down: shutdown.clone(),
+        stop: shutdown,
+        tracker: TaskTracker::new(),
+    };
+    serve_with(listener, tls, limits, handler, lifecycle).await
+}
+
+/// [`serve`] with a separate wind-down and stop, and connection tasks on a
+/// tracker (the sidecar's drain).
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: ServerLimits,
+    handler: H,
+    lifecycle: Lifecycle,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let Lifecycle {
+        wind_down,
+        mut stop,
+        tracker,
+    } = lifecycle;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let mut backoff: Option<Duration> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors and the like: the error repeats until
+                    // some connection closes. Say so once, back off, retry.
+                    let wait = match backoff {
+                        None => {
+                            tracing::warn!(error = %e, "accept failing; backing off until it succeeds again");
+                            ACCEPT_BACKOFF_MIN
+                        }
+                        Some(b) => (b * 2).min(ACCEPT_BACKOFF_MAX),
+                    };
+                    backoff = Some(wait);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => break,
+                    }
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         };
+        if backoff.take().is_some() {
+            tracing::info!("accepting connections again");
+        }
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut tcp = tcp;
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), tcp.write_all(OVERLOADED)).await;
-            });
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _refusal = refusal;
+                    let mut tcp = tcp;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(OVERLOADED))
+                        .await;
+                });
+            }
             continue;
         };
         let handler = handler.clone();
         let tls = tls.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let wind_down = wind_down.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
             match tls {
-                None => serve_conn(TokioIo::new(tcp), peer, limits, handler, shutdown).await,
+                None => {
+                    let io = Counted::new(TokioIo::new(tcp), permit);
+                    serve_conn(io, peer, limits, handler, wind_down, stop).await
+                }
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_conn(TokioIo::new(stream), peer, limits, handler, shutdown).await
+                            let io = Counted::new(TokioIo::new(stream), permit);
+                            serve_conn(io, peer, limits, handler, wind_down, stop).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -152,7 +222,8 @@ async fn serve_conn<I, H, F>(
     peer: SocketAddr,
     limits: ServerLimits,
     handler: H,
-    mut shutdown: watch::Receiver<bool>,
+    mut wind_down: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -162,22 +233,96 @@ async fn serve_conn<I, H, F>(
         let h = handler.clone();
         async move { Ok::<_, Infallible>(h(req, peer).await) }
     });
+    let winding_down = *wind_down.borrow_and_update();
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        .keep_alive(!winding_down)
         .max_buf_size(64 * 1024)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
+    if !winding_down {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection error");
+                }
+                return;
+            }
+            _ = wind_down.wait_for(|w| *w) => {}
+        }
+        // Finish the request in flight (or close an idle connection now).
+        conn.as_mut().graceful_shutdown();
+    }
+    let stopped_a_while_ago = async {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
     tokio::select! {
-        r = conn.as_mut() => {
+        r = conn => {
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection error");
             }
         }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+        _ = stopped_a_while_ago => {}
+    }
+}
+
+/// A connection's socket together with its listener permit: the permit is
+/// released when the socket is dropped, which for an upgraded connection
+/// (a stream, a relayed WebSocket) is when that ends, not when the HTTP
+/// exchange does. So the listener's cap counts every open client socket.
+struct Counted<I> {
+    io: I,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<I> Counted<I> {
+    fn new(io: I, permit: OwnedSemaphorePermit) -> Self {
+        Counted {
+            io,
+            _permit: permit,
         }
+    }
+}
+
+impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }

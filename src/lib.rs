@@ -19,6 +19,7 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod facade;
 pub mod flags;
 pub mod gateway;

@@ -186,6 +186,69 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGTERM and SIGINT, each delivery counted (a drain is started by the
+/// first and cut short by the second).
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Serves until a drain ends: the first signal (or `POST /drain`) starts
+/// it, a second signal exits at once.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // Installed before serving, so a signal is never lost to the default handler.
+    let mut signals = StopSignals::install().context("cannot install signal handlers")?;
+    let listeners = Listeners::bind(&config).await?;
+    let sidecar = Sidecar::start(config, listeners).await?;
+    let drain = sidecar.drain().clone();
+    let run = sidecar.run();
+    tokio::pin!(run);
+    let mut signalled = false;
+    loop {
+        tokio::select! {
+            _ = &mut run => return Ok(()),
+            _ = signals.next() => {
+                if signalled {
+                    tracing::warn!("second signal: exiting without finishing the drain");
+                    std::process::exit(0);
+                }
+                signalled = true;
+                tracing::info!("signal received: draining");
+                drain.begin();
+            }
+        }
+    }
+}
+
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!(e.lines().join("\n"))),
@@ -305,15 +368,7 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async move {
         match command {
-            Command::Serve { config } => {
-                let config = load_config(config.as_ref())?;
-                let listeners = Listeners::bind(&config).await?;
-                let sidecar = Sidecar::start(config, listeners).await?;
-                shutdown_signal().await;
-                tracing::info!("shutting down: closing streams with 1001");
-                sidecar.shutdown().await;
-                Ok(())
-            }
+            Command::Serve { config } => serve(load_config(config.as_ref())?).await,
             Command::Demo {
                 listen,
                 admin_listen,
@@ -387,6 +442,8 @@ fn main() -> ExitCode {
             Command::Check { .. } => Ok(()),
         }
     });
+    // Whatever is still blocked in a blocking thread does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! other request and upgrade goes to the backend unchanged (pass-through).
 
 pub mod passthrough;
+pub mod relay;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -11,11 +12,12 @@ use std::sync::atomic::Ordering;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::auth::{self, Verifier};
+use crate::drain::Drain;
 use crate::http_server::{Body, json_error};
 use crate::hub::HubRegistry;
 use crate::metrics::{self as m, error_kind};
@@ -46,7 +48,8 @@ pub struct Gateway {
     pub stream_slots: Arc<Semaphore>,
     /// Streams being refused with 1013 at once (see `refuse_overloaded`).
     pub refusal_slots: Arc<Semaphore>,
-    pub shutdown: watch::Receiver<bool>,
+    /// Refuses new streams once the drain window started; tracks and closes open ones.
+    pub drain: Arc<Drain>,
     pub tls: bool,
 }
 
@@ -70,6 +73,9 @@ impl Gateway {
     }
 
     async fn stream(&self, mut req: Request<Incoming>) -> Response<Body> {
+        if self.drain.refuses_streams() {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining");
+        }
         let stats = &self.registry.context().stats;
         let Some(token) = auth::token_from_request(req.headers(), req.uri().query()) else {
             stats.count_error(error_kind::AUTH);
@@ -114,9 +120,9 @@ impl Gateway {
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let registry = self.registry.clone();
-        let shutdown = self.shutdown.clone();
+        let shutdown = self.drain.stream_close();
         let token: Arc<str> = token.into();
-        tokio::spawn(async move {
+        self.drain.tracker().spawn(async move {
             let _permit = permit;
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,

@@ -2,13 +2,25 @@
 //! backend unchanged — method, path, query, headers (minus hop-by-hop, plus
 //! X-Forwarded-*), bodies streamed both ways — and other WebSocket upgrades
 //! are relayed byte for byte (so frame for frame) once both sides upgraded.
+//!
+//! Bounds (CONTRACT 6): at most `passthrough.max_in_flight` requests and
+//! `passthrough.max_websockets` relays at once (503 past them); a backend
+//! that sends no response head within `passthrough.response_timeout_s` is
+//! answered 504; a body (either way) or relayed WebSocket that moves
+//! nothing for `passthrough.idle_timeout_s` is cut. A request body the
+//! client breaks (malformed chunked encoding, stalls) is the client's
+//! fault: 400 or 408, not counted as a backend failure.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,7 +28,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-use crate::http_server::{Body, json_error};
+use crate::config::PassthroughConfig;
+use crate::drain::Drain;
+use crate::http_server::{Body, BoxError, json_error};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -30,29 +44,32 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Relayed WebSocket upgrades at once. An upgraded connection leaves the
-/// listener's connection count, so it is counted here instead.
-const MAX_RELAYED_UPGRADES: usize = 4096;
-
 pub struct Passthrough {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ClientBody>,
     base: url::Url,
+    config: PassthroughConfig,
+    in_flight: Arc<Semaphore>,
     relays: Arc<Semaphore>,
+    drain: Arc<Drain>,
 }
 
 impl Passthrough {
-    pub fn new(base: url::Url) -> Self {
+    pub fn new(base: url::Url, config: PassthroughConfig, drain: Arc<Drain>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            // Idle pooled connections are descriptors too: within the budget.
+            .pool_max_idle_per_host(config.max_in_flight)
             .build(connector);
         Passthrough {
             client,
             base,
-            relays: Arc::new(Semaphore::new(MAX_RELAYED_UPGRADES)),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            relays: Arc::new(Semaphore::new(config.max_websockets)),
+            config,
+            drain,
         }
     }
 
@@ -79,6 +96,12 @@ impl Passthrough {
                 "request target cannot be forwarded",
             );
         };
+        let Ok(in_flight) = self.in_flight.clone().try_acquire_owned() else {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many pass-through requests in flight; retry shortly",
+            );
+        };
         let relay_permit = match &upgrade {
             None => None,
             Some(_) => match self.relays.clone().try_acquire_owned() {
@@ -103,13 +126,40 @@ impl Passthrough {
         }
         append_forwarded(&mut parts.headers, peer, tls, original_host);
         parts.uri = uri;
+        let idle = self.config.idle_timeout;
+        let client_fault = Arc::new(Mutex::new(None));
+        let body = ClientBody {
+            inner: body,
+            idle: IdleTimer::new(idle),
+            fault: client_fault.clone(),
+        };
         let outgoing = Request::from_parts(parts, body);
 
-        let mut resp = match self.client.request(outgoing).await {
-            Ok(r) => r,
-            Err(e) => {
+        let timeout = self.config.response_timeout;
+        let mut resp = match tokio::time::timeout(timeout, self.client.request(outgoing)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let fault = client_fault.lock().map(|f| *f).unwrap_or(None);
+                if let Some(fault) = fault {
+                    tracing::debug!(error = %e, "pass-through request body broken by the client");
+                    return fault.response();
+                }
                 tracing::warn!(error = %e, "backend unreachable for pass-through");
                 return json_error(StatusCode::BAD_GATEWAY, "backend unavailable");
+            }
+            Err(_) => {
+                let fault = client_fault.lock().map(|f| *f).unwrap_or(None);
+                if let Some(fault) = fault {
+                    return fault.response();
+                }
+                tracing::warn!(
+                    timeout_s = timeout.as_secs(),
+                    "backend sent no response head in time"
+                );
+                return json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("backend did not answer within {} s", timeout.as_secs()),
+                );
             }
         };
 
@@ -121,15 +171,17 @@ impl Passthrough {
                 );
             };
             let backend_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
+            let close = self.drain.stream_close();
+            self.drain.tracker().spawn(async move {
                 let _permit = relay_permit;
                 let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await)
                 else {
                     return;
                 };
-                let mut client = TokioIo::new(client);
-                let mut backend = TokioIo::new(backend);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                let end =
+                    super::relay::run(TokioIo::new(client), TokioIo::new(backend), idle, close)
+                        .await;
+                tracing::debug!(?end, "relayed WebSocket ended");
             });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, crate::http_server::full(""));
@@ -137,7 +189,152 @@ impl Passthrough {
 
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, body.map_err(Into::into).boxed())
+        let body = BackendBody {
+            inner: body,
+            idle: IdleTimer::new(idle),
+            _in_flight: in_flight,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// How a client broke its own request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFault {
+    /// Not valid HTTP framing (e.g. malformed chunked encoding) or cut off.
+    Malformed,
+    /// Stopped sending for the idle timeout.
+    Stalled,
+}
+
+impl ClientFault {
+    fn response(self) -> Response<Body> {
+        match self {
+            ClientFault::Malformed => json_error(
+                StatusCode::BAD_REQUEST,
+                "malformed or incomplete request body",
+            ),
+            ClientFault::Stalled => json_error(StatusCode::REQUEST_TIMEOUT, "request body stalled"),
+        }
+    }
+}
+
+/// A deadline pushed back by every frame that passes.
+struct IdleTimer {
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        let next = tokio::time::Instant::now() + self.limit;
+        self.sleep.as_mut().reset(next);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The client's request body on its way to the backend: cut when idle, and
+/// its failures recorded as the client's.
+struct ClientBody {
+    inner: Incoming,
+    idle: IdleTimer,
+    fault: Arc<Mutex<Option<ClientFault>>>,
+}
+
+impl ClientBody {
+    fn record(&self, fault: ClientFault) {
+        if let Ok(mut f) = self.fault.lock() {
+            f.get_or_insert(fault);
+        }
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                self.idle.progressed();
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.record(ClientFault::Malformed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if self.idle.expired(cx) {
+                    self.record(ClientFault::Stalled);
+                    return Poll::Ready(Some(Err("request body stalled".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The backend's response body on its way to the client: cut when idle;
+/// holds the in-flight permit until it is done.
+struct BackendBody {
+    inner: Incoming,
+    idle: IdleTimer,
+    _in_flight: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                self.idle.progressed();
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if self.idle.expired(cx) {
+                    tracing::warn!("backend response body stalled; cut");
+                    return Poll::Ready(Some(Err("backend response body stalled".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

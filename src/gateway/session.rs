@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::Identity;
+use crate::drain::StreamClose;
 use crate::hub::queue::QueueClosed;
 use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionQueue};
 use crate::metrics::{self as m, error_kind};
@@ -64,7 +65,7 @@ pub async fn run<S>(
     identity: Identity,
     token: Arc<str>,
     registry: Arc<HubRegistry>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: StreamClose,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -79,7 +80,7 @@ pub async fn run<S>(
     let text = loop {
         let next = tokio::select! {
             r = tokio::time::timeout_at(deadline, ws.next()) => r,
-            _ = shutdown.changed() => {
+            _ = shutdown.wait() => {
                 close_with(&mut ws, close::GOING_AWAY, "shutting down").await;
                 return;
             }
@@ -157,6 +158,11 @@ pub async fn run<S>(
     let mut batch: Vec<Frame> = Vec::new();
     let mut delivered: u64 = 0;
     let end = 'serve: loop {
+        if shutdown.is_due() {
+            // Drain (CONTRACT 2.2): what is queued first, then 1001.
+            flush_and_close(&mut ws, &queue, &mut batch).await;
+            break EndReason::Shutdown;
+        }
         match queue.take(&mut batch) {
             Err(QueueClosed::Overflow) => {
                 stats.count_error(error_kind::SLOW_CLIENT);
@@ -189,7 +195,6 @@ pub async fn run<S>(
                                 break Ok(false);
                             }
                         }
-                        _ = shutdown.changed() => break Ok(false),
                     }
                 }
             };
@@ -201,7 +206,7 @@ pub async fn run<S>(
                 }
                 Ok(false) => {
                     batch.clear();
-                    if *shutdown.borrow() {
+                    if shutdown.is_due() {
                         close_with(&mut ws, close::GOING_AWAY, "shutting down").await;
                         break EndReason::Shutdown;
                     }
@@ -231,8 +236,8 @@ pub async fn run<S>(
                 close_with(&mut ws, close::TOKEN_EXPIRED, "token expired").await;
                 break 'serve EndReason::Auth;
             }
-            _ = shutdown.changed() => {
-                close_with(&mut ws, close::GOING_AWAY, "shutting down").await;
+            _ = shutdown.wait() => {
+                flush_and_close(&mut ws, &queue, &mut batch).await;
                 break 'serve EndReason::Shutdown;
             }
         }
@@ -241,6 +246,25 @@ pub async fn run<S>(
     count_close(end);
     tracing::info!(org, session, services = ?service_names, mode = reply.mode, duration_ms = started.elapsed().as_millis() as u64,
         events = delivered, reason = end.as_str(), "disconnected");
+}
+
+/// Sends what is queued (within [`CLOSE_GRACE`]), then closes with 1001.
+async fn flush_and_close<S>(
+    ws: &mut WebSocketStream<S>,
+    queue: &SessionQueue,
+    batch: &mut Vec<Frame>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if queue.take(batch).is_ok() && !batch.is_empty() {
+        let _ = tokio::time::timeout(CLOSE_GRACE, write_frames(ws, batch)).await;
+    }
+    close_with(
+        ws,
+        close::GOING_AWAY,
+        "shutting down; reconnect with lastSeq",
+    )
+    .await;
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

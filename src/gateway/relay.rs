@@ -1,0 +1,374 @@
+//! Relays a passed-through WebSocket byte for byte between the client and
+//! the backend, while following the frame boundaries of each direction, so
+//! that the sidecar can close it properly: on drain (close 1001 at the
+//! relay's moment of the drain window) and when nothing moved either way
+//! for `passthrough.idle_timeout_s`. A close frame is written only between
+//! two frames (RFC 6455 allows a control frame between the fragments of a
+//! message), never inside one; extensions and fragmentation pass untouched.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::drain::StreamClose;
+use crate::protocol::close;
+
+/// Bytes read per step in each direction.
+const RELAY_BUFFER: usize = 16 * 1024;
+/// After a close frame went out, how long a frame in progress in the other
+/// direction may take to end before the relay is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Follows frame boundaries in a byte stream of WebSocket frames.
+#[derive(Debug, Default)]
+pub struct FrameCursor {
+    header: [u8; 14],
+    /// Header bytes seen of the frame being read.
+    have: usize,
+    /// Payload bytes still to come of the current frame.
+    remaining: u64,
+}
+
+impl FrameCursor {
+    /// True between two frames.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.remaining == 0
+    }
+
+    /// Accounts for bytes that passed.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = (data.len() as u64).min(self.remaining);
+                self.remaining -= n;
+                data = &data[n as usize..];
+                continue;
+            }
+            self.header[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if self.have >= 2 && self.have == self.header_len() {
+                self.remaining = self.payload_len();
+                self.have = 0;
+            }
+        }
+    }
+
+    fn header_len(&self) -> usize {
+        let masked = self.header[1] & 0x80 != 0;
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + extended + if masked { 4 } else { 0 }
+    }
+
+    fn payload_len(&self) -> u64 {
+        match self.header[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.header[2..10]);
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        }
+    }
+}
+
+/// A close frame: unmasked towards the client, masked towards the backend
+/// (RFC 6455 5.3: a client masks every frame).
+pub fn close_frame(code: u16, reason: &str, masked: bool) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    // A control frame's payload is at most 125 bytes.
+    payload.extend(reason.as_bytes().iter().take(123));
+    let mut out = vec![0x88, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+    if masked {
+        let key: [u8; 4] = rand::random();
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend(payload);
+    }
+    out
+}
+
+/// Why a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// One side closed its connection.
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// The drain closed it with 1001.
+    Drain,
+}
+
+/// One direction of the relay.
+struct Direction {
+    cursor: FrameCursor,
+    /// The source reached EOF or the sidecar closed this direction.
+    done: bool,
+    /// A close frame is owed to this direction's destination.
+    close_owed: bool,
+    buf: Vec<u8>,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Direction {
+            cursor: FrameCursor::default(),
+            done: false,
+            close_owed: false,
+            buf: vec![0; RELAY_BUFFER],
+        }
+    }
+}
+
+/// Relays until one side ends, the relay is idle too long, or the drain
+/// closes it. `client` is the browser side, `backend` the backend side.
+pub async fn run<C, B>(client: C, backend: B, idle: Duration, mut drain: StreamClose) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
+    // `up`: client → backend; `down`: backend → client.
+    let mut up = Direction::new();
+    let mut down = Direction::new();
+    let mut last_progress = Instant::now();
+    let mut closing: Option<(RelayEnd, Instant)> = None;
+    loop {
+        let idle_at = match closing {
+            Some((_, cut_at)) => cut_at,
+            None => last_progress + idle,
+        };
+        tokio::select! {
+            r = client_rd.read(&mut up.buf), if !up.done => {
+                match r {
+                    Ok(n) if n > 0 => {
+                        let data = &up.buf[..n];
+                        if tokio::time::timeout(idle, backend_wr.write_all(data)).await.is_err_or_inner_err() {
+                            return end(closing, RelayEnd::Closed);
+                        }
+                        up.cursor.feed(data);
+                        last_progress = Instant::now();
+                    }
+                    _ => {
+                        up.done = true;
+                        let _ = backend_wr.shutdown().await;
+                    }
+                }
+            }
+            r = backend_rd.read(&mut down.buf), if !down.done => {
+                match r {
+                    Ok(n) if n > 0 => {
+                        let data = &down.buf[..n];
+                        if tokio::time::timeout(idle, client_wr.write_all(data)).await.is_err_or_inner_err() {
+                            return end(closing, RelayEnd::Closed);
+                        }
+                        down.cursor.feed(data);
+                        last_progress = Instant::now();
+                    }
+                    _ => {
+                        down.done = true;
+                        let _ = client_wr.shutdown().await;
+                    }
+                }
+            }
+            _ = drain.wait(), if closing.is_none() => {
+                closing = Some((RelayEnd::Drain, Instant::now() + CLOSE_GRACE));
+                up.close_owed = true;
+                down.close_owed = true;
+            }
+            _ = tokio::time::sleep_until(idle_at) => {
+                if closing.is_some() {
+                    // A frame in progress did not end in time: cut.
+                    return end(closing, RelayEnd::Closed);
+                }
+                closing = Some((RelayEnd::Idle, Instant::now() + CLOSE_GRACE));
+                up.close_owed = true;
+                down.close_owed = true;
+            }
+        }
+        if let Some((why, _)) = closing {
+            let reason = match why {
+                RelayEnd::Idle => "idle timeout",
+                _ => "sidecar shutting down",
+            };
+            if down.close_owed && down.cursor.at_boundary() {
+                down.close_owed = false;
+                down.done = true;
+                let frame = close_frame(close::GOING_AWAY, reason, false);
+                let _ = tokio::time::timeout(CLOSE_GRACE, client_wr.write_all(&frame)).await;
+                let _ = client_wr.shutdown().await;
+            }
+            if up.close_owed && up.cursor.at_boundary() {
+                up.close_owed = false;
+                up.done = true;
+                let frame = close_frame(close::GOING_AWAY, reason, true);
+                let _ = tokio::time::timeout(CLOSE_GRACE, backend_wr.write_all(&frame)).await;
+                let _ = backend_wr.shutdown().await;
+            }
+        }
+        if up.done && down.done {
+            return end(closing, RelayEnd::Closed);
+        }
+    }
+}
+
+fn end(closing: Option<(RelayEnd, Instant)>, otherwise: RelayEnd) -> RelayEnd {
+    closing.map(|(why, _)| why).unwrap_or(otherwise)
+}
+
+/// A write with a timeout failed or timed out.
+trait WriteOutcome {
+    fn is_err_or_inner_err(&self) -> bool;
+}
+
+impl<E1, E2> WriteOutcome for Result<Result<(), E2>, E1> {
+    fn is_err_or_inner_err(&self) -> bool {
+        !matches!(self, Ok(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload_len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x82];
+        let m = if masked { 0x80 } else { 0 };
+        match payload_len {
+            n if n < 126 => f.push(m | n as u8),
+            n if n <= 0xffff => {
+                f.push(m | 126);
+                f.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend((n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend([1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(7u8, payload_len));
+        f
+    }
+
+    #[test]
+    fn boundaries_are_found_whatever_the_chunking() {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for (len, masked) in [
+            (0, false),
+            (5, true),
+            (200, false),
+            (70_000, true),
+            (125, false),
+        ] {
+            stream.extend(frame(len, masked));
+            ends.push(stream.len());
+        }
+        for chunk in [1, 3, 7, 1000, stream.len()] {
+            let mut c = FrameCursor::default();
+            let mut at = 0;
+            let mut boundaries = Vec::new();
+            for piece in stream.chunks(chunk) {
+                for (i, b) in piece.iter().enumerate() {
+                    c.feed(std::slice::from_ref(b));
+                    if c.at_boundary() {
+                        boundaries.push(at + i + 1);
+                    }
+                }
+                at += piece.len();
+            }
+            assert_eq!(boundaries, ends, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn close_frames_follow_rfc_6455() {
+        let f = close_frame(1001, "bye", false);
+        assert_eq!(f, vec![0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']);
+        let m = close_frame(1001, "bye", true);
+        assert_eq!(m[0], 0x88);
+        assert_eq!(m[1], 0x80 | 5);
+        let key = &m[2..6];
+        let payload: Vec<u8> = m[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        assert_eq!(payload, vec![0x03, 0xe9, b'b', b'y', b'e']);
+        let long = close_frame(1001, &"x".repeat(500), false);
+        assert_eq!(long[1] as usize, 125);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_is_closed_with_1001_both_ways() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (backend, mut backend_peer) = tokio::io::duplex(1024);
+        let drain = crate::drain::Drain::new(crate::config::ShutdownConfig {
+            prestop_delay: Duration::ZERO,
+            drain: Duration::ZERO,
+        });
+        let relay = tokio::spawn(run(
+            client,
+            backend,
+            Duration::from_secs(30),
+            drain.stream_close(),
+        ));
+        // A frame passes, then nothing.
+        client_peer.write_all(&frame(3, true)).await.unwrap();
+        let mut got = vec![0u8; 9];
+        backend_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(relay.await.unwrap(), RelayEnd::Idle);
+        let mut to_client = Vec::new();
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        assert_eq!(&to_client[..4], &[0x88, 14, 0x03, 0xe9]);
+        let mut to_backend = Vec::new();
+        backend_peer.read_to_end(&mut to_backend).await.unwrap();
+        assert_eq!(&to_backend[..2], &[0x88, 0x80 | 14]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_waits_for_the_frame_in_progress() {
+        let (client, mut client_peer) = tokio::io::duplex(1 << 16);
+        let (backend, mut backend_peer) = tokio::io::duplex(1 << 16);
+        let drain = crate::drain::Drain::new(crate::config::ShutdownConfig {
+            prestop_delay: Duration::ZERO,
+            drain: Duration::ZERO,
+        });
+        let relay = tokio::spawn(run(
+            client,
+            backend,
+            Duration::from_secs(300),
+            drain.stream_close(),
+        ));
+        // The backend sends half a frame, the drain starts, then the rest.
+        let f = frame(1000, false);
+        backend_peer.write_all(&f[..500]).await.unwrap();
+        let mut first = vec![0u8; 500];
+        client_peer.read_exact(&mut first).await.unwrap();
+        drain.begin_now();
+        tokio::task::yield_now().await;
+        backend_peer.write_all(&f[500..]).await.unwrap();
+        assert_eq!(relay.await.unwrap(), RelayEnd::Drain);
+        let mut rest = Vec::new();
+        client_peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(
+            &rest[..f.len() - 500],
+            &f[500..],
+            "the frame is completed first"
+        );
+        assert_eq!(
+            &rest[f.len() - 500..f.len() - 500 + 4],
+            &[0x88, 23, 0x03, 0xe9]
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The drain sequence of CONTRACT 2.2, driven through the admin API and the
+//! library: readiness off first, new streams refused after the pre-stop
+//! delay, open streams and relayed WebSockets closed with 1001, requests in
+//! flight allowed to finish, and the sidecar's run ending by itself.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const ADMIN: &str = "adm-token";
+
+/// A sidecar with an admin token and the given drain timings.
+async fn drain_rig(
+    hold: Duration,
+    prestop_s: u64,
+    drain_s: u64,
+) -> (realtime_edge::sim::Simulator, realtime_edge::Sidecar) {
+    let sim = start_sim(hold).await;
+    let mut cfg = config(
+        &sim.base_url(),
+        &format!("shutdown: {{prestop_delay_s: {prestop_s}, drain_s: {drain_s}}}\n"),
+    );
+    cfg.auth.admin_token = Some(ADMIN.into());
+    let sc = start_sidecar(cfg).await;
+    (sim, sc)
+}
+
+/// The HTTP status a stream upgrade gets (101 when it is accepted).
+async fn upgrade_status(addr: std::net::SocketAddr) -> (u16, String) {
+    let mut req = stream_url(addr).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(1)).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => (101, String::new()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("upgrade failed oddly: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn post_drain_runs_the_sequence_in_order() {
+    let (sim, sc) = drain_rig(Duration::from_secs(25), 1, 1).await;
+    let admin = format!("http://{}", sc.admin_addr);
+    let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    assert_eq!(
+        get_json(&format!("{admin}/readyz"), None).await["ready"],
+        true
+    );
+
+    let (status, _, _) = http("POST", &format!("{admin}/drain"), None, None).await;
+    assert_eq!(status, 401, "the admin token protects /drain");
+    let (status, _, body) = http("POST", &format!("{admin}/drain"), Some(ADMIN), None).await;
+    assert_eq!(status, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v, serde_json::json!({"draining": true, "drainS": 1}));
+
+    // 1. readiness is off at once.
+    let (status, _, _) = http("GET", &format!("{admin}/readyz"), None, None).await;
+    assert_eq!(status, 503);
+    // 2. after the pre-stop delay, new streams are refused.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refusal = loop {
+        let (status, body) = upgrade_status(sc.client_addr).await;
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(
+            status, 101,
+            "accepted until the pre-stop delay ends: {body}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new streams never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&refusal).unwrap();
+    assert_eq!(v["error"], "draining");
+    // 3. the open stream is closed with 1001.
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    // 5. nothing is open: the sidecar's run ends by itself.
+    tokio::time::timeout(WAIT, sc.run())
+        .await
+        .expect("the drain ends once nothing is open");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_finish_and_relays_get_1001() {
+    // The V1 endpoint answers after 1.5 s without events: a request in flight
+    // across the whole drain window (1 s).
+    let (sim, sc) = drain_rig(Duration::from_millis(1500), 0, 1).await;
+    let (mut relayed, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/_sim/ws-echo", sc.client_addr))
+            .await
+            .unwrap();
+    relayed.send(Message::Text("before".into())).await.unwrap();
+    let back = tokio::time::timeout(WAIT, relayed.next()).await.unwrap();
+    assert_eq!(back.unwrap().unwrap(), Message::Text("before".into()));
+
+    let url = format!("http://{}/finance/realtime/subscribe", sc.client_addr);
+    let in_flight = tokio::spawn(async move { http("GET", &url, Some(&token(1)), None).await });
+    eventually("the request reached the backend", || async {
+        sim.state.active_polls() >= 1
+    })
+    .await;
+    sc.drain().begin();
+
+    assert_eq!(close_code(&mut relayed).await, Some(1001));
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "a request in flight finishes: {body}");
+    tokio::time::timeout(WAIT, sc.run())
+        .await
+        .expect("the drain ends once nothing is open");
+    sim.shutdown().await;
+}
+
+/// The real binary, serving a config with the given shutdown timings;
+/// returns the child once it logged that it serves.
+fn spawn_binary(
+    prestop_s: u64,
+    drain_s: u64,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let dir = unique_dir("drain-bin");
+    let cfg = dir.join("edge.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\nflags: {{file: null}}\nshutdown: {{prestop_delay_s: {prestop_s}, drain_s: {drain_s}}}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_realtime-edge"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("REALTIME_EDGE_CONFIG")
+        .env_remove("JWT_SECRET")
+        .env_remove("ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for_line(&rx, "realtime-edge serving");
+    (child, rx)
+}
+
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no log line {needle:?}: {e}"),
+        }
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_binary_drains_and_exits_0_on_sigterm() {
+    let (mut child, rx) = spawn_binary(0, 1);
+    signal(&child, "-TERM");
+    wait_for_line(&rx, "draining");
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    // A pre-stop delay far longer than the test's patience: only the second
+    // signal can end it in time.
+    let (mut child, rx) = spawn_binary(600, 600);
+    signal(&child, "-INT");
+    wait_for_line(&rx, "draining");
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
+}

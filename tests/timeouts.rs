@@ -1,0 +1,151 @@
+//! Slow and broken peers cannot hold the sidecar's slots: a backend that
+//! never answers (504), a client whose chunked body is malformed (400, the
+//! client's fault), header-trickling clients, and half-sent admin bodies.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A backend that accepts connections and never answers; keeps them open.
+async fn silent_backend() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (url, task)
+}
+
+/// Sends raw bytes and reads until the peer closes; returns what came back.
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the sidecar closes the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_backend_without_an_answer_gives_504_json() {
+    let (backend, task) = silent_backend().await;
+    let sc = start_sidecar(config(&backend, "passthrough: {response_timeout_s: 1}\n")).await;
+    let (status, headers, body) = http(
+        "GET",
+        &format!("http://{}/slow", sc.client_addr),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("1 s"), "{v}");
+    sc.shutdown().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_fault() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let answer = raw_exchange(
+        sc.client_addr,
+        b"POST /_sim/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\nzz-not-a-size\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_after_the_idle_timeout() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(
+        &sim.base_url(),
+        "passthrough: {idle_timeout_s: 1}\n",
+    ))
+    .await;
+    // 3 of 100 promised bytes, then nothing.
+    let answer = raw_exchange(
+        sc.client_addr,
+        b"POST /_sim/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nconnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 408")
+            || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    // Whatever the exchange looked like, the slot is free again.
+    let (status, _, _) = http(
+        "GET",
+        &format!("http://{}/_sim/echo", sc.client_addr),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_tricklers_are_dropped_on_both_listeners() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), "limits: {header_timeout_s: 1}\n")).await;
+    for addr in [sc.client_addr, sc.admin_addr] {
+        // Headers that never end: the connection is closed, not held.
+        let answer = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: a").await;
+        assert!(!answer.contains("200 OK"), "{answer}");
+    }
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn half_sent_admin_bodies_do_not_fill_the_admin_listener() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(
+        &sim.base_url(),
+        "limits: {admin_body_timeout_s: 1, admin_connections: 4}\n",
+    ))
+    .await;
+    // As many half-sent POSTs as the admin listener has slots.
+    let mut posts = Vec::new();
+    for _ in 0..4 {
+        let addr = sc.admin_addr;
+        posts.push(tokio::spawn(async move {
+            raw_exchange(
+                addr,
+                b"POST /feature-flags HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\ncontent-type: application/x-www-form-urlencoded\r\n\r\nREA",
+            )
+            .await
+        }));
+    }
+    for p in posts {
+        let answer = p.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let (status, _, _) = http(
+        "GET",
+        &format!("http://{}/healthz", sc.admin_addr),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
