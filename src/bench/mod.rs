@@ -6,14 +6,14 @@
 //! `bench-worker` child processes (a process here holds at most 20,000
 //! file descriptors), spread over several 127.0.0.x source addresses.
 
+mod facade;
 pub mod histogram;
+mod v1_clients;
 pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::sim::{GeneratorConfig, SimConfig, Simulator};
 use histogram::Merged;
+use v1_clients::V1Clients;
 
 const SECRET: &str = "bench-secret";
 const SERVICES: [&str; 3] = ["finance", "staff", "tasks"];
@@ -41,7 +42,7 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-e).
+    /// Letters of the scenarios to run (a-f).
     pub scenarios: String,
 }
 
@@ -92,6 +93,15 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
 
 impl SidecarProcess {
     async fn spawn(exe: &PathBuf, backend: &str) -> Result<SidecarProcess, BenchError> {
+        Self::spawn_with(exe, backend, "").await
+    }
+
+    /// Like `spawn`, with `extra` YAML appended to the config.
+    async fn spawn_with(
+        exe: &PathBuf,
+        backend: &str,
+        extra: &str,
+    ) -> Result<SidecarProcess, BenchError> {
         let dir = std::env::temp_dir().join(format!(
             "re-bench-{}-{}",
             std::process::id(),
@@ -104,7 +114,7 @@ impl SidecarProcess {
         std::fs::write(
             &config,
             format!(
-                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nupstream: {{base_url: \"{backend}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nstream: {{max_connections: 19000}}\n"
+                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nupstream: {{base_url: \"{backend}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nstream: {{max_connections: 19000}}\n{extra}"
             ),
         )?;
         let child = Command::new(exe)
@@ -422,6 +432,20 @@ fn ms(v: Option<f64>) -> String {
 /// One table row.
 struct Row(String, String, String);
 
+/// The V1 paths of the benchmark's services at the simulated backend.
+fn v1_paths(sim: &Simulator) -> Vec<String> {
+    SERVICES
+        .iter()
+        .filter_map(|svc| {
+            sim.state
+                .services
+                .iter()
+                .find(|(n, _)| n == svc)
+                .map(|(_, p)| p.clone())
+        })
+        .collect()
+}
+
 /// V1 requests per second reaching the backend while `events` are published.
 async fn v1_request_rate(sim: &Simulator, events: GeneratorConfig, measure: Duration) -> f64 {
     let _generator = sim.spawn_generator(events);
@@ -440,61 +464,14 @@ async fn upstream_load(
     let rate = 20;
     let sim = start_sim(Duration::from_secs(25)).await?;
     // Today's behaviour: every client long-polls every service itself.
-    let running = Arc::new(AtomicBool::new(true));
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(10_000)
-        .build_http();
-    let mut tasks = Vec::new();
-    for i in 0..o.clients {
-        let org = 1 + (i as u64 % o.orgs);
-        let token = crate::auth::mint_hs256(SECRET, "orgId", org, 3600);
-        for svc in SERVICES {
-            let path = sim
-                .state
-                .services
-                .iter()
-                .find(|(n, _)| n == svc)
-                .map(|(_, p)| p.clone())
-                .unwrap_or_default();
-            let base = format!("{}{path}", sim.base_url());
-            let (client, token, running) = (client.clone(), token.clone(), running.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut cursor: Option<String> = None;
-                while running.load(Ordering::Relaxed) {
-                    let url = match &cursor {
-                        Some(c) => format!("{base}?since={c}"),
-                        None => base.clone(),
-                    };
-                    let Ok(req) = http::Request::get(url)
-                        .header("authorization", format!("Bearer {token}"))
-                        .body(Empty::new())
-                    else {
-                        return;
-                    };
-                    let Ok(resp) = client.request(req).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    let Ok(body) = resp.into_body().collect().await else {
-                        continue;
-                    };
-                    if let Ok(v) = serde_json::from_slice::<Value>(&body.to_bytes()) {
-                        cursor = v["cursor"].as_str().map(String::from);
-                    }
-                }
-            }));
-        }
-    }
+    let clients = V1Clients::start(&sim.base_url(), &v1_paths(&sim), o.clients, o.orgs, SECRET);
     let want = (o.clients * SERVICES.len()) as i64;
     wait_for("direct long-polls", Duration::from_secs(60), || {
         sim.state.active_polls() >= want
     })
     .await?;
     let direct = v1_request_rate(&sim, generator(rate, o.orgs), o.measure).await;
-    running.store(false, Ordering::Relaxed);
-    for t in tasks {
-        t.abort();
-    }
+    clients.stop();
     sim.shutdown().await;
 
     let rig = Rig::start(exe).await?;
@@ -743,6 +720,10 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     if has('e') {
         eprintln!("bench: e. flag flip propagation ...");
         flag_flip(&exe, &o, &mut rows).await?;
+    }
+    if has('f') {
+        eprintln!("bench: f. V1 facade ...");
+        facade::v1_facade(&exe, &o, &mut rows).await?;
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);
