@@ -303,6 +303,8 @@ export class RealtimeClient {
     this.retryTimer = null;
     this.releaseLock = null;
     this.lockAbort = null;
+    /** Set when the server refused this leader (1008): { code, reason }. */
+    this.refusal = null;
     this.onPageHide = () => this.suspend();
     this.onPageShow = (e) => {
       if (e.persisted) this.resume();
@@ -330,6 +332,7 @@ export class RealtimeClient {
   stop() {
     if (!this.running) return;
     this.running = false;
+    this.refusal = null;
     this.env.target.removeEventListener?.("pagehide", this.onPageHide);
     this.env.target.removeEventListener?.("pageshow", this.onPageShow);
     this.leave();
@@ -347,6 +350,9 @@ export class RealtimeClient {
     this.channel = new this.env.BroadcastChannel(channelName(this.orgId));
     this.channel.onmessage = (e) => this.onChannelMessage(e.data);
     this.state = "following";
+    // A leader that was refused answers this with the refusal, so a tab
+    // opened later does not try again either.
+    this.broadcast({ kind: "hello" });
     const abort = new AbortController();
     this.lockAbort = abort;
     // Without ifAvailable the request waits in the browser's queue and is
@@ -392,6 +398,11 @@ export class RealtimeClient {
   /** pagehide: give up the lock and socket so the page can enter the bfcache. */
   suspend() {
     if (!this.running) return;
+    if (this.refusal) {
+      // Refused: there is nothing to resume; let the next page try afresh.
+      this.stop();
+      return;
+    }
     this.leave();
     this.state = "suspended";
   }
@@ -409,7 +420,9 @@ export class RealtimeClient {
     } else if (m.kind === "down") {
       this.dispatcher.disconnected();
     } else if (m.kind === "fatal") {
-      this.fail(m.code, m.reason, false);
+      if (!this.refusal) this.fail(m.code, m.reason, false);
+    } else if (m.kind === "hello" && this.refusal) {
+      this.broadcast({ kind: "fatal", ...this.refusal });
     }
   }
 
@@ -512,15 +525,31 @@ export class RealtimeClient {
   }
 
   /**
-   * The server refused this client on policy: stop (here and, from the
-   * leader, in every tab of the org — they would be refused alike) and
-   * dispatch `realtime-error`.
+   * The server refused this client on policy: stop trying, here and in
+   * every tab of the org (they would be refused alike), and dispatch
+   * `realtime-error`. A refused leader keeps the lock (and answers newly
+   * opened tabs with the refusal) until the application calls stop() or the
+   * page goes away: released at once, a waiting tab could win the lock before
+   * the refusal reaches it over the channel, and try again.
    */
   fail(code, reason, fromLeader) {
-    if (fromLeader) this.broadcast({ kind: "fatal", code, reason });
+    if (fromLeader) {
+      this.refusal = { code, reason };
+      this.broadcast({ kind: "fatal", code, reason });
+      this.generation += 1;
+      if (this.retryTimer !== null) {
+        this.env.clearTimeout(this.retryTimer);
+        this.retryTimer = null;
+      }
+      this.socket = null;
+      this.isLeader = false;
+      this.state = "stopped";
+      if (!this.shared) this.stop();
+    } else {
+      this.stop();
+    }
     this.env.target.dispatchEvent(
       new CustomEvent("realtime-error", { detail: { orgId: this.orgId, code, reason } }),
     );
-    this.stop();
   }
 }

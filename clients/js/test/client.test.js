@@ -224,3 +224,34 @@ test("pagehide releases the lock and socket; pageshow from the bfcache takes it 
   assert.equal(FakeWebSocket.instances.length, 2);
   a.rt.stop();
 });
+
+test("a refused leader stops every tab, including one opened later, with one socket in all", async () => {
+  const locks = new FakeLocks();
+  const a = tab({ locks, shared: true });
+  const b = tab({ locks, shared: true });
+  a.rt.start();
+  await settle();
+  b.rt.start();
+  await settle();
+  const ws = FakeWebSocket.last();
+  ws.open();
+  ws.serverClose(1008, "bad handshake");
+  const deadline = Date.now() + 5000;
+  while (b.rt.state !== "stopped" && Date.now() < deadline) await settle();
+  assert.equal(b.rt.state, "stopped");
+  assert.deepEqual(b.target.named("realtime-error"), [{ orgId: 42, code: 1008, reason: "bad handshake" }]);
+  // The refused leader still holds the lock: a new tab learns of the refusal.
+  const c = tab({ locks, shared: true });
+  c.rt.start();
+  while (c.rt.state !== "stopped" && Date.now() < deadline) await settle();
+  assert.equal(c.rt.state, "stopped");
+  assert.equal(c.target.named("realtime-error").length, 1);
+  assert.equal(FakeWebSocket.instances.length, 1);
+  // The application stopping the refused tab releases the lock.
+  a.rt.stop();
+  const d = tab({ locks, shared: true });
+  d.rt.start();
+  while (FakeWebSocket.instances.length < 2 && Date.now() < deadline) await settle();
+  assert.equal(d.rt.isLeader, true, "a fresh start tries again");
+  d.rt.stop();
+});
