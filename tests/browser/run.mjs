@@ -200,7 +200,10 @@ before(async () => {
   // the library is loaded cross-origin from the sidecar.
   const page = readFileSync(join(HERE, "page.html"));
   pageServer = createServer((req, res) => {
-    if (req.url.startsWith("/page.html")) {
+    if (req.url === "/elsewhere.html") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end("<!doctype html><title>elsewhere</title><p>another page of the app</p>");
+    } else if (req.url.startsWith("/page.html")) {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(page);
     } else {
@@ -210,7 +213,15 @@ before(async () => {
   await new Promise((r) => pageServer.listen(0, "127.0.0.1", r));
   pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
 
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+  // playwright launches with a fresh temporary profile (--user-data-dir) of
+  // its own; its default switches turn the back/forward cache off, which the
+  // bfcache case needs on.
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: CHROMIUM_ARGS,
+    headless: true,
+    ignoreDefaultArgs: ["--disable-back-forward-cache"],
+  });
 });
 
 after(async () => {
@@ -237,7 +248,7 @@ test("the sidecar serves the library with an ETag and answers 304 to a revalidat
   assert.equal(again.status, 304);
 });
 
-test("three pages of one org share one stream; each receives every event once; the leader's close hands over with resume", async () => {
+test("three pages of one org share one stream; each receives every event once; the leader's close hands over with resume", async (t) => {
   const org = 101;
   await activeConnectionsIs(0);
   const context = await newContext();
@@ -257,6 +268,7 @@ test("three pages of one org share one stream; each receives every event once; t
   const gap = await publish(org, 3);
   const next = await leaderOf(followers, 5000);
   const takeoverMs = Date.now() - closedAt;
+  t.diagnostic(`takeover: a follower held an open stream ${takeoverMs} ms after the leader page closed`);
   assert.ok(takeoverMs < 1000, `a follower held the stream ${takeoverMs} ms after the leader closed`);
   const later = await publish(org, 2);
   await expectEachOnce(followers, [...first, ...gap, ...later], "after takeover");
@@ -336,6 +348,37 @@ test("close 4001 (token expired): getToken is called again and the stream resume
   const s = await state(page);
   assert.deepEqual(s.errors, []);
   assert.deepEqual(s.resync, [], "the reconnect resumed");
+  await context.close();
+  await activeConnectionsIs(0);
+});
+
+test("pagehide gives the stream to another tab and the page enters the back/forward cache; pageshow rejoins", async () => {
+  const org = 106;
+  const context = await newContext();
+  const pages = await openPages(context, 2, org);
+  const leader = await leaderOf(pages);
+  const other = pages.find((p) => p !== leader);
+  await leader.evaluate(() => {
+    window.__pageshows = [];
+    addEventListener("pageshow", (e) => window.__pageshows.push(e.persisted));
+  });
+  const before = await publish(org, 2);
+  await expectEachOnce(pages, before, "before leaving");
+
+  await leader.goto(`${pageOrigin}/elsewhere.html`);
+  // The other tab takes the lock the leaving page released.
+  await leaderOf([other]);
+  const meanwhile = await publish(org, 2);
+  await expectEachOnce([other], [...before, ...meanwhile], "while the first page is away");
+
+  // A page restored from the cache fires no load event: wait for the commit.
+  await leader.goBack({ waitUntil: "commit" });
+  await leader.waitForFunction(() => Array.isArray(window.__pageshows) && window.__pageshows.length === 1);
+  assert.deepEqual(await leader.evaluate(() => window.__pageshows), [true], "restored from the back/forward cache");
+  await waitFor("the restored page follows again", async () => (await state(leader)).status === "following");
+  const after = await publish(org, 2);
+  await expectEachOnce([leader], [...before, ...after], "after coming back");
+  await activeConnectionsIs(1);
   await context.close();
   await activeConnectionsIs(0);
 });
