@@ -415,6 +415,9 @@ test("ops page: token once, rollout slider with confirmation changes the flags v
   await page.goto(rig.admin + "/");
   // The sidecar has an admin token: the page asks for it.
   await page.locator("#admin-token").waitFor({ state: "visible" });
+  await page.fill("#admin-token", "not-the-token");
+  await page.click("#login-submit");
+  await page.waitForFunction(() => document.getElementById("login-error").textContent.includes("refused"));
   await page.fill("#admin-token", rig.adminToken);
   await page.click("#login-submit");
   await page.waitForFunction(() => document.getElementById("flags-version").textContent !== "–");
@@ -464,8 +467,35 @@ test("ops page: token once, rollout slider with confirmation changes the flags v
   await page.fill("#eval-org", String(org));
   await page.click("#eval-go");
   await page.waitForFunction(() => document.getElementById("eval-mode")?.textContent === "native");
-  await page.waitForFunction(() => document.getElementById("fig-events-rate")?.textContent !== "–");
+
+  // A bad list is refused with the API's message and changes nothing.
+  await page.fill("#denylist", "x");
+  await page.click("#denylist-save");
+  await page.click("#confirm-yes");
+  await page.waitForFunction(() => document.getElementById("status").textContent.includes("not an org id"));
+  assert.equal((await adminGet("/feature-flags")).version, v);
+  // The deny list wins over the rollout; resetting the override undoes it.
+  await page.fill("#denylist", `7, ${org}`);
+  await page.click("#denylist-save");
+  await page.click("#confirm-yes");
+  await page.waitForFunction(() => document.getElementById("eval-mode")?.textContent === "poll");
+  assert.match(await page.textContent("#eval-reason"), /deny/i);
+  assert.deepEqual((await adminGet("/feature-flags")).flags.REALTIME_DENYLIST_ORGS, [7, org]);
+  await page.click("#flags tr:has-text('REALTIME_DENYLIST_ORGS') button");
+  await page.click("#confirm-yes");
+  await page.waitForFunction(() => document.getElementById("eval-mode")?.textContent === "native");
+  assert.equal((await adminGet("/feature-flags")).sources.REALTIME_DENYLIST_ORGS, "default");
+  // Live figures with a browser streaming natively for that org.
+  const app = await newContext();
+  const [client] = await openPages(app, 1, org);
+  await leaderOf([client]);
+  await page.waitForFunction(
+    () => document.getElementById("fig-active")?.textContent === "1" && document.getElementById("fig-native")?.textContent === "1",
+  );
+  await expectEachOnce([client], await publish(org, 40), "while the ops page watches");
+  await page.waitForFunction(() => Number(document.getElementById("fig-events-rate")?.textContent) > 0);
   await page.screenshot({ path: join(ARTIFACTS, "ops-page.png"), fullPage: true });
+  await app.close();
   await setFlags({ REALTIME_STREAMING_V2: false, REALTIME_ROLLOUT_PERCENT: 0 });
   await context.close();
 });
