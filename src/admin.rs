@@ -46,6 +46,8 @@ impl Admin {
         let method = req.method().clone();
         // Health endpoints stay open so orchestrators can probe them.
         match (method.clone(), path.as_str()) {
+            // The ops page holds no data; its API calls carry the token.
+            (Method::GET, "/") => return crate::assets::ops_page(),
             (Method::GET, "/healthz") => return json(StatusCode::OK, &json!({"status": "ok"})),
             (Method::GET, "/readyz") => {
                 return if self.ready.load(Ordering::Acquire) && !self.drain.is_draining() {

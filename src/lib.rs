@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod bench;
 pub mod clock;

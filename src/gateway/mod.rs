@@ -67,6 +67,8 @@ impl Gateway {
         }
         if req.uri().path() == STREAM_PATH {
             self.stream(req).await
+        } else if req.uri().path() == crate::assets::CLIENT_JS_PATH {
+            crate::assets::client_js(req.method(), req.headers())
         } else {
             self.passthrough.forward(req, peer, self.tls).await
         }
