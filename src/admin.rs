@@ -27,6 +27,8 @@ pub struct Admin {
     pub registry: Arc<HubRegistry>,
     pub prometheus: Option<PrometheusHandle>,
     pub ready: Arc<AtomicBool>,
+    /// Not ready until its key set (if any) has loaded.
+    pub verifier: Arc<crate::auth::Verifier>,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -45,7 +47,7 @@ impl Admin {
         match (method.clone(), path.as_str()) {
             (Method::GET, "/healthz") => return json(StatusCode::OK, &json!({"status": "ok"})),
             (Method::GET, "/readyz") => {
-                return if self.ready.load(Ordering::Acquire) {
+                return if self.ready.load(Ordering::Acquire) && self.verifier.is_ready() {
                     json(StatusCode::OK, &json!({"ready": true}))
                 } else {
                     json(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false}))

@@ -3,7 +3,6 @@
 //! tests start the real thing on port 0 through [`Sidecar::start`].
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,7 +10,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use crate::admin::Admin;
@@ -44,8 +42,18 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}: tls: {message}")]
-    Tls { file: String, message: String },
+    #[error("{file}: {source}")]
+    Tls {
+        file: String,
+        #[source]
+        source: crate::tls::CertError,
+    },
+    #[error("{file}: upstream TLS: {source}")]
+    UpstreamTls {
+        file: String,
+        #[source]
+        source: crate::tls::TlsClientError,
+    },
 }
 
 /// The two bound listeners.
@@ -89,6 +97,7 @@ impl Sidecar {
         if let Some(tls) = &config.tls {
             load_tls(&config.source, tls)?;
         }
+        upstream_tls(config)?;
         Ok(())
     }
 
@@ -128,13 +137,21 @@ impl Sidecar {
             flags_file_state = Some((file.clone(), state));
         }
         ::metrics::gauge!(m::FLAGS_VERSION).set(flags.current().version as f64);
-        let tls = match &config.tls {
+        let server_cert = match &config.tls {
             Some(t) => Some(load_tls(&config.source, t)?),
             None => None,
         };
+        let tls = match &server_cert {
+            Some(cert) => Some(cert.acceptor().map_err(|source| StartError::Tls {
+                file: config.source.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let upstream_tls = upstream_tls(&config)?;
         let stats = Arc::new(Stats::default());
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let upstream = Upstream::new(config.clone(), stats.clone());
+        let upstream = Upstream::new(config.clone(), stats.clone(), upstream_tls.clone());
         let registry = HubRegistry::new(HubContext {
             config: config.clone(),
             flags: flags.clone(),
@@ -144,8 +161,8 @@ impl Sidecar {
         });
         let gateway = Arc::new(Gateway {
             registry: registry.clone(),
-            verifier,
-            passthrough: Passthrough::new(config.upstream.base_url.clone()),
+            verifier: verifier.clone(),
+            passthrough: Passthrough::new(config.upstream.base_url.clone(), &upstream_tls),
             stream_slots: Arc::new(Semaphore::new(config.stream.max_connections)),
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             shutdown: shutdown.clone(),
@@ -159,6 +176,7 @@ impl Sidecar {
             registry,
             prometheus,
             ready: ready.clone(),
+            verifier: verifier.clone(),
         });
         let local = |l: &TcpListener, addr: SocketAddr| {
             l.local_addr()
@@ -198,8 +216,14 @@ impl Sidecar {
                 shutdown.clone(),
             )));
         }
-        if config.auth.jwt_secret.is_none() && config.auth.jwt_public_key_file.is_none() {
-            tracing::warn!(file = %config.source, "no auth.jwt_secret, JWT_SECRET or auth.jwt_public_key_file: every stream will be refused with 401 (pass-through still works)");
+        if !verifier.has_keys() {
+            tracing::warn!(file = %config.source, "no auth.jwt_secret, JWT_SECRET, auth.jwt_public_key_file or auth.jwks_url: every stream will be refused with 401 (pass-through still works)");
+        }
+        tasks.extend(verifier.start(shutdown.clone()));
+        if let (Some(cert), Some(files)) = (server_cert, &config.tls) {
+            tasks.push(tokio::spawn(
+                cert.watch(files.reload_interval, shutdown.clone()),
+            ));
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %client_addr, admin = %admin_addr, tls = config.tls.is_some(), upstream = %config.upstream.base_url,
@@ -225,39 +249,18 @@ impl Sidecar {
     }
 }
 
-fn load_tls(file: &str, tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
-    let err = |message: String| StartError::Tls {
+fn load_tls(file: &str, tls: &TlsConfig) -> Result<Arc<crate::tls::ServerCert>, StartError> {
+    crate::tls::ServerCert::load(tls).map_err(|source| StartError::Tls {
         file: file.to_string(),
-        message,
-    };
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| err(format!("cannot read {}: {e}", p.display())));
-    let cert_pem = read(&tls.cert_file)?;
-    let key_pem = read(&tls.key_file)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("cert_file {}: {e}", tls.cert_file.display())))?;
-    if certs.is_empty() {
-        return Err(err(format!(
-            "cert_file {}: no certificate found",
-            tls.cert_file.display()
-        )));
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| err(format!("key_file {}: {e}", tls.key_file.display())))?
-        .ok_or_else(|| {
-            err(format!(
-                "key_file {}: no private key found",
-                tls.key_file.display()
-            ))
-        })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| err(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| err(format!("certificate and key do not match: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        source,
+    })
+}
+
+fn upstream_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, StartError> {
+    crate::tls::client::upstream_config(&config.upstream).map_err(|source| {
+        StartError::UpstreamTls {
+            file: config.source.clone(),
+            source,
+        }
+    })
 }

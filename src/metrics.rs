@@ -40,6 +40,12 @@ pub const FLAGS_VERSION: &str = "streaming_flags_version";
 pub const CROSS_ORG_DROPPED: &str = "streaming_cross_org_events_dropped_total";
 /// Gauge: org hubs alive.
 pub const ACTIVE_ORGS: &str = "streaming_active_orgs";
+/// Counter by `result` (ok|error): client-facing certificate reloads.
+pub const TLS_CERT_RELOADS: &str = "streaming_tls_cert_reloads_total";
+/// Counter by `result` (ok|error) and `trigger` (start|schedule|unknown_kid): JWKS fetches.
+pub const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
+/// Counter by `reason`: keys of a JWKS or key file that were not usable.
+pub const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -53,10 +53,8 @@ fn keypair(dir: &Path, name: &str, algo: &[&str]) -> (PathBuf, PathBuf) {
 
 fn verifier(public: &Path) -> Verifier {
     Verifier::new(&AuthConfig {
-        jwt_secret: None,
         jwt_public_key_file: Some(public.to_path_buf()),
-        org_claim: "orgId".into(),
-        admin_token: None,
+        ..AuthConfig::default()
     })
     .unwrap()
 }
@@ -119,10 +117,8 @@ fn rs256_and_es256_with_public_keys_and_no_confusion() {
 
     // Not a public key: refused at start-up with the file named.
     let err = Verifier::new(&AuthConfig {
-        jwt_secret: None,
         jwt_public_key_file: Some(rsa_priv.clone()),
-        org_claim: "orgId".into(),
-        admin_token: None,
+        ..AuthConfig::default()
     })
     .err()
     .unwrap();

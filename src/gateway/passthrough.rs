@@ -11,7 +11,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -35,16 +34,14 @@ const HOP_BY_HOP: [&str; 8] = [
 const MAX_RELAYED_UPGRADES: usize = 4096;
 
 pub struct Passthrough {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<crate::tls::HttpsConnector, Incoming>,
     base: url::Url,
     relays: Arc<Semaphore>,
 }
 
 impl Passthrough {
-    pub fn new(base: url::Url) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    pub fn new(base: url::Url, tls: &tokio_rustls::rustls::ClientConfig) -> Self {
+        let connector = crate::tls::https_connector(tls, Duration::from_secs(5));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)

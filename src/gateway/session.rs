@@ -150,9 +150,13 @@ pub async fn run<S>(
     let started = tokio::time::Instant::now();
 
     // ---- serve --------------------------------------------------------------
-    let expiry = identity.expires_at.map(|exp| {
+    // Closed with 4001 once `exp + auth.leeway_s` has passed — the same
+    // leeway the token was accepted with. An `exp` too far away to add up
+    // (or to be a deadline) never closes the session.
+    let expiry = identity.expires_at.and_then(|exp| {
         let now = (crate::clock::unix_millis() / 1000) as u64;
-        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+        let close_at = exp.checked_add(cfg.auth.leeway.as_secs())?;
+        tokio::time::Instant::now().checked_add(Duration::from_secs(close_at.saturating_sub(now)))
     });
     let mut batch: Vec<Frame> = Vec::new();
     let mut delivered: u64 = 0;
