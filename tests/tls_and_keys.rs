@@ -372,14 +372,13 @@ async fn tls_client(
     let cfg = realtime_edge::tls::client_config(Some(ca)).unwrap();
     let connector = tokio_rustls::TlsConnector::from(cfg);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio::time::timeout(
+    tokio::time::timeout(
         WAIT,
         connector.connect("localhost".try_into().unwrap(), tcp),
     )
     .await
     .unwrap()
-    .unwrap();
-    tls
+    .unwrap()
 }
 
 fn leaf_der(cert: &Path) -> Vec<u8> {
