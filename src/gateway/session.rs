@@ -131,7 +131,10 @@ pub async fn run<S>(
         property: hs.property.clone(),
         last_seq: hs.last_seq,
         token,
-        expires_at: identity.expires_at,
+        // The session lives until exp + leeway, and so may its token in the pool.
+        expires_at: identity
+            .expires_at
+            .map(|exp| exp.saturating_add(cfg.auth.leeway.as_secs())),
         reply: reply_tx,
     });
     let (hub, reply) = match registry.join(org, req, reply_rx).await {
