@@ -106,6 +106,18 @@ fn describe() {
         "Events dropped because their orgId was not the connection's"
     );
     metrics::describe_gauge!(ACTIVE_ORGS, "Org hubs alive");
+    metrics::describe_counter!(
+        TLS_CERT_RELOADS,
+        "Client-facing certificate reloads by result (error: the old pair kept)"
+    );
+    metrics::describe_counter!(
+        JWKS_REFRESHES,
+        "JWKS fetches by result and trigger (error: the last good key set kept)"
+    );
+    metrics::describe_counter!(
+        JWKS_KEYS_REFUSED,
+        "JWKS keys skipped as unusable, by reason"
+    );
 }
 
 /// Series that alerts and dashboards read exist from the start, at zero.

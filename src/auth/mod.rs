@@ -361,6 +361,17 @@ mod tests {
     }
 
     #[test]
+    fn numeric_dates_saturate() {
+        use serde_json::json;
+        assert_eq!(numeric_date(&json!(42)), Some(42));
+        assert_eq!(numeric_date(&json!(-5)), Some(0));
+        assert_eq!(numeric_date(&json!(1.6)), Some(1));
+        assert_eq!(numeric_date(&json!(-1e300)), Some(0));
+        assert_eq!(numeric_date(&json!(1e300)), Some(u64::MAX));
+        assert_eq!(numeric_date(&json!("42")), None);
+    }
+
+    #[test]
     fn token_sources() {
         let mut h = http::HeaderMap::new();
         assert_eq!(

@@ -36,7 +36,7 @@ pub enum TlsClientError {
     #[error("{file}: no usable CA certificate in the file")]
     EmptyCa { file: String },
     #[error(
-        "no system root certificates found (install ca-certificates, set SSL_CERT_FILE, or set upstream.ca_file)"
+        "no system root certificates found (install ca-certificates or set SSL_CERT_FILE; for the backend, upstream.ca_file also works)"
     )]
     NoSystemRoots,
     #[error("TLS client configuration: {0}")]
