@@ -134,9 +134,13 @@ impl Jwks {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut trigger = Trigger::Start;
         loop {
-            let ok = {
-                let _serial = self.fetching.lock().await;
-                self.fetch_and_store(trigger).await
+            // A fetch in flight (up to auth.jwks_timeout_s) must not hold up shutdown.
+            let ok = tokio::select! {
+                ok = async {
+                    let _serial = self.fetching.lock().await;
+                    self.fetch_and_store(trigger).await
+                } => ok,
+                _ = shutdown.changed() => return,
             };
             let wait = if self.is_loaded() {
                 self.refresh
