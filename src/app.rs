@@ -32,8 +32,12 @@ pub enum StartError {
         "{file}: admin_listen: {addr} is not a loopback address and no admin token is set (auth.admin_token or ADMIN_TOKEN); refusing to expose the admin API unauthenticated"
     )]
     UnprotectedAdmin { file: String, addr: SocketAddr },
-    #[error(transparent)]
-    Key(#[from] crate::auth::KeyError),
+    #[error("{file}: {source}")]
+    Key {
+        file: String,
+        #[source]
+        source: crate::auth::KeyError,
+    },
     #[error("{file}: flags: {message}")]
     Flags { file: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
@@ -93,7 +97,7 @@ impl Sidecar {
                 addr: config.admin_listen,
             });
         }
-        Verifier::new(&config.auth)?;
+        verifier(config)?;
         if let Some(tls) = &config.tls {
             load_tls(&config.source, tls)?;
         }
@@ -124,7 +128,7 @@ impl Sidecar {
         Self::preflight(&config)?;
         let config = Arc::new(config);
         let prometheus = m::install_prometheus();
-        let verifier = Arc::new(Verifier::new(&config.auth)?);
+        let verifier = Arc::new(verifier(&config)?);
         let flags = Self::flag_store(&config)?;
         let mut flags_file_state = None;
         if let Some(file) = &config.flags.file {
@@ -252,6 +256,13 @@ impl Sidecar {
 fn load_tls(file: &str, tls: &TlsConfig) -> Result<Arc<crate::tls::ServerCert>, StartError> {
     crate::tls::ServerCert::load(tls).map_err(|source| StartError::Tls {
         file: file.to_string(),
+        source,
+    })
+}
+
+fn verifier(config: &Config) -> Result<Verifier, StartError> {
+    Verifier::new(&config.auth).map_err(|source| StartError::Key {
+        file: config.source.clone(),
         source,
     })
 }
