@@ -158,12 +158,12 @@ impl Verifier {
     ) -> Result<Claims, AuthError> {
         let remote = self.jwks.as_ref().and_then(|j| j.keys());
         let remote = remote.as_deref().map(Vec::as_slice).unwrap_or_default();
-        // With a kid: the key set's key of that kid, and the file's keys
-        // (which have no kid). Without: every key of the algorithm.
+        // With a kid: the keys of that kid, and keys that have none (the
+        // file's, a set's unnamed ones). Without: every key of the algorithm.
         let candidates: Vec<&PublicKey> = remote
             .iter()
-            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
             .chain(self.file_keys.iter())
+            .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
             .filter(|k| k.algs.contains(&alg))
             .collect();
         if candidates.is_empty() {
