@@ -902,10 +902,10 @@ fn jwk(private: &Path, alg: Algorithm, kid: &str) -> serde_json::Value {
     serde_json::to_value(jwk).unwrap()
 }
 
-fn jwks_yaml(backend: &str, jwks_url: &str) -> realtime_edge::Config {
+fn jwks_yaml(backend: &str, jwks_url: &str, refresh_s: u64) -> realtime_edge::Config {
     let yaml = format!(
         "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n\
-         auth: {{jwt_secret: \"{SECRET}\", jwks_url: \"{jwks_url}\"}}\n\
+         auth: {{jwt_secret: \"{SECRET}\", jwks_url: \"{jwks_url}\", jwks_refresh_s: {refresh_s}}}\n\
          upstream: {{base_url: \"{backend}\"}}\nflags: {{file: null}}\n"
     );
     realtime_edge::Config::from_yaml(
@@ -932,7 +932,7 @@ async fn upgrade_status(addr: std::net::SocketAddr, token: &str) -> u16 {
 }
 
 #[tokio::test]
-async fn jwks_from_the_simulator_gates_readiness_and_follows_a_new_kid() {
+async fn jwks_from_the_simulator_gates_readiness_and_follows_rotation() {
     let d = dir();
     let a = keypair(
         &d,
@@ -947,7 +947,7 @@ async fn jwks_from_the_simulator_gates_readiness_and_follows_a_new_kid() {
     let sim = start_sim(Duration::from_secs(25)).await;
     let url = format!("{}/.well-known/jwks.json", sim.base_url());
     // The simulator serves an empty set until told otherwise: no key set, not ready.
-    let sc = start_sidecar(jwks_yaml(&sim.base_url(), &url)).await;
+    let sc = start_sidecar(jwks_yaml(&sim.base_url(), &url, 300)).await;
     let readyz = format!("http://{}/readyz", sc.admin_addr);
     assert_eq!(http("GET", &readyz, None, None).await.0, 503);
     // HS tokens work meanwhile.
@@ -1004,6 +1004,17 @@ async fn jwks_from_the_simulator_gates_readiness_and_follows_a_new_kid() {
         2,
     );
     assert_eq!(upgrade_status(sc.client_addr, &stranger).await, 401);
+    sc.shutdown().await;
+
+    // The old kid removed: a sidecar refreshing every second drops it.
+    let sc = start_sidecar(jwks_yaml(&sim.base_url(), &url, 1)).await;
+    assert_eq!(upgrade_status(sc.client_addr, &token_a).await, 101);
+    set_jwks(serde_json::json!({"keys": [jwk(&b.0, Algorithm::ES256, "b")]})).await;
+    eventually("a's tokens are refused once a is gone", || async {
+        upgrade_status(sc.client_addr, &token_a).await == 401
+    })
+    .await;
+    assert_eq!(upgrade_status(sc.client_addr, &token_b).await, 101);
     sc.shutdown().await;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(d);
