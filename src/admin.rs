@@ -30,6 +30,8 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// `POST /drain` starts it; `/readyz` is 503 from then on.
     pub drain: Arc<Drain>,
+    /// Not ready until its key set (if any) has loaded.
+    pub verifier: Arc<crate::auth::Verifier>,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -50,7 +52,10 @@ impl Admin {
             (Method::GET, "/") => return crate::assets::ops_page(),
             (Method::GET, "/healthz") => return json(StatusCode::OK, &json!({"status": "ok"})),
             (Method::GET, "/readyz") => {
-                return if self.ready.load(Ordering::Acquire) && !self.drain.is_draining() {
+                return if self.ready.load(Ordering::Acquire)
+                    && !self.drain.is_draining()
+                    && self.verifier.is_ready()
+                {
                     json(StatusCode::OK, &json!({"ready": true}))
                 } else {
                     json(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false}))

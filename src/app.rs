@@ -3,7 +3,6 @@
 //! tests start the real thing on port 0 through [`Sidecar::start`].
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,7 +10,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use crate::admin::Admin;
@@ -36,8 +34,12 @@ pub enum StartError {
         "{file}: admin_listen: {addr} is not a loopback address and no admin token is set (auth.admin_token or ADMIN_TOKEN); refusing to expose the admin API unauthenticated"
     )]
     UnprotectedAdmin { file: String, addr: SocketAddr },
-    #[error(transparent)]
-    Key(#[from] crate::auth::KeyError),
+    #[error("{file}: {source}")]
+    Key {
+        file: String,
+        #[source]
+        source: crate::auth::KeyError,
+    },
     #[error("{file}: flags: {message}")]
     Flags { file: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
@@ -46,8 +48,18 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}: tls: {message}")]
-    Tls { file: String, message: String },
+    #[error("{file}: {source}")]
+    Tls {
+        file: String,
+        #[source]
+        source: crate::tls::CertError,
+    },
+    #[error("{file}: upstream TLS: {source}")]
+    UpstreamTls {
+        file: String,
+        #[source]
+        source: crate::tls::TlsClientError,
+    },
 }
 
 /// The two bound listeners.
@@ -87,10 +99,11 @@ impl Sidecar {
                 addr: config.admin_listen,
             });
         }
-        Verifier::new(&config.auth)?;
+        verifier(config)?;
         if let Some(tls) = &config.tls {
             load_tls(&config.source, tls)?;
         }
+        upstream_tls(config)?;
         Ok(())
     }
 
@@ -117,7 +130,7 @@ impl Sidecar {
         Self::preflight(&config)?;
         let config = Arc::new(config);
         let prometheus = m::install_prometheus();
-        let verifier = Arc::new(Verifier::new(&config.auth)?);
+        let verifier = Arc::new(verifier(&config)?);
         let flags = Self::flag_store(&config)?;
         let mut flags_file_state = None;
         if let Some(file) = &config.flags.file {
@@ -130,14 +143,22 @@ impl Sidecar {
             flags_file_state = Some((file.clone(), state));
         }
         ::metrics::gauge!(m::FLAGS_VERSION).set(flags.current().version as f64);
-        let tls = match &config.tls {
+        let server_cert = match &config.tls {
             Some(t) => Some(load_tls(&config.source, t)?),
             None => None,
         };
+        let tls = match &server_cert {
+            Some(cert) => Some(cert.acceptor().map_err(|source| StartError::Tls {
+                file: config.source.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let upstream_tls = upstream_tls(&config)?;
         let stats = Arc::new(Stats::default());
         let drain = Drain::new(config.shutdown.clone());
         let shutdown = drain.stop_signal();
-        let upstream = Upstream::new(config.clone(), stats.clone());
+        let upstream = Upstream::new(config.clone(), stats.clone(), upstream_tls.clone());
         let registry = HubRegistry::new(HubContext {
             config: config.clone(),
             flags: flags.clone(),
@@ -154,12 +175,13 @@ impl Sidecar {
         ));
         let gateway = Arc::new(Gateway {
             registry: registry.clone(),
-            verifier,
+            verifier: verifier.clone(),
             facade,
             passthrough: Passthrough::new(
                 config.upstream.base_url.clone(),
                 config.passthrough.clone(),
                 drain.clone(),
+                &upstream_tls,
             ),
             stream_slots: Arc::new(Semaphore::new(config.stream.max_connections)),
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
@@ -175,6 +197,7 @@ impl Sidecar {
             prometheus,
             ready: ready.clone(),
             drain: drain.clone(),
+            verifier: verifier.clone(),
         });
         let local = |l: &TcpListener, addr: SocketAddr| {
             l.local_addr()
@@ -220,8 +243,14 @@ impl Sidecar {
                 shutdown.clone(),
             )));
         }
-        if config.auth.jwt_secret.is_none() && config.auth.jwt_public_key_file.is_none() {
-            tracing::warn!(file = %config.source, "no auth.jwt_secret, JWT_SECRET or auth.jwt_public_key_file: every stream will be refused with 401 (pass-through still works)");
+        if !verifier.has_keys() {
+            tracing::warn!(file = %config.source, "no auth.jwt_secret, JWT_SECRET, auth.jwt_public_key_file or auth.jwks_url: every stream will be refused with 401 (pass-through still works)");
+        }
+        tasks.extend(verifier.start(shutdown.clone()));
+        if let (Some(cert), Some(files)) = (server_cert, &config.tls) {
+            tasks.push(tokio::spawn(
+                cert.watch(files.reload_interval, shutdown.clone()),
+            ));
         }
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %client_addr, admin = %admin_addr, tls = config.tls.is_some(), upstream = %config.upstream.base_url,
@@ -261,39 +290,25 @@ impl Sidecar {
 /// How long a listener or the flags watcher may take to end after the stop.
 const LISTENER_STOP: Duration = Duration::from_secs(2);
 
-fn load_tls(file: &str, tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
-    let err = |message: String| StartError::Tls {
+fn load_tls(file: &str, tls: &TlsConfig) -> Result<Arc<crate::tls::ServerCert>, StartError> {
+    crate::tls::ServerCert::load(tls).map_err(|source| StartError::Tls {
         file: file.to_string(),
-        message,
-    };
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| err(format!("cannot read {}: {e}", p.display())));
-    let cert_pem = read(&tls.cert_file)?;
-    let key_pem = read(&tls.key_file)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("cert_file {}: {e}", tls.cert_file.display())))?;
-    if certs.is_empty() {
-        return Err(err(format!(
-            "cert_file {}: no certificate found",
-            tls.cert_file.display()
-        )));
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| err(format!("key_file {}: {e}", tls.key_file.display())))?
-        .ok_or_else(|| {
-            err(format!(
-                "key_file {}: no private key found",
-                tls.key_file.display()
-            ))
-        })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| err(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| err(format!("certificate and key do not match: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        source,
+    })
+}
+
+fn verifier(config: &Config) -> Result<Verifier, StartError> {
+    Verifier::new(&config.auth).map_err(|source| StartError::Key {
+        file: config.source.clone(),
+        source,
+    })
+}
+
+fn upstream_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, StartError> {
+    crate::tls::client::upstream_config(&config.upstream).map_err(|source| {
+        StartError::UpstreamTls {
+            file: config.source.clone(),
+            source,
+        }
+    })
 }

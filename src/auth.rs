@@ -1,11 +1,27 @@
-//! Client token verification: JWT HS256 with a shared secret, or RS256/ES256
-//! with a public key. The orgId comes from the verified claims only.
+//! Client token verification (CONTRACT 2.3). A token is checked only
+//! against keys of its algorithm's family: HS256/384/512 against
+//! `auth.jwt_secret`; RS*/PS*/ES*/EdDSA against the public keys of
+//! `auth.jwt_public_key_file` and `auth.jwks_url`, chosen by `kid` when the
+//! token names one. `alg: none` never parses. Time claims (`exp`, `nbf`) are
+//! checked here with `auth.leeway_s`, saturating, so any `exp` however far
+//! away is served; `iss`/`aud` when configured. The orgId comes from the
+//! verified claims only.
+//!
+//! [`keys`] reads PEM and JWK keys; [`jwks`] keeps the remote key set fresh.
 
-use std::path::Path;
+pub mod jwks;
+pub mod keys;
+
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::AuthConfig;
+use jwks::Jwks;
+pub use keys::KeyError;
+use keys::PublicKey;
 
 /// An organisation id.
 pub type OrgId = u64;
@@ -19,10 +35,16 @@ pub enum AuthError {
     Invalid(String),
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token has no exp claim (auth.require_exp)")]
+    NoExpiry,
+    #[error("no verification key for this token ({0})")]
+    UnknownKey(String),
     #[error("token has no usable {0:?} claim (a number or numeric string)")]
     NoOrg(String),
     #[error(
-        "token verification is not configured (set auth.jwt_secret, JWT_SECRET or auth.jwt_public_key_file)"
+        "token verification is not configured (set auth.jwt_secret, JWT_SECRET, auth.jwt_public_key_file or auth.jwks_url)"
     )]
     NotConfigured,
 }
@@ -31,49 +53,77 @@ pub enum AuthError {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub org_id: OrgId,
-    /// Expiry in Unix seconds, when the token has one.
+    /// Expiry in Unix seconds, when the token has one (saturated at `u64::MAX`).
     pub expires_at: Option<u64>,
 }
 
-/// Problems with the verification key, reported at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{file}: cannot read public key: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: not an RSA or EC (P-256) public key in PEM form")]
-    Format { file: String },
-}
-
-enum Keys {
-    Hmac(DecodingKey),
-    Rsa(DecodingKey),
-    Ec(DecodingKey),
-    None,
-}
-
-/// Verifies tokens against the configured key.
+/// Verifies tokens against the configured keys.
 pub struct Verifier {
-    keys: Keys,
+    secret: Option<DecodingKey>,
+    file_keys: Vec<PublicKey>,
+    jwks: Option<Arc<Jwks>>,
     org_claim: String,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    leeway_s: u64,
+    require_exp: bool,
 }
 
 impl Verifier {
+    /// Reads the secret and key file; a JWKS is only prepared (fetched by [`Verifier::start`]).
     pub fn new(cfg: &AuthConfig) -> Result<Verifier, KeyError> {
-        let keys = if let Some(secret) = &cfg.jwt_secret {
-            Keys::Hmac(DecodingKey::from_secret(secret.as_bytes()))
-        } else if let Some(file) = &cfg.jwt_public_key_file {
-            load_public_key(file)?
-        } else {
-            Keys::None
+        let file_keys = match &cfg.jwt_public_key_file {
+            Some(file) => keys::load_pem_file(file)?,
+            None => Vec::new(),
+        };
+        let jwks = match &cfg.jwks_url {
+            Some(url) => Some(Arc::new(
+                Jwks::new(url.clone(), cfg).map_err(KeyError::JwksClient)?,
+            )),
+            None => None,
         };
         Ok(Verifier {
-            keys,
+            secret: cfg
+                .jwt_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            file_keys,
+            jwks,
             org_claim: cfg.org_claim.clone(),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway_s: cfg.leeway.as_secs(),
+            require_exp: cfg.require_exp,
         })
+    }
+
+    /// Starts the JWKS task, if a key set URL is configured; it stops with `shutdown`.
+    pub fn start(&self, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        self.jwks
+            .as_ref()
+            .map(|j| tokio::spawn(j.clone().run(shutdown)))
+    }
+
+    /// False while a configured key set has not loaded yet (`/readyz` is 503 then).
+    pub fn is_ready(&self) -> bool {
+        self.jwks.as_ref().is_none_or(|j| j.is_loaded())
+    }
+
+    /// Whether any key is configured at all.
+    pub fn has_keys(&self) -> bool {
+        self.secret.is_some() || !self.file_keys.is_empty() || self.jwks.is_some()
+    }
+
+    /// Like [`Verifier::verify`], but a token naming a `kid` the key set
+    /// lacks first refreshes the set (rate-limited) and is checked again.
+    pub async fn verify_refreshing(&self, token: &str) -> Result<Identity, AuthError> {
+        let first = self.verify(token);
+        if let (Err(AuthError::UnknownKey(_)), Some(jwks)) = (&first, &self.jwks)
+            && jwks.refresh_for_unknown_kid().await
+        {
+            return self.verify(token);
+        }
+        first
     }
 
     /// Verifies `token` and extracts the org.
@@ -81,76 +131,130 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
+        if !self.has_keys() {
+            return Err(AuthError::NotConfigured);
+        }
+        // `alg: none` is no `Algorithm` and fails here.
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        // The algorithm is fixed by the configured key, never chosen by the
-        // token: this is what refuses `none` and HS/RS confusion.
-        let (key, alg) = match (&self.keys, header.alg) {
-            (Keys::Hmac(k), Algorithm::HS256) => (k, Algorithm::HS256),
-            (Keys::Rsa(k), Algorithm::RS256) => (k, Algorithm::RS256),
-            (Keys::Ec(k), Algorithm::ES256) => (k, Algorithm::ES256),
-            (Keys::None, _) => return Err(AuthError::NotConfigured),
-            (_, other) => {
+        let alg = header.alg;
+        let claims = if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            let Some(secret) = &self.secret else {
                 return Err(AuthError::Invalid(format!(
-                    "algorithm {other:?} is not accepted"
+                    "{alg:?} tokens need auth.jwt_secret, which is not set"
                 )));
-            }
+            };
+            self.decode(token, alg, secret)?
+        } else {
+            self.decode_public(token, alg, header.kid.as_deref())?
         };
+        self.identity(&claims)
+    }
+
+    fn decode_public(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<Claims, AuthError> {
+        let remote = self.jwks.as_ref().and_then(|j| j.keys());
+        let remote = remote.as_deref().map(Vec::as_slice).unwrap_or_default();
+        // With a kid: the keys of that kid, and keys that have none (the
+        // file's, a set's unnamed ones). Without: every key of the algorithm.
+        let candidates: Vec<&PublicKey> = remote
+            .iter()
+            .chain(self.file_keys.iter())
+            .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+            .filter(|k| k.algs.contains(&alg))
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::UnknownKey(match kid {
+                Some(kid) => format!("alg {alg:?}, kid {kid:?}"),
+                None => format!("alg {alg:?}"),
+            }));
+        }
+        let mut last = None;
+        for key in candidates {
+            match self.decode(token, alg, &key.key) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| AuthError::Invalid("no key matched".into())))
+    }
+
+    /// Signature, `iss` and `aud`; time claims are checked in [`Verifier::identity`].
+    fn decode(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, AuthError> {
         let mut validation = Validation::new(alg);
         validation.required_spec_claims.clear();
-        validation.validate_exp = true;
-        validation.leeway = 5;
-        validation.validate_aud = false;
-        let data = decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            })?;
-        let claims = data.claims;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if self.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audience);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        decode::<Claims>(token, key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    fn identity(&self, claims: &Claims) -> Result<Identity, AuthError> {
+        let now = (crate::clock::unix_millis() / 1000) as u64;
+        let expires_at = match claims.get("exp") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                numeric_date(v)
+                    .ok_or_else(|| AuthError::Invalid("exp is not a number of seconds".into()))?,
+            ),
+        };
+        match expires_at {
+            None if self.require_exp => return Err(AuthError::NoExpiry),
+            Some(exp) if exp.saturating_add(self.leeway_s) <= now => {
+                return Err(AuthError::Expired);
+            }
+            _ => {}
+        }
+        if let Some(v) = claims.get("nbf").filter(|v| !v.is_null()) {
+            let nbf = numeric_date(v)
+                .ok_or_else(|| AuthError::Invalid("nbf is not a number of seconds".into()))?;
+            if nbf > now.saturating_add(self.leeway_s) {
+                return Err(AuthError::NotYetValid);
+            }
+        }
         let org_id = match claims.get(&self.org_claim) {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
             Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
             _ => None,
         }
         .ok_or_else(|| AuthError::NoOrg(self.org_claim.clone()))?;
-        let expires_at = claims.get("exp").and_then(|v| v.as_u64());
         Ok(Identity { org_id, expires_at })
     }
 }
 
-fn load_public_key(file: &Path) -> Result<Keys, KeyError> {
-    let name = file.display().to_string();
-    let pem = std::fs::read(file).map_err(|source| KeyError::Read {
-        file: name.clone(),
-        source,
-    })?;
-    // The key's type decides the one algorithm accepted (RS256 or ES256),
-    // read from the SubjectPublicKeyInfo's algorithm identifier.
-    const RSA_OID: &[u8] = &[
-        0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
-    ];
-    const EC_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-    let format = || KeyError::Format { file: name.clone() };
-    let spki = match rustls_pemfile::read_one(&mut pem.as_slice()) {
-        Ok(Some(rustls_pemfile::Item::SubjectPublicKeyInfo(der))) => der.as_ref().to_vec(),
-        _ if String::from_utf8_lossy(&pem).contains("BEGIN RSA PUBLIC KEY") => {
-            return DecodingKey::from_rsa_pem(&pem)
-                .map(Keys::Rsa)
-                .map_err(|_| format());
-        }
-        _ => return Err(format()),
-    };
-    let has = |oid: &[u8]| spki.windows(oid.len()).any(|w| w == oid);
-    if has(RSA_OID) {
-        DecodingKey::from_rsa_pem(&pem)
-            .map(Keys::Rsa)
-            .map_err(|_| format())
-    } else if has(EC_OID) {
-        DecodingKey::from_ec_pem(&pem)
-            .map(Keys::Ec)
-            .map_err(|_| format())
-    } else {
-        Err(format())
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// A JWT NumericDate as whole seconds: negatives are 0, values beyond
+/// `u64` saturate (a far `exp` means "does not expire in practice").
+fn numeric_date(v: &serde_json::Value) -> Option<u64> {
+    let n = v.as_number()?;
+    if let Some(u) = n.as_u64() {
+        return Some(u);
     }
+    if n.as_i64().is_some() {
+        return Some(0);
+    }
+    let f = n.as_f64()?;
+    if !f.is_finite() {
+        return None;
+    }
+    // `as` saturates float-to-int conversions.
+    Some(f.max(0.0) as u64)
 }
 
 /// Takes the token from `Authorization: Bearer` or the `access_token` query parameter.
@@ -191,9 +295,7 @@ mod tests {
     fn hs_verifier() -> Verifier {
         Verifier::new(&AuthConfig {
             jwt_secret: Some("secret".into()),
-            jwt_public_key_file: None,
-            org_claim: "orgId".into(),
-            admin_token: None,
+            ..AuthConfig::default()
         })
         .unwrap()
     }
@@ -256,6 +358,17 @@ mod tests {
         assert!(matches!(v.verify(&t), Err(AuthError::NoOrg(_))));
         assert!(v.verify("garbage").is_err());
         assert_eq!(v.verify("").unwrap_err(), AuthError::Missing);
+    }
+
+    #[test]
+    fn numeric_dates_saturate() {
+        use serde_json::json;
+        assert_eq!(numeric_date(&json!(42)), Some(42));
+        assert_eq!(numeric_date(&json!(-5)), Some(0));
+        assert_eq!(numeric_date(&json!(1.6)), Some(1));
+        assert_eq!(numeric_date(&json!(-1e300)), Some(0));
+        assert_eq!(numeric_date(&json!(1e300)), Some(u64::MAX));
+        assert_eq!(numeric_date(&json!("42")), None);
     }
 
     #[test]

@@ -71,6 +71,8 @@ impl ConfigError {
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// How often both files are checked for a new pair.
+    pub reload_interval: Duration,
 }
 
 /// Where the backend lives.
@@ -83,6 +85,8 @@ pub struct UpstreamConfig {
     pub poll_timeout: Duration,
     /// How long the native link may be down before a service falls back to polling.
     pub native_fallback_after: Duration,
+    /// CA certificates (PEM) that verify an `https://` backend instead of the system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How client tokens are verified.
@@ -92,7 +96,48 @@ pub struct AuthConfig {
     pub jwt_public_key_file: Option<PathBuf>,
     pub org_claim: String,
     pub admin_token: Option<String>,
+    /// JWKS document of the identity provider (http or https).
+    pub jwks_url: Option<url::Url>,
+    /// How often the JWKS is fetched again.
+    pub jwks_refresh: Duration,
+    /// Time allowed for one JWKS fetch, connect to last byte.
+    pub jwks_timeout: Duration,
+    /// Largest JWKS body read; a larger one is refused.
+    pub jwks_max_bytes: usize,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one must match), when not empty.
+    pub audience: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, for acceptance and for the 4001 close.
+    pub leeway: Duration,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
 }
+
+impl Default for AuthConfig {
+    /// No keys; every other value at its CONTRACT default.
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            org_claim: "orgId".into(),
+            admin_token: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(DEFAULT_JWKS_REFRESH_S),
+            jwks_timeout: Duration::from_secs(DEFAULT_JWKS_TIMEOUT_S),
+            jwks_max_bytes: DEFAULT_JWKS_MAX_BYTES,
+            issuer: None,
+            audience: Vec::new(),
+            leeway: Duration::from_secs(DEFAULT_LEEWAY_S),
+            require_exp: true,
+        }
+    }
+}
+
+const DEFAULT_JWKS_REFRESH_S: u64 = 300;
+const DEFAULT_JWKS_TIMEOUT_S: u64 = 10;
+const DEFAULT_JWKS_MAX_BYTES: usize = 1 << 20;
+const DEFAULT_LEEWAY_S: u64 = 5;
 
 /// Stream tuning; see CONTRACT section 2.
 #[derive(Debug, Clone)]
@@ -265,6 +310,7 @@ struct RawConfig {
 struct RawTls {
     cert_file: Option<String>,
     key_file: Option<String>,
+    reload_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,6 +320,7 @@ struct RawUpstream {
     native_stream_path: Option<String>,
     poll_timeout_s: Option<u64>,
     native_fallback_s: Option<u64>,
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +330,22 @@ struct RawAuth {
     jwt_public_key_file: Option<String>,
     org_claim: Option<String>,
     admin_token: Option<String>,
+    jwks_url: Option<String>,
+    jwks_refresh_s: Option<u64>,
+    jwks_timeout_s: Option<u64>,
+    jwks_max_bytes: Option<u64>,
+    issuer: Option<String>,
+    audience: Option<OneOrMany>,
+    leeway_s: Option<u64>,
+    require_exp: Option<bool>,
+}
+
+/// A string or a list of strings (`auth.audience`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,11 +485,19 @@ impl RawConfig {
             p.push("admin_listen", "must differ from listen");
         }
 
+        let reload_interval = Duration::from_millis(p.range(
+            "tls.reload_interval_ms",
+            self.tls.reload_interval_ms,
+            1000,
+            50,
+            3_600_000,
+        ));
         let tls = match (self.tls.cert_file, self.tls.key_file) {
             (None, None) => None,
             (Some(c), Some(k)) => Some(TlsConfig {
                 cert_file: PathBuf::from(c),
                 key_file: PathBuf::from(k),
+                reload_interval,
             }),
             (Some(_), None) => {
                 p.push("tls.key_file", "must be set when tls.cert_file is");
@@ -443,17 +514,7 @@ impl RawConfig {
             .base_url
             .unwrap_or_else(|| "http://127.0.0.1:4000".to_string());
         let base_url = match url::Url::parse(&base_text) {
-            // The sidecar runs beside the backend; TLS to the backend is not
-            // built (yet), and a URL it cannot use is refused here rather
-            // than failing on every poll.
-            Ok(u) if u.scheme() == "https" => {
-                p.push(
-                    "upstream.base_url",
-                    format!("{base_text:?}: https upstreams are not supported; reach the backend over http on the local network"),
-                );
-                u
-            }
-            Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                 if u.query().is_some() || u.fragment().is_some() {
                     p.push(
                         "upstream.base_url",
@@ -465,7 +526,7 @@ impl RawConfig {
             Ok(_) => {
                 p.push(
                     "upstream.base_url",
-                    format!("{base_text:?} must be an http:// URL with a host"),
+                    format!("{base_text:?} must be an http:// or https:// URL with a host"),
                 );
                 url::Url::parse("http://127.0.0.1:4000").expect("default URL parses")
             }
@@ -498,15 +559,21 @@ impl RawConfig {
             0,
             3600,
         ));
+        let ca_file = self.upstream.ca_file.map(PathBuf::from);
+        if let Some(f) = &ca_file
+            && !f.is_file()
+        {
+            p.push(
+                "upstream.ca_file",
+                format!("{} is not a readable file", f.display()),
+            );
+        }
 
         let jwt_secret = self.auth.jwt_secret.or_else(|| env.jwt_secret.clone());
         if jwt_secret.as_deref() == Some("") {
             p.push("auth.jwt_secret", "must not be empty");
         }
         let jwt_public_key_file = self.auth.jwt_public_key_file.map(PathBuf::from);
-        if jwt_public_key_file.is_some() && jwt_secret.is_some() {
-            p.push("auth.jwt_public_key_file", "set either auth.jwt_secret (HS256) or auth.jwt_public_key_file (RS256/ES256), not both");
-        }
         if let Some(f) = &jwt_public_key_file
             && !f.is_file()
         {
@@ -521,6 +588,67 @@ impl RawConfig {
             .admin_token
             .or_else(|| env.admin_token.clone())
             .filter(|t| !t.is_empty());
+        let jwks_url = self
+            .auth
+            .jwks_url
+            .and_then(|text| match url::Url::parse(&text) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+                Ok(_) => {
+                    p.push(
+                        "auth.jwks_url",
+                        format!("{text:?} must be an http:// or https:// URL with a host"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.push("auth.jwks_url", format!("{text:?} is not a URL: {e}"));
+                    None
+                }
+            });
+        let jwks_refresh = Duration::from_secs(p.range(
+            "auth.jwks_refresh_s",
+            self.auth.jwks_refresh_s,
+            DEFAULT_JWKS_REFRESH_S,
+            1,
+            86_400,
+        ));
+        let jwks_timeout = Duration::from_secs(p.range(
+            "auth.jwks_timeout_s",
+            self.auth.jwks_timeout_s,
+            DEFAULT_JWKS_TIMEOUT_S,
+            1,
+            300,
+        ));
+        let jwks_max_bytes = p.range(
+            "auth.jwks_max_bytes",
+            self.auth.jwks_max_bytes,
+            DEFAULT_JWKS_MAX_BYTES as u64,
+            1024,
+            64 << 20,
+        ) as usize;
+        let issuer = self.auth.issuer;
+        if issuer.as_deref().is_some_and(|i| i.trim().is_empty()) {
+            p.push(
+                "auth.issuer",
+                "must not be empty (leave it unset to skip the check)",
+            );
+        }
+        let audience = match self.auth.audience {
+            None => Vec::new(),
+            Some(OneOrMany::One(a)) => vec![a],
+            Some(OneOrMany::Many(list)) => list,
+        };
+        if audience.iter().any(|a| a.trim().is_empty()) {
+            p.push("auth.audience", "must not contain an empty value");
+        }
+        let leeway = Duration::from_secs(p.range(
+            "auth.leeway_s",
+            self.auth.leeway_s,
+            DEFAULT_LEEWAY_S,
+            0,
+            3600,
+        ));
+        let require_exp = self.auth.require_exp.unwrap_or(true);
 
         let rollout_group = p.name("rollout.group", self.rollout.group.as_deref(), "realtime");
 
@@ -695,12 +823,21 @@ impl RawConfig {
                 native_stream_path,
                 poll_timeout,
                 native_fallback_after,
+                ca_file,
             },
             auth: AuthConfig {
                 jwt_secret,
                 jwt_public_key_file,
                 org_claim,
                 admin_token,
+                jwks_url,
+                jwks_refresh,
+                jwks_timeout,
+                jwks_max_bytes,
+                issuer,
+                audience,
+                leeway,
+                require_exp,
             },
             rollout_group,
             flags,
@@ -1021,12 +1158,47 @@ services:
     }
 
     #[test]
-    fn https_upstream_is_refused_with_a_reason() {
-        let lines = problems("upstream: {base_url: \"https://backend:443\"}\n");
-        assert!(
-            lines[0].contains("upstream.base_url") && lines[0].contains("https"),
-            "{lines:?}"
+    fn https_upstream_and_its_ca_file_are_read() {
+        let c = parse("upstream: {base_url: \"https://backend:443\"}\n").unwrap();
+        assert_eq!(c.upstream.base_url.scheme(), "https");
+        assert!(c.upstream.ca_file.is_none());
+        let lines = problems("upstream: {ca_file: /nonexistent/ca.pem}\n");
+        assert!(lines[0].contains("upstream.ca_file"), "{lines:?}");
+    }
+
+    #[test]
+    fn auth_keys_have_contract_defaults_and_are_read() {
+        let c = parse("").unwrap();
+        assert_eq!(c.auth.leeway, Duration::from_secs(5));
+        assert_eq!(c.auth.jwks_refresh, Duration::from_secs(300));
+        assert!(c.auth.require_exp && c.auth.audience.is_empty() && c.auth.issuer.is_none());
+        let c = parse(
+            "auth: {jwt_secret: s, jwks_url: \"https://idp/keys\", jwks_refresh_s: 60, issuer: idp, audience: edge, leeway_s: 0, require_exp: false}\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.jwks_url.unwrap().as_str(), "https://idp/keys");
+        assert_eq!(c.auth.audience, vec!["edge".to_string()]);
+        assert_eq!(c.auth.issuer.as_deref(), Some("idp"));
+        assert_eq!(c.auth.leeway, Duration::ZERO);
+        assert!(!c.auth.require_exp);
+        let c = parse("auth: {audience: [a, b]}\n").unwrap();
+        assert_eq!(c.auth.audience, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn bad_auth_keys_are_named() {
+        let lines = problems(
+            "auth: {jwks_url: \"ftp://idp/keys\", jwks_refresh_s: 0, leeway_s: 99999, audience: [\"\"], issuer: \"\"}\n",
         );
+        for key in [
+            "auth.jwks_url",
+            "auth.jwks_refresh_s",
+            "auth.leeway_s",
+            "auth.audience",
+            "auth.issuer",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(key)), "{key}: {lines:?}");
+        }
     }
 
     #[test]

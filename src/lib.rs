@@ -29,6 +29,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod sim;
+pub mod tls;
 pub mod upstream;
 pub mod watch;
 

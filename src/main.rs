@@ -297,9 +297,12 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         }
         return ExitCode::FAILURE;
     }
-    if config.auth.jwt_secret.is_none() && config.auth.jwt_public_key_file.is_none() {
+    if config.auth.jwt_secret.is_none()
+        && config.auth.jwt_public_key_file.is_none()
+        && config.auth.jwks_url.is_none()
+    {
         eprintln!(
-            "warning: {}: auth: no jwt_secret (or JWT_SECRET) and no jwt_public_key_file; every stream would be refused with 401",
+            "warning: {}: auth: no jwt_secret (or JWT_SECRET), jwt_public_key_file or jwks_url; every stream would be refused with 401",
             config.source
         );
     }

@@ -48,6 +48,12 @@ pub const FACADE_HELD: &str = "streaming_facade_held_requests";
 pub const FACADE_EVENTS: &str = "streaming_facade_events_total";
 /// Counter by `reason`: V1 requests the facade forwarded to the backend.
 pub const FACADE_FORWARDED: &str = "streaming_facade_forwarded_total";
+/// Counter by `result` (ok|error): client-facing certificate reloads.
+pub const TLS_CERT_RELOADS: &str = "streaming_tls_cert_reloads_total";
+/// Counter by `result` (ok|error) and `trigger` (start|schedule|unknown_kid): JWKS fetches.
+pub const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
+/// Counter by `reason`: keys of a JWKS or key file that were not usable.
+pub const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -114,6 +120,18 @@ fn describe() {
     metrics::describe_counter!(
         FACADE_FORWARDED,
         "V1 requests the facade forwarded to the backend, by reason"
+    );
+    metrics::describe_counter!(
+        TLS_CERT_RELOADS,
+        "Client-facing certificate reloads by result (error: the old pair kept)"
+    );
+    metrics::describe_counter!(
+        JWKS_REFRESHES,
+        "JWKS fetches by result and trigger (error: the last good key set kept)"
+    );
+    metrics::describe_counter!(
+        JWKS_KEYS_REFUSED,
+        "JWKS keys skipped as unusable, by reason"
     );
 }
 

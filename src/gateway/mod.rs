@@ -86,7 +86,7 @@ impl Gateway {
                 "missing bearer token (Authorization header or access_token parameter)",
             );
         };
-        let identity = match self.verifier.verify(&token) {
+        let identity = match self.verifier.verify_refreshing(&token).await {
             Ok(i) => i,
             Err(e) => {
                 stats.count_error(error_kind::AUTH);

@@ -23,7 +23,6 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -45,7 +44,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 pub struct Passthrough {
-    client: Client<HttpConnector, ClientBody>,
+    client: Client<crate::tls::HttpsConnector, ClientBody>,
     base: url::Url,
     config: PassthroughConfig,
     in_flight: Arc<Semaphore>,
@@ -54,10 +53,13 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
-    pub fn new(base: url::Url, config: PassthroughConfig, drain: Arc<Drain>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    pub fn new(
+        base: url::Url,
+        config: PassthroughConfig,
+        drain: Arc<Drain>,
+        tls: &tokio_rustls::rustls::ClientConfig,
+    ) -> Self {
+        let connector = crate::tls::https_connector(tls, Duration::from_secs(5));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             // Idle pooled connections are descriptors too: within the budget.

@@ -132,7 +132,10 @@ pub async fn run<S>(
         property: hs.property.clone(),
         last_seq: hs.last_seq,
         token,
-        expires_at: identity.expires_at,
+        // The session lives until exp + leeway, and so may its token in the pool.
+        expires_at: identity
+            .expires_at
+            .map(|exp| exp.saturating_add(cfg.auth.leeway.as_secs())),
         reply: reply_tx,
     });
     let (hub, reply) = match registry.join(org, req, reply_rx).await {
@@ -151,9 +154,13 @@ pub async fn run<S>(
     let started = tokio::time::Instant::now();
 
     // ---- serve --------------------------------------------------------------
-    let expiry = identity.expires_at.map(|exp| {
+    // Closed with 4001 once `exp + auth.leeway_s` has passed — the same
+    // leeway the token was accepted with. An `exp` too far away to add up
+    // (or to be a deadline) never closes the session.
+    let expiry = identity.expires_at.and_then(|exp| {
         let now = (crate::clock::unix_millis() / 1000) as u64;
-        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+        let close_at = exp.checked_add(cfg.auth.leeway.as_secs())?;
+        tokio::time::Instant::now().checked_add(Duration::from_secs(close_at.saturating_sub(now)))
     });
     let mut batch: Vec<Frame> = Vec::new();
     let mut delivered: u64 = 0;

@@ -4,6 +4,7 @@
 //! (publish, faults, counters) that is also available in-process.
 
 mod generator;
+pub mod jwks;
 mod native;
 mod state;
 
@@ -85,9 +86,8 @@ impl Simulator {
         let state = SimState::new(cfg.services.clone(), cfg.log_capacity);
         let verifier = Verifier::new(&AuthConfig {
             jwt_secret: Some(cfg.jwt_secret.clone()),
-            jwt_public_key_file: None,
             org_claim: cfg.org_claim.clone(),
-            admin_token: None,
+            ..AuthConfig::default()
         })
         .map_err(std::io::Error::other)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
@@ -160,6 +160,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == "/_sim/ws-echo" {
         return native::echo_upgrade(req).await;
+    }
+    if path == jwks::JWKS_PATH {
+        return ctx.state.jwks.serve();
     }
     if path.starts_with("/_sim/") {
         return control(&ctx, req, &path).await;
@@ -359,6 +362,10 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
     let state = &ctx.state;
     match (method, path) {
         (Method::GET, "/_sim/stats") => json(StatusCode::OK, &state.stats_json()),
+        (Method::POST, "/_sim/jwks") => {
+            state.jwks.set(body);
+            json(StatusCode::OK, &json!({"jwks": "set"}))
+        }
         (Method::POST, "/_sim/publish") => {
             let Some(org) = body.get("orgId").and_then(Value::as_u64) else {
                 return json_error(StatusCode::BAD_REQUEST, "orgId (integer) required");

@@ -121,6 +121,8 @@ pub struct SimState {
     next_event: AtomicU64,
     /// Tokens the backend refuses with 401 although they verify.
     revoked: Mutex<std::collections::HashSet<String>>,
+    /// The key set served at `/.well-known/jwks.json`.
+    pub jwks: super::jwks::JwksDoc,
 }
 
 impl SimState {
@@ -134,6 +136,7 @@ impl SimState {
             log_capacity: log_capacity.max(1),
             next_event: AtomicU64::new(1),
             revoked: Mutex::new(std::collections::HashSet::new()),
+            jwks: Default::default(),
         })
     }
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::auth::OrgId;
 use crate::config::Config;
@@ -73,22 +73,23 @@ impl SourceHandle {
 
 /// Shared upstream plumbing: the HTTP client and the configuration.
 pub struct Upstream {
-    pub(crate) http: Client<HttpConnector, Empty<Bytes>>,
+    pub(crate) http: Client<crate::tls::HttpsConnector, Empty<Bytes>>,
+    /// Verifies an `https://` backend and the `wss://` native stream.
+    pub(crate) tls: Arc<ClientConfig>,
     pub(crate) config: Arc<Config>,
     pub(crate) stats: Arc<Stats>,
 }
 
 impl Upstream {
-    pub fn new(config: Arc<Config>, stats: Arc<Stats>) -> Arc<Upstream> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    pub fn new(config: Arc<Config>, stats: Arc<Stats>, tls: Arc<ClientConfig>) -> Arc<Upstream> {
+        let connector = crate::tls::https_connector(&tls, Duration::from_secs(5));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4096)
             .build(connector);
         Arc::new(Upstream {
             http,
+            tls,
             config,
             stats,
         })

@@ -108,8 +108,12 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         if let Ok(v) = format!("Bearer {token}").parse() {
             request.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
-        let connect =
-            tokio_tungstenite::connect_async_with_config(request, Some(client_ws_config()), true);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(client_ws_config()),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(up.tls.clone())),
+        );
         let connected = tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r,
             _ = &mut stop => return,

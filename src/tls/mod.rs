@@ -1,0 +1,11 @@
+//! TLS both ways. [`client`] builds the one verifying rustls client
+//! configuration used for every outgoing connection to the backend (V1
+//! polls, pass-through, the native `wss://` link) and for fetching a JWKS;
+//! [`reload`] serves the client-facing certificate and re-reads it when its
+//! files change, without touching open connections.
+
+pub mod client;
+pub mod reload;
+
+pub use client::{HttpsConnector, TlsClientError, client_config, https_connector};
+pub use reload::{CertError, ServerCert};
