@@ -53,7 +53,7 @@ async fn upgrade_status(addr: std::net::SocketAddr) -> (u16, String) {
 
 #[tokio::test]
 async fn post_drain_runs_the_sequence_in_order() {
-    let (sim, sc) = drain_rig(Duration::from_secs(25), 1, 1).await;
+    let (sim, sc) = drain_rig(Duration::from_secs(25), 2, 1).await;
     let admin = format!("http://{}", sc.admin_addr);
     let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     assert_eq!(
@@ -71,6 +71,13 @@ async fn post_drain_runs_the_sequence_in_order() {
     // 1. readiness is off at once.
     let (status, _, _) = http("GET", &format!("{admin}/readyz"), None, None).await;
     assert_eq!(status, 503);
+    // Open streams are still served while the drain runs.
+    pollers(&sim, 1).await;
+    let id = sim
+        .state
+        .publish(1, "finance", vec![serde_json::json!({"n": 1})]);
+    let event = next_non_ping(&mut ws).await;
+    assert_eq!(event["events"][0]["eventId"], id[0].as_str(), "{event}");
     // 2. after the pre-stop delay, new streams are refused.
     let deadline = tokio::time::Instant::now() + WAIT;
     let refusal = loop {
