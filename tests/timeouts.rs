@@ -109,6 +109,10 @@ async fn header_tricklers_are_dropped_on_both_listeners() {
         // Headers that never end: the connection is closed, not held.
         let answer = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: a").await;
         assert!(!answer.contains("200 OK"), "{answer}");
+        // Nothing at all, and an idle keep-alive connection after a request.
+        assert_eq!(raw_exchange(addr, b"").await, "");
+        let answer = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1"), "{answer}");
     }
     sc.shutdown().await;
     sim.shutdown().await;
@@ -148,4 +152,33 @@ async fn half_sent_admin_bodies_do_not_fill_the_admin_listener() {
     assert_eq!(status, 200);
     sc.shutdown().await;
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_response_body_is_cut_after_the_idle_timeout() {
+    // A backend that promises 100 bytes, sends 3 and stalls.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")
+                .await;
+            held.push(s);
+        }
+    });
+    let sc = start_sidecar(config(&backend, "passthrough: {idle_timeout_s: 1}\n")).await;
+    let answer = raw_exchange(
+        sc.client_addr,
+        b"GET /stall HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(body, "abc", "the body is cut, the connection closed");
+    sc.shutdown().await;
+    task.abort();
 }
