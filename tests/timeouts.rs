@@ -182,3 +182,26 @@ async fn a_stalled_response_body_is_cut_after_the_idle_timeout() {
     sc.shutdown().await;
     task.abort();
 }
+
+#[tokio::test]
+async fn an_idle_relayed_websocket_is_closed_with_1001() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(
+        &sim.base_url(),
+        "passthrough: {idle_timeout_s: 1}\n",
+    ))
+    .await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/_sim/ws-echo", sc.client_addr))
+            .await
+            .unwrap();
+    ws.send(Message::Text("hi".into())).await.unwrap();
+    let back = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+    assert_eq!(back.unwrap().unwrap(), Message::Text("hi".into()));
+    // Then nothing either way: the relay closes it.
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
