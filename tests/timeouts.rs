@@ -205,3 +205,60 @@ async fn an_idle_relayed_websocket_is_closed_with_1001() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_upload_that_keeps_moving_outlasts_the_response_timeout() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    // A backend that answers only once the whole (chunked) body arrived.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.ends_with(b"0\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nreceived")
+                    .await;
+            });
+        }
+    });
+    let sc = start_sidecar(config(
+        &backend,
+        "passthrough: {response_timeout_s: 1, idle_timeout_s: 10}\n",
+    ))
+    .await;
+    // Seven chunks 300 ms apart: the upload takes longer than the response
+    // timeout, which only starts once the body is sent.
+    let chunks = Box::pin(futures_util::stream::unfold(0u32, |i| async move {
+        if i == 7 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let frame: Result<Frame<bytes::Bytes>, std::io::Error> =
+            Ok(Frame::data(bytes::Bytes::from(format!("part-{i};"))));
+        Some((frame, i + 1))
+    }));
+    let req = http::Request::post(format!("http://{}/upload", sc.client_addr))
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    let client: hyper_util::client::legacy::Client<_, StreamBody<_>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"received");
+    sc.shutdown().await;
+    task.abort();
+}
