@@ -87,7 +87,7 @@ impl Admin {
                 if !self.flags.schema().keys().iter().any(|k| k == key) {
                     return json_error(StatusCode::BAD_REQUEST, &format!("unknown flag {key:?}"));
                 }
-                match self.flags.delete_override(&who, key) {
+                match self.flags.delete_override_persisted(&who, key).await {
                     Ok(_) => json(StatusCode::OK, &snapshot_json(&self.flags.current())),
                     Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 }
@@ -99,7 +99,7 @@ impl Admin {
                     .history()
                     .iter()
                     .rev()
-                    .map(|h| json!({"time": h.time, "who": h.who, "key": h.key, "old": h.old, "new": h.new}))
+                    .map(|h| json!({"time": h.time, "version": h.version, "who": h.who, "key": h.key, "old": h.old, "new": h.new}))
                     .collect();
                 json(StatusCode::OK, &json!({ "history": entries }))
             }
@@ -197,7 +197,7 @@ impl Admin {
             Ok(c) => c,
             Err(problems) => return json_error(StatusCode::BAD_REQUEST, &problems.join("; ")),
         };
-        match self.flags.set_overrides(who, changes) {
+        match self.flags.set_overrides_persisted(who, changes).await {
             Ok(snap) => json(StatusCode::OK, &snapshot_json(&snap)),
             Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }

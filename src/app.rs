@@ -243,6 +243,12 @@ impl Sidecar {
                 shutdown.clone(),
             )));
         }
+        if let Some(limit) = open_files_limit()
+            && limit < config.limits.max_open_files as u64
+        {
+            tracing::warn!(file = %config.source, limit, budget = config.limits.max_open_files,
+                "the process may open fewer files than limits.max_open_files: raise its descriptor limit (ulimit -n, LimitNOFILE) or lower the caps, or accept() will fail under load");
+        }
         if !verifier.has_keys() {
             tracing::warn!(file = %config.source, "no auth.jwt_secret, JWT_SECRET, auth.jwt_public_key_file or auth.jwks_url: every stream will be refused with 401 (pass-through still works)");
         }
@@ -289,6 +295,17 @@ impl Sidecar {
 
 /// How long a listener or the flags watcher may take to end after the stop.
 const LISTENER_STOP: Duration = Duration::from_secs(2);
+
+/// The soft limit on open files, where the platform says (Linux).
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
 
 fn load_tls(file: &str, tls: &TlsConfig) -> Result<Arc<crate::tls::ServerCert>, StartError> {
     crate::tls::ServerCert::load(tls).map_err(|source| StartError::Tls {

@@ -868,7 +868,8 @@ pub struct ShutdownConfig {
 /// Pass-through traffic (everything that is not the unified stream).
 #[derive(Debug, Clone)]
 pub struct PassthroughConfig {
-    /// `passthrough.response_timeout_s`: no response head in time → 504.
+    /// `passthrough.response_timeout_s`: no response head this long after
+    /// the request body was sent → 504.
     pub response_timeout: Duration,
     /// `passthrough.idle_timeout_s`: a relayed WebSocket or a body that
     /// moves no byte for this long is closed.

@@ -152,7 +152,7 @@ pub async fn serve_with<H, F>(
     } = lifecycle;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
-    let mut backoff: Option<Duration> = None;
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -160,14 +160,10 @@ pub async fn serve_with<H, F>(
                 Err(e) => {
                     // Out of descriptors and the like: the error repeats until
                     // some connection closes. Say so once, back off, retry.
-                    let wait = match backoff {
-                        None => {
-                            tracing::warn!(error = %e, "accept failing; backing off until it succeeds again");
-                            ACCEPT_BACKOFF_MIN
-                        }
-                        Some(b) => (b * 2).min(ACCEPT_BACKOFF_MAX),
-                    };
-                    backoff = Some(wait);
+                    let (wait, first) = backoff.failed();
+                    if first {
+                        tracing::warn!(error = %e, "accept failing; backing off until it succeeds again");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => break,
@@ -177,7 +173,7 @@ pub async fn serve_with<H, F>(
             },
             _ = stop.changed() => break,
         };
-        if backoff.take().is_some() {
+        if backoff.succeeded() {
             tracing::info!("accepting connections again");
         }
         let _ = tcp.set_nodelay(true);
@@ -214,6 +210,30 @@ pub async fn serve_with<H, F>(
                 }
             }
         });
+    }
+}
+
+/// The state of a failing `accept`: one log line per change of state, and
+/// a wait that doubles up to [`ACCEPT_BACKOFF_MAX`] instead of a spin.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    current: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    /// Another failure: how long to wait, and whether this started a failing spell.
+    fn failed(&mut self) -> (Duration, bool) {
+        let (wait, first) = match self.current {
+            None => (ACCEPT_BACKOFF_MIN, true),
+            Some(b) => ((b * 2).min(ACCEPT_BACKOFF_MAX), false),
+        };
+        self.current = Some(wait);
+        (wait, first)
+    }
+
+    /// A success: whether it ended a failing spell.
+    fn succeeded(&mut self) -> bool {
+        self.current.take().is_some()
     }
 }
 
@@ -324,5 +344,28 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<I> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_and_log_once_per_spell() {
+        let mut b = AcceptBackoff::default();
+        assert!(!b.succeeded(), "no spell to end");
+        let waits: Vec<(Duration, bool)> = (0..10).map(|_| b.failed()).collect();
+        assert_eq!(waits[0], (ACCEPT_BACKOFF_MIN, true));
+        assert!(waits[1..].iter().all(|(_, first)| !first), "logged once");
+        assert!(waits.windows(2).all(|w| w[1].0 >= w[0].0));
+        assert_eq!(waits[9].0, ACCEPT_BACKOFF_MAX);
+        assert!(b.succeeded(), "the spell ends: logged once");
+        assert!(!b.succeeded());
+        assert_eq!(
+            b.failed(),
+            (ACCEPT_BACKOFF_MIN, true),
+            "a new spell starts short"
+        );
     }
 }

@@ -278,15 +278,19 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         Err(e) => problems.push(e.to_string()),
         Ok(store) => {
             if let Some(file) = &config.flags.file {
-                match std::fs::read_to_string(file) {
-                    Ok(text) => {
+                use realtime_edge::flags::watcher::{FileState, read_flags_file};
+                match read_flags_file(file) {
+                    FileState::Text(text) => {
                         if let Err(p) = store.schema().parse_yaml_file(&text) {
                             problems
                                 .extend(p.into_iter().map(|x| format!("{}: {x}", file.display())));
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => problems.push(format!("{}: {e}", file.display())),
+                    // Serving without the file is allowed (defaults apply, lastError says so).
+                    FileState::Missing => {}
+                    FileState::Unreadable(why) => {
+                        problems.push(format!("{}: {why}", file.display()))
+                    }
                 }
             }
         }

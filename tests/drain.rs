@@ -53,7 +53,7 @@ async fn upgrade_status(addr: std::net::SocketAddr) -> (u16, String) {
 
 #[tokio::test]
 async fn post_drain_runs_the_sequence_in_order() {
-    let (sim, sc) = drain_rig(Duration::from_secs(25), 1, 1).await;
+    let (sim, sc) = drain_rig(Duration::from_secs(25), 2, 1).await;
     let admin = format!("http://{}", sc.admin_addr);
     let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     assert_eq!(
@@ -71,6 +71,13 @@ async fn post_drain_runs_the_sequence_in_order() {
     // 1. readiness is off at once.
     let (status, _, _) = http("GET", &format!("{admin}/readyz"), None, None).await;
     assert_eq!(status, 503);
+    // Open streams are still served while the drain runs.
+    pollers(&sim, 1).await;
+    let id = sim
+        .state
+        .publish(1, "finance", vec![serde_json::json!({"n": 1})]);
+    let event = next_non_ping(&mut ws).await;
+    assert_eq!(event["events"][0]["eventId"], id[0].as_str(), "{event}");
     // 2. after the pre-stop delay, new streams are refused.
     let deadline = tokio::time::Instant::now() + WAIT;
     let refusal = loop {
@@ -130,11 +137,11 @@ async fn requests_in_flight_finish_and_relays_get_1001() {
 }
 
 /// The real binary, serving a config with the given shutdown timings;
-/// returns the child once it logged that it serves.
+/// returns the child, its log lines and the line saying it serves.
 fn spawn_binary(
     prestop_s: u64,
     drain_s: u64,
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+) -> (Binary, std::sync::mpsc::Receiver<String>, String) {
     use std::io::BufRead;
     let dir = unique_dir("drain-bin");
     let cfg = dir.join("edge.yaml");
@@ -167,38 +174,50 @@ fn spawn_binary(
             }
         }
     });
-    wait_for_line(&rx, "realtime-edge serving");
-    (child, rx)
+    let child = Binary(child);
+    let serving = wait_for_line(&rx, "realtime-edge serving");
+    (child, rx, serving)
 }
 
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) {
+/// The child process, killed if a test fails before it exited.
+struct Binary(std::process::Child);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return,
+            Ok(line) if line.contains(needle) => return line,
             Ok(_) => {}
             Err(e) => panic!("no log line {needle:?}: {e}"),
         }
     }
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
+fn signal(child: &Binary, sig: &str) {
     let status = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
+        .args([sig, &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
 }
 
-fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+fn wait_exit(child: &mut Binary) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return status;
         }
         if std::time::Instant::now() > deadline {
-            let _ = child.kill();
             panic!("the process did not exit");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -207,7 +226,7 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 
 #[test]
 fn the_binary_drains_and_exits_0_on_sigterm() {
-    let (mut child, rx) = spawn_binary(0, 1);
+    let (mut child, rx, _) = spawn_binary(0, 1);
     signal(&child, "-TERM");
     wait_for_line(&rx, "draining");
     let status = wait_exit(&mut child);
@@ -218,9 +237,31 @@ fn the_binary_drains_and_exits_0_on_sigterm() {
 fn a_second_signal_exits_at_once() {
     // A pre-stop delay far longer than the test's patience: only the second
     // signal can end it in time.
-    let (mut child, rx) = spawn_binary(600, 600);
+    let (mut child, rx, _) = spawn_binary(600, 600);
     signal(&child, "-INT");
     wait_for_line(&rx, "draining");
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn post_drain_then_sigterm_is_one_drain_not_two_signals() {
+    // The Kubernetes order: the preStop hook posts /drain, then SIGTERM.
+    let (mut child, rx, serving) = spawn_binary(600, 600);
+    let admin = serving
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("admin="))
+        .expect("admin address in the serving line")
+        .to_string();
+    let (status, _, _) = http("POST", &format!("http://{admin}/drain"), None, None).await;
+    assert_eq!(status, 202);
+    signal(&child, "-TERM");
+    wait_for_line(&rx, "signal received");
+    // Still draining, not gone: readiness answers 503.
+    let (status, _, _) = http("GET", &format!("http://{admin}/readyz"), None, None).await;
+    assert_eq!(status, 503);
+    // The next signal is the second one.
     signal(&child, "-TERM");
     let status = wait_exit(&mut child);
     assert!(status.success(), "{status:?}");

@@ -517,3 +517,135 @@ async fn flips_leave_orgs_whose_decision_did_not_change_alone() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn broken_flags_files_never_take_effect() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let dir = temp_dir("flagbroken");
+    let file = dir.join("flags.yaml");
+    const GOOD: &str = "REALTIME_ROLLOUT_PERCENT: 7\nREALTIME_DENYLIST_ORGS: [1, 2]\n";
+
+    // At start-up without the file: defaults apply, and lastError says so.
+    let extra = format!("flags: {{file: \"{}\"}}\n", file.display());
+    let sc = start_sidecar(config(&sim.base_url(), &extra)).await;
+    let v = flags_of(&sc).await;
+    assert_eq!(v["flags"]["REALTIME_ROLLOUT_PERCENT"], 0);
+    let err = v["lastError"].as_str().expect("lastError set").to_string();
+    assert!(err.contains("missing") && err.contains("defaults"), "{err}");
+
+    std::fs::write(&file, GOOD).unwrap();
+    eventually("the good file", || async {
+        flags_of(&sc).await["lastError"].is_null()
+    })
+    .await;
+    let good_version = flags_of(&sc).await["version"].clone();
+
+    let replace = |how: &dyn Fn(&std::path::Path)| {
+        let _ = std::fs::remove_file(&file);
+        how(&file);
+    };
+    type Case<'a> = (&'a str, Box<dyn Fn(&std::path::Path)>);
+    let cases: Vec<Case> = vec![
+        ("empty", Box::new(|p| std::fs::write(p, "").unwrap())),
+        ("empty", Box::new(|p| std::fs::write(p, "  \n\n").unwrap())),
+        (
+            "empty",
+            Box::new(|p| std::fs::write(p, "# nothing here\n").unwrap()),
+        ),
+        ("empty", Box::new(|p| std::fs::write(p, "~\n").unwrap())),
+        ("missing", Box::new(|_| {})),
+        (
+            "missing",
+            Box::new(|p| std::os::unix::fs::symlink("/nonexistent/flags", p).unwrap()),
+        ),
+        (
+            "regular",
+            Box::new(|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+        ),
+        (
+            "regular",
+            Box::new(|p| {
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(p)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }),
+        ),
+        (
+            "larger",
+            Box::new(|p| std::fs::write(p, format!("# {}\n{GOOD}", "x".repeat(1 << 20))).unwrap()),
+        ),
+        (
+            "duplicate",
+            Box::new(|p| {
+                std::fs::write(
+                    p,
+                    "REALTIME_ROLLOUT_PERCENT: 7\nREALTIME_ROLLOUT_PERCENT: 9\n",
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "nested",
+            Box::new(|p| {
+                std::fs::write(
+                    p,
+                    format!("REALTIME_DENYLIST_ORGS: {}", "[".repeat(200_000)),
+                )
+                .unwrap()
+            }),
+        ),
+    ];
+    for (why, how) in cases {
+        replace(&*how);
+        eventually(&format!("rejection: {why}"), || async {
+            flags_of(&sc).await["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains(why))
+        })
+        .await;
+        let v = flags_of(&sc).await;
+        assert_eq!(v["flags"]["REALTIME_ROLLOUT_PERCENT"], 7, "{why}");
+        assert_eq!(v["flags"]["REALTIME_DENYLIST_ORGS"], json!([1, 2]), "{why}");
+        assert_eq!(v["version"], good_version, "{why}: no flag changed");
+        // Back to the good file: accepted again, still the same version.
+        replace(&|p| std::fs::write(p, GOOD).unwrap());
+        eventually("the good file again", || async {
+            flags_of(&sc).await["lastError"].is_null()
+        })
+        .await;
+    }
+    sc.shutdown().await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn admin_booleans_are_strict_and_a_no_op_keeps_the_version() {
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(&sim.base_url(), "")).await;
+    let url = format!("http://{}/feature-flags", sc.admin_addr);
+    let form = |body: &str| Some(("application/x-www-form-urlencoded", body.to_string()));
+    let (status, _, body) = http("POST", &url, None, form("REALTIME_STREAMING_V2=yes")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("REALTIME_STREAMING_V2"), "{body}");
+    let v = set_flags(&sc, "REALTIME_STREAMING_V2=on").await;
+    let version = v["version"].clone();
+    let v = set_flags(&sc, "REALTIME_STREAMING_V2=true").await;
+    assert_eq!(
+        v["version"], version,
+        "the same value again is no new version"
+    );
+    let h = get_json(&format!("{url}/history"), None).await;
+    let entries: Vec<&Value> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["key"] == "REALTIME_STREAMING_V2")
+        .collect();
+    assert_eq!(entries.len(), 1, "{h}");
+    assert_eq!(entries[0]["version"], version);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}

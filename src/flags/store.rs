@@ -3,6 +3,11 @@
 //! stores it in an `ArcSwap` (readers never lock) and publishes it on a
 //! `watch` channel. In-flight work keeps the snapshot it loaded; the next
 //! load sees the new one.
+//!
+//! The version counts changes of the effective flags: each new version has
+//! its entries in the history (tagged with it), and a change that leaves
+//! every value as it was (the same value set again, a rejected file) keeps
+//! the version; `sources` and `lastError` are updated all the same.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -49,6 +54,8 @@ pub struct Snapshot {
 /// One recorded change.
 #[derive(Debug, Clone)]
 pub struct HistoryEntry {
+    /// The flags version this change produced.
+    pub version: u64,
     pub time: String,
     pub who: String,
     pub key: String,
@@ -87,6 +94,9 @@ pub struct FlagStore {
     history: Mutex<VecDeque<HistoryEntry>>,
     notify: watch::Sender<Arc<Snapshot>>,
     overrides_file: Option<PathBuf>,
+    /// Serialises override writers across their file write, so the file
+    /// and the layer change in the same order.
+    override_writers: tokio::sync::Mutex<()>,
 }
 
 impl FlagStore {
@@ -109,6 +119,7 @@ impl FlagStore {
             history: Mutex::new(VecDeque::new()),
             notify,
             overrides_file,
+            override_writers: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -143,6 +154,10 @@ impl FlagStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
+        // Our own file; one emptied by hand means "no overrides".
+        if super::is_empty_document(&text) {
+            return Ok(());
+        }
         let layer = self
             .schema
             .parse_yaml_file(&text)
@@ -155,14 +170,10 @@ impl FlagStore {
         .map_err(|e| e.to_string())
     }
 
-    /// Replaces the file layer with a freshly read file, or records why it was rejected.
-    pub fn apply_file(&self, file: &str, text: Option<&str>) -> Result<(), String> {
-        let parsed = match text {
-            // A deleted file means "no file flags", like an empty one.
-            None => Ok(BTreeMap::new()),
-            Some(t) => self.schema.parse_yaml_file(t),
-        };
-        match parsed {
+    /// Replaces the file layer with a freshly read file, or records why it
+    /// was rejected (an empty file is rejected: CONTRACT 4).
+    pub fn apply_file(&self, file: &str, text: &str) -> Result<(), String> {
+        match self.schema.parse_yaml_file(text) {
             Ok(layer) => {
                 let who = format!("file {file}");
                 let _ = self.apply(&who, |l| {
@@ -189,7 +200,66 @@ impl FlagStore {
         msg
     }
 
-    /// Sets admin overrides atomically (all or nothing), then persists them.
+    /// Sets admin overrides atomically (all or nothing): written to the
+    /// overrides file (off the async threads, temp file then rename) before
+    /// they take effect, so a failed write changes nothing.
+    pub async fn set_overrides_persisted(
+        &self,
+        who: &str,
+        changes: BTreeMap<String, FlagValue>,
+    ) -> Result<Arc<Snapshot>, StoreError> {
+        let _order = self.override_writers.lock().await;
+        let mut next = self.lock_layers().overrides.clone();
+        next.extend(changes);
+        self.persist_off_thread(&next).await?;
+        self.apply(who, |l| {
+            l.overrides = next;
+            Ok(())
+        })
+    }
+
+    /// Drops one override like [`Self::set_overrides_persisted`]; `Ok(false)` when there was none.
+    pub async fn delete_override_persisted(
+        &self,
+        who: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let _order = self.override_writers.lock().await;
+        let mut next = self.lock_layers().overrides.clone();
+        if next.remove(key).is_none() {
+            return Ok(false);
+        }
+        self.persist_off_thread(&next).await?;
+        self.apply(who, |l| {
+            l.overrides = next;
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
+    async fn persist_off_thread(
+        &self,
+        overrides: &BTreeMap<String, FlagValue>,
+    ) -> Result<(), StoreError> {
+        let Some(path) = self.overrides_file.clone() else {
+            return Ok(());
+        };
+        let text = overrides_text(overrides);
+        let file = path.display().to_string();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &text))
+            .await
+            .map_err(|e| StoreError::Persist {
+                file,
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    fn lock_layers(&self) -> std::sync::MutexGuard<'_, Layers> {
+        self.layers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets admin overrides atomically and persists them, blocking; for
+    /// tools and tests (the admin API uses [`Self::set_overrides_persisted`]).
     pub fn set_overrides(
         &self,
         who: &str,
@@ -220,25 +290,10 @@ impl FlagStore {
     }
 
     fn persist(&self, overrides: &BTreeMap<String, FlagValue>) -> Result<(), StoreError> {
-        let Some(path) = &self.overrides_file else {
-            return Ok(());
-        };
-        let map: serde_json::Map<String, serde_json::Value> = overrides
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect();
-        let text = format!(
-            "# Admin overrides written by realtime-edge; edit through the admin API.\n{}",
-            yaml_serde::to_string(&map).unwrap_or_default()
-        );
-        let err = |source| StoreError::Persist {
-            file: path.display().to_string(),
-            source,
-        };
-        // Write then rename, so a crash never leaves a half-written file.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        match &self.overrides_file {
+            None => Ok(()),
+            Some(path) => write_atomically(path, &overrides_text(overrides)),
+        }
     }
 
     /// Runs `change` on the layers under the writer lock, then publishes a
@@ -270,7 +325,10 @@ impl FlagStore {
         if changed.is_empty() && !sources_changed && next.last_error == old.last_error {
             return Ok(old);
         }
-        next.version = old.version + 1;
+        // Only a change of the effective flags is a new version.
+        if !changed.is_empty() {
+            next.version = old.version + 1;
+        }
         let next = Arc::new(next);
         self.current.store(next.clone());
         if !changed.is_empty() {
@@ -279,6 +337,7 @@ impl FlagStore {
             for (key, old_v, new_v) in changed {
                 tracing::info!(who, key, old = %old_v, new = %new_v, version = next.version, "flag changed");
                 hist.push_back(HistoryEntry {
+                    version: next.version,
                     time: now.clone(),
                     who: who.to_string(),
                     key,
@@ -294,6 +353,29 @@ impl FlagStore {
         self.notify.send_replace(next.clone());
         Ok(next)
     }
+}
+
+/// The overrides file's text.
+fn overrides_text(overrides: &BTreeMap<String, FlagValue>) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = overrides
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
+    format!(
+        "# Admin overrides written by realtime-edge; edit through the admin API.\n{}",
+        yaml_serde::to_string(&map).unwrap_or_default()
+    )
+}
+
+/// Write then rename, so a crash never leaves a half-written file.
+fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), StoreError> {
+    let err = |source| StoreError::Persist {
+        file: path.display().to_string(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 fn build(schema: &FlagSchema, layers: &Layers, version: u64) -> Snapshot {
@@ -339,7 +421,7 @@ mod tests {
         assert_eq!(s.current().sources[ROLLOUT_PERCENT], Source::Env);
         s.apply_file(
             "f.yaml",
-            Some("REALTIME_ROLLOUT_PERCENT: 20\nREALTIME_STREAMING_V2: true"),
+            "REALTIME_ROLLOUT_PERCENT: 20\nREALTIME_STREAMING_V2: true",
         )
         .unwrap();
         assert_eq!(s.current().flags.rollout_percent, 20);
@@ -368,11 +450,11 @@ mod tests {
     #[test]
     fn bad_file_keeps_last_good_flags() {
         let s = store(None);
-        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 30"))
+        s.apply_file("f.yaml", "REALTIME_ROLLOUT_PERCENT: 30")
             .unwrap();
         let v = s.current().version;
         assert!(
-            s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 300"))
+            s.apply_file("f.yaml", "REALTIME_ROLLOUT_PERCENT: 300")
                 .is_err()
         );
         let snap = s.current();
@@ -383,8 +465,16 @@ mod tests {
                 .unwrap()
                 .contains("REALTIME_ROLLOUT_PERCENT")
         );
-        assert!(snap.version > v);
-        s.apply_file("f.yaml", Some("REALTIME_ROLLOUT_PERCENT: 40"))
+        assert_eq!(
+            snap.version, v,
+            "a rejected file changes no flag: same version"
+        );
+        for empty in ["", "  \n", "# only a comment\n", "~", "---\n"] {
+            assert!(s.apply_file("f.yaml", empty).is_err(), "{empty:?}");
+            assert_eq!(s.current().flags.rollout_percent, 30);
+            assert!(s.current().last_error.as_deref().unwrap().contains("empty"));
+        }
+        s.apply_file("f.yaml", "REALTIME_ROLLOUT_PERCENT: 40")
             .unwrap();
         assert_eq!(s.current().last_error, None);
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -130,15 +130,27 @@ impl Passthrough {
         parts.uri = uri;
         let idle = self.config.idle_timeout;
         let client_fault = Arc::new(Mutex::new(None));
+        // The response timeout runs from the end of the request body: an
+        // upload that keeps moving is bounded by the idle timeout instead.
+        let (body_sent, mut body_sent_rx) = tokio::sync::watch::channel(body.is_end_stream());
         let body = ClientBody {
             inner: body,
             idle: IdleTimer::new(idle),
             fault: client_fault.clone(),
+            sent: body_sent,
         };
         let outgoing = Request::from_parts(parts, body);
 
         let timeout = self.config.response_timeout;
-        let mut resp = match tokio::time::timeout(timeout, self.client.request(outgoing)).await {
+        let head_overdue = async {
+            let _ = body_sent_rx.wait_for(|sent| *sent).await;
+            tokio::time::sleep(timeout).await;
+        };
+        let answer = tokio::select! {
+            r = self.client.request(outgoing) => Ok(r),
+            _ = head_overdue => Err(()),
+        };
+        let mut resp = match answer {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let fault = client_fault.lock().map(|f| *f).unwrap_or(None);
@@ -251,6 +263,8 @@ struct ClientBody {
     inner: Incoming,
     idle: IdleTimer,
     fault: Arc<Mutex<Option<ClientFault>>>,
+    /// Turns true once the whole body went out.
+    sent: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClientBody {
@@ -272,13 +286,19 @@ impl hyper::body::Body for ClientBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 self.idle.progressed();
+                if self.inner.is_end_stream() {
+                    self.sent.send_replace(true);
+                }
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
                 self.record(ClientFault::Malformed);
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.sent.send_replace(true);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if self.idle.expired(cx) {
                     self.record(ClientFault::Stalled);

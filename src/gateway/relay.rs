@@ -291,6 +291,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Peer bytes of any shape, cut anywhere: no panic, and the cursor
+        /// ends in the same state however the bytes were chunked.
+        #[test]
+        fn any_bytes_any_chunking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400), cut in 1usize..50) {
+            let mut whole = FrameCursor::default();
+            whole.feed(&bytes);
+            let mut chunked = FrameCursor::default();
+            for piece in bytes.chunks(cut) {
+                chunked.feed(piece);
+            }
+            proptest::prop_assert_eq!(whole.at_boundary(), chunked.at_boundary());
+            proptest::prop_assert_eq!(whole.remaining, chunked.remaining);
+            proptest::prop_assert_eq!(whole.have, chunked.have);
+        }
+    }
+
     #[test]
     fn close_frames_follow_rfc_6455() {
         let f = close_frame(1001, "bye", false);
