@@ -16,6 +16,7 @@ pub mod admin_client;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod cli_output;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -26,6 +27,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod sim;
+pub mod simulate;
 pub mod upstream;
 pub mod watch;
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use realtime_edge::config::{CONFIG_ENV, Config, EnvSecrets};
-use realtime_edge::{Listeners, Sidecar, admin_client, bench, demo, watch};
+use realtime_edge::{Listeners, Sidecar, admin_client, bench, cli_output, demo, simulate, watch};
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +51,12 @@ enum Command {
         /// Orgs the events are spread over (1..=N).
         #[arg(long, default_value_t = 3)]
         orgs: u64,
+        /// Flags file to load and watch (default: flags/flags.yaml when present).
+        #[arg(long)]
+        flags_file: Option<PathBuf>,
     },
+    /// Run the simulated backend alone (V1 endpoints, native stream, writes, event generator) until SIGINT/SIGTERM.
+    Simulate(simulate::SimulateOptions),
     /// Validate the configuration and flags files; exit non-zero on any problem.
     Check {
         #[arg(long, env = CONFIG_ENV)]
@@ -246,7 +251,7 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         .as_ref()
         .map(|f| f.display().to_string())
         .unwrap_or_else(|| "none".into());
-    println!(
+    cli_output::line(&format!(
         "ok: {}: listen {}, admin {}, upstream {}, {} services, flags file {}",
         config.source,
         config.listen,
@@ -254,7 +259,7 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         config.upstream.base_url,
         config.services.len(),
         flags
-    );
+    ));
     ExitCode::SUCCESS
 }
 
@@ -280,7 +285,7 @@ async fn flags_command(
         FlagsAction::History => (Method::GET, "/feature-flags/history".to_string(), None),
     };
     let out = admin_client::request(admin, token, method, &path, form).await?;
-    println!("{out}");
+    cli_output::line(&out);
     Ok(())
 }
 
@@ -319,12 +324,14 @@ fn main() -> ExitCode {
                 admin_listen,
                 events_per_second,
                 orgs,
+                flags_file,
             } => {
                 let opts = demo::DemoOptions {
                     listen,
                     admin_listen,
                     events_per_second,
                     orgs,
+                    flags_file: flags_file.or_else(demo::default_flags_file),
                 };
                 demo::run(opts, shutdown_signal()).await.context("demo")
             }
@@ -352,7 +359,7 @@ fn main() -> ExitCode {
                     raw,
                 };
                 tokio::select! {
-                    r = watch::run(opts, |line| println!("{line}")) => r.map_err(Into::into),
+                    r = watch::run(opts, cli_output::line) => r.map_err(Into::into),
                     _ = shutdown_signal() => Ok(()),
                 }
             }
@@ -377,9 +384,12 @@ fn main() -> ExitCode {
                     scenarios,
                 };
                 let table = bench::run(opts).await?;
-                println!("{table}");
+                cli_output::line(&table.to_string());
                 Ok(())
             }
+            Command::Simulate(opts) => simulate::run(opts, shutdown_signal())
+                .await
+                .context("simulate"),
             Command::BenchWorker(opts) => {
                 bench::worker::run(opts).await;
                 Ok(())
