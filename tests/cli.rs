@@ -426,6 +426,8 @@ fn simulate_prints_a_token_its_secret_verifies() {
 
 /// A stream endpoint that reads the handshake and closes with `code` and
 /// `reason`, or refuses the upgrade with HTTP 401 when `code` is `None`.
+// tungstenite's upgrade callback returns its error response by value.
+#[allow(clippy::result_large_err)]
 async fn scripted_stream_server(code: Option<u16>, reason: &'static str) -> std::net::SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
