@@ -73,6 +73,18 @@ enum Command {
         #[command(subcommand)]
         action: FlagsAction,
     },
+    /// Start the shutdown sequence through the admin API (a Kubernetes preStop hook).
+    Drain {
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// Admin token (or ADMIN_TOKEN).
+        #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Then wait up to this many seconds for the sidecar to exit.
+        #[arg(long, default_value_t = 0)]
+        wait_s: u64,
+    },
     /// Connect to a stream and print what arrives.
     Watch {
         /// Stream URL, e.g. ws://127.0.0.1:8080/v2/realtime/stream
@@ -385,6 +397,16 @@ fn main() -> ExitCode {
                 };
                 let table = bench::run(opts).await?;
                 cli_output::line(&table.to_string());
+                Ok(())
+            }
+            Command::Drain {
+                admin,
+                token,
+                wait_s,
+            } => {
+                let wait = std::time::Duration::from_secs(wait_s);
+                let out = admin_client::drain(&admin, token.as_deref(), wait).await?;
+                cli_output::line(&out);
                 Ok(())
             }
             Command::Simulate(opts) => simulate::run(opts, shutdown_signal())

@@ -571,3 +571,82 @@ async fn demo_loads_the_flags_file_and_says_so() {
     assert_eq!(flags["sources"]["REALTIME_ROLLOUT_PERCENT"], "file");
     assert!(demo.terminate().success());
 }
+
+/// An admin API stand-in for `drain`: answers `POST /drain` (202) and one
+/// `GET /healthz`, then stops listening as an exited sidecar would.
+/// Returns its address and the request lines it saw (with their
+/// Authorization header).
+async fn scripted_admin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&buf).to_string();
+            let first = head.lines().next().unwrap_or_default().to_string();
+            let auth = head
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                .unwrap_or("no authorization")
+                .to_string();
+            log.lock().unwrap().push(format!("{first} | {auth}"));
+            let (status, body) = if first.starts_with("POST /drain") {
+                ("202 Accepted", r#"{"draining": true, "drainS": 20}"#)
+            } else {
+                ("200 OK", r#"{"status": "ok"}"#)
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(reply.as_bytes()).await;
+            if first.starts_with("GET /healthz") {
+                return; // the listener closes: the sidecar has exited
+            }
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn drain_posts_to_the_admin_api_and_waits_for_the_exit() {
+    let (addr, seen) = scripted_admin().await;
+    let admin = format!("http://{addr}");
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .args(["drain", "--admin", &admin, "--wait-s", "60"])
+            .env("ADMIN_TOKEN", "adm")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["draining"], true);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].starts_with("POST /drain HTTP/1.1 | "), "{seen:?}");
+    assert!(seen[0].ends_with("Bearer adm"), "{seen:?}");
+    assert!(seen[1].starts_with("GET /healthz"), "{seen:?}");
+}

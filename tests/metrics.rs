@@ -79,3 +79,42 @@ async fn metrics_report_connections_events_latency_and_errors() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+/// A native link that connects is a successful upstream request: the
+/// upstream-error alert must not see it as a failure.
+#[tokio::test]
+async fn a_native_link_counts_as_a_successful_upstream_request() {
+    let (sim, sc) = rig("").await;
+    set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=9").await;
+    let (_ws, ack) = subscribe(sc.client_addr, 9, hello(&["finance"])).await;
+    assert_eq!(ack["mode"], "native", "{ack}");
+    eventually("native link open", || async {
+        sim.state.native_active() >= 1
+    })
+    .await;
+    let url = format!("http://{}/metrics", sc.admin_addr);
+    let native_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("streaming_upstream_requests_total{") && l.contains("mode=\"native\"")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    eventually("the link is counted", || async {
+        let (_, _, text) = http("GET", &url, None, None).await;
+        native_lines(&text)
+            .iter()
+            .any(|l| l.contains("status=\"2xx\""))
+    })
+    .await;
+    let (_, _, text) = http("GET", &url, None, None).await;
+    for line in native_lines(&text) {
+        assert!(
+            line.contains("status=\"2xx\""),
+            "a healthy link counted as {line}"
+        );
+    }
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
