@@ -77,24 +77,6 @@ pub fn form_body(pairs: &[String]) -> Result<String, String> {
     Ok(ser.finish())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_bodies() {
-        assert_eq!(
-            form_body(&[
-                "REALTIME_ROLLOUT_PERCENT=10".into(),
-                "REALTIME_ALLOWLIST_ORGS=1,2".into()
-            ])
-            .unwrap(),
-            "REALTIME_ROLLOUT_PERCENT=10&REALTIME_ALLOWLIST_ORGS=1%2C2"
-        );
-        assert!(form_body(&["oops".into()]).is_err());
-    }
-}
-
 /// How often `drain --wait-s` looks whether the sidecar is still up.
 const DRAIN_POLL: Duration = Duration::from_millis(500);
 
@@ -119,4 +101,22 @@ pub async fn drain(
         }
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_bodies() {
+        assert_eq!(
+            form_body(&[
+                "REALTIME_ROLLOUT_PERCENT=10".into(),
+                "REALTIME_ALLOWLIST_ORGS=1,2".into()
+            ])
+            .unwrap(),
+            "REALTIME_ROLLOUT_PERCENT=10&REALTIME_ALLOWLIST_ORGS=1%2C2"
+        );
+        assert!(form_body(&["oops".into()]).is_err());
+    }
 }
