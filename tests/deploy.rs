@@ -52,7 +52,13 @@ fn metric_names(expr: &str) -> Vec<String> {
 /// with a note on stderr; in CI (`CI` set) it fails the test, since
 /// `.ci/run` installs every tool.
 fn tool(name: &str, args: &[&str]) -> Option<std::process::Output> {
-    match std::process::Command::new(name).args(args).output() {
+    // The load-test processor reads these; its check relies on the defaults.
+    let run = std::process::Command::new(name)
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .env_remove("LOAD_TEST_ORGS")
+        .output();
+    match run {
         Ok(out) => Some(out),
         Err(e) if std::env::var_os("CI").is_some() => {
             panic!("{name} is required in CI (.ci/run installs it): {e}")
@@ -660,4 +666,85 @@ fn systemd_unit_verifies() {
     if let Some(out) = tool("systemd-analyze", &["verify", file.to_str().unwrap()]) {
         assert!(out.status.success(), "{}", output_text(&out));
     }
+}
+
+#[test]
+fn load_test_runs_on_artillery_2_and_checks_that_events_arrive() {
+    let doc: serde_json::Value = yaml_serde::from_str(&read("deploy/load-test.yml")).unwrap();
+    let processor_path = doc["config"]["processor"].as_str().unwrap();
+    let processor = read(&format!(
+        "deploy/{}",
+        processor_path.trim_start_matches("./")
+    ));
+    let exported = |name: &str| {
+        processor.contains(&format!("function {name}("))
+            && processor
+                .lines()
+                .any(|l| l.starts_with("module.exports") && l.contains(name))
+    };
+    let scenario = &doc["scenarios"][0];
+    assert_eq!(scenario["engine"], "ws");
+    let flow = scenario["flow"].as_array().unwrap();
+    // Artillery 2's ws engine takes the connection from the first step only,
+    // and a plain `connect: <url>` cannot carry a per-user token.
+    let connect = flow[0]["connect"]["function"]
+        .as_str()
+        .expect("connect.function first");
+    assert!(exported(connect), "{connect} not exported by the processor");
+    let functions: Vec<&str> = flow[1..]
+        .iter()
+        .filter_map(|s| s["function"].as_str())
+        .collect();
+    assert!(functions.contains(&"subscribe") && functions.contains(&"awaitFirstEvent"));
+    for f in &functions {
+        assert!(exported(f), "{f} not exported by the processor");
+        // The ws engine fails a user only on a rejected promise.
+        assert!(
+            processor.contains(&format!("async function {f}(")),
+            "{f} must be async"
+        );
+    }
+    // `send: {payload: ...}` would send {"payload": ...}: the seed's mistake.
+    assert!(!flow.iter().any(|s| s["send"].get("payload").is_some()));
+    // The handshake is the protocol's, on the stream path, with a bearer token.
+    for needed in [
+        "'/v2/realtime/stream'",
+        "version: 1",
+        "Authorization: `Bearer ${",
+        "createHmac('sha256'",
+    ] {
+        assert!(
+            processor.contains(needed),
+            "{needed} missing from the processor"
+        );
+    }
+    // The processor is valid JavaScript, and its tokens verify with the
+    // sidecar's secret and name an org the simulated backend publishes to.
+    let script = format!(
+        "const p = require('./deploy/{}'); const a = {{target: 'ws://127.0.0.1:8080/'}}; \
+         p.connectWithToken(a, {{vars: {{}}}}, () => console.log(JSON.stringify(a)));",
+        processor_path.trim_start_matches("./")
+    );
+    let Some(out) = tool("node", &["-e", &script]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", output_text(&out));
+    let args: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(args["target"], "ws://127.0.0.1:8080/v2/realtime/stream");
+    let bearer = args["options"]["headers"]["Authorization"]
+        .as_str()
+        .unwrap();
+    // The processor's defaults: JWT_SECRET demo-secret, orgs 1..=3.
+    let cfg = Config::from_yaml(
+        "t.yaml",
+        "auth: {jwt_secret: demo-secret}\n",
+        &EnvSecrets::default(),
+    )
+    .unwrap();
+    let verifier = realtime_edge::auth::Verifier::new(&cfg.auth).unwrap();
+    let org = verifier
+        .verify(bearer.strip_prefix("Bearer ").unwrap())
+        .unwrap()
+        .org_id;
+    assert!((1..=3).contains(&org), "org {org}");
 }
