@@ -111,7 +111,9 @@ fn serve_fails_fast_on_a_bad_config() {
 fn help_and_version() {
     let out = bin().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["serve", "demo", "check", "flags", "watch"] {
+    for cmd in [
+        "serve", "demo", "simulate", "check", "flags", "drain", "watch",
+    ] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = bin().arg("--version").output().unwrap();
