@@ -77,6 +77,14 @@ pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<()
     let token = crate::auth::mint_hs256(DEMO_SECRET, "orgId", 1, 24 * 3600);
     let stream = format!("ws://{}/v2/realtime/stream", sidecar.client_addr);
     let admin = format!("http://{}", sidecar.admin_addr);
+    // Poll `stop` once before announcing anything: the signal handlers it
+    // installs are then in place when a caller reads the banner and signals.
+    let mut stop = std::pin::pin!(stop);
+    let stopped_early = tokio::select! {
+        biased;
+        () = &mut stop => true,
+        () = std::future::ready(()) => false,
+    };
     let flags_note = match &opts.flags_file {
         Some(p) => format!(
             "flags file {} (loaded; edits apply live, admin overrides win)",
@@ -100,6 +108,9 @@ Token for org 1 (HS256, secret "{DEMO_SECRET}", valid 24 h):
 Watch live events (in another terminal):
   cargo run --release -- watch {stream} --token {token} --services finance,staff,tasks
 
+Create a revenue through the sidecar; its revenue_created event shows up in watch:
+  curl -X POST http://{http}/finance/revenue -H "Authorization: Bearer {token}" -d '{{"amount": 1000, "propertyId": 1}}'
+
 Flip org 1 to the native stream and back, while watching:
   curl -X POST {admin}/feature-flags -d "REALTIME_STREAMING_V2=true" -d "REALTIME_ROLLOUT_PERCENT=100"
   curl -X POST {admin}/feature-flags -d "REALTIME_STREAMING_V2=false"
@@ -109,10 +120,13 @@ Flip org 1 to the native stream and back, while watching:
 Ctrl-C stops the demo.
 "#,
         backend = sim.base_url(),
+        http = sidecar.client_addr,
         eps = opts.events_per_second,
         orgs = opts.orgs,
     ));
-    stop.await;
+    if !stopped_early {
+        stop.await;
+    }
     sidecar.shutdown().await;
     sim.shutdown().await;
     Ok(())

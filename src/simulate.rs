@@ -105,6 +105,14 @@ pub async fn run(
     )
     .await
     .map_err(SimulateError::Start)?;
+    // Poll `stop` once before announcing anything: the signal handlers it
+    // installs are then in place when a caller reads the banner and signals.
+    let mut stop = std::pin::pin!(stop);
+    let stopped_early = tokio::select! {
+        biased;
+        () = &mut stop => true,
+        () = std::future::ready(()) => false,
+    };
     let base = sim.base_url();
     tracing::info!(listen = %sim.addr, "simulated backend serving");
     cli_output::line(&format!("simulated backend listening on {base}"));
@@ -127,7 +135,9 @@ Create a revenue; the event reaches every stream of org {org} subscribed to fina
         org = opts.token_org,
         token = token(&opts),
     ));
-    stop.await;
+    if !stopped_early {
+        stop.await;
+    }
     tracing::info!("simulated backend stopping");
     sim.shutdown().await;
     Ok(())

@@ -571,7 +571,8 @@ async fn demo_loads_the_flags_file_and_says_so() {
     let flags = common::get_json(&format!("{admin}/feature-flags"), None).await;
     assert_eq!(flags["flags"]["REALTIME_ROLLOUT_PERCENT"], 37, "{flags}");
     assert_eq!(flags["sources"]["REALTIME_ROLLOUT_PERCENT"], "file");
-    assert!(demo.terminate().success());
+    let status = demo.terminate();
+    assert!(status.success(), "{status:?}");
 }
 
 /// An admin API stand-in for `drain`: answers `POST /drain` (202) and one

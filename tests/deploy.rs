@@ -748,3 +748,33 @@ fn load_test_runs_on_artillery_2_and_checks_that_events_arrive() {
         .org_id;
     assert!((1..=3).contains(&org), "org {org}");
 }
+
+#[test]
+fn local_config_fronts_simulate_with_its_defaults() {
+    let cfg = Config::from_yaml(
+        "deploy/local.yaml",
+        &read("deploy/local.yaml"),
+        &EnvSecrets::default(),
+    )
+    .unwrap();
+    realtime_edge::Sidecar::preflight(&cfg).unwrap();
+    #[derive(clap::Parser)]
+    struct Simulate {
+        #[command(flatten)]
+        options: realtime_edge::simulate::SimulateOptions,
+    }
+    let sim = <Simulate as clap::Parser>::parse_from(["simulate"]).options;
+    assert_eq!(
+        cfg.upstream.base_url.to_string().trim_end_matches('/'),
+        format!("http://{}", sim.listen)
+    );
+    // simulate's default secret (JWT_SECRET in the environment overrides it).
+    assert_eq!(
+        cfg.auth.jwt_secret.as_deref(),
+        Some(realtime_edge::demo::DEMO_SECRET)
+    );
+    assert_eq!(
+        cfg.flags.file.as_deref(),
+        Some(std::path::Path::new("flags/flags.yaml"))
+    );
+}
