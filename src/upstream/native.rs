@@ -132,7 +132,13 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                             format!("native stream refused the connection: HTTP {code}"),
                         )
                     }
-                    other => (false, format!("native stream connection failed: {other}")),
+                    other => {
+                        // No HTTP answer at all (refused, reset, TLS): a
+                        // failed request all the same, or the upstream-error
+                        // alert would not see a backend that is down.
+                        ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => "error").increment(1);
+                        (false, format!("native stream connection failed: {other}"))
+                    }
                 };
                 if auth {
                     spec.tokens.refuse(&token);
