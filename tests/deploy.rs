@@ -488,6 +488,9 @@ fn check_overlay(overlay: &str, service_name: &str) {
         .iter()
         .find(|c| c["name"] == "realtime-edge")
         .expect("the realtime-edge container");
+    // A pinned image, set by the base's `images:`.
+    let image = edge["image"].as_str().unwrap();
+    assert!(image.contains('/') && image.contains(':'), "image {image}");
     // The config comes from the ConfigMap and loads.
     let args: Vec<&str> = edge["args"]
         .as_array()
