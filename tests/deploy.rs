@@ -281,9 +281,77 @@ fn dockerfile_is_multi_stage_non_root_and_ships_the_binary_only() {
             "{needed} missing from .dockerignore"
         );
     }
+    // Files the binary embeds (include_str!/include_bytes!) must be in the
+    // build context and copied into the build stage.
+    let copied: Vec<&str> = instructions[..*froms.last().unwrap()]
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    for embedded in embedded_files(std::path::Path::new("src")) {
+        let top = embedded
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        assert!(
+            copied.iter().any(|c| c.trim_end_matches('/') == top),
+            "{} is embedded but deploy/Dockerfile does not copy {top}/",
+            embedded.display()
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.trim_start_matches('!').trim_end_matches('/') == top),
+            "{} is embedded but .dockerignore keeps {top}/ out of the context",
+            embedded.display()
+        );
+    }
     if let Some(out) = tool("hadolint", &["deploy/Dockerfile"]) {
         assert!(out.status.success(), "hadolint:\n{}", output_text(&out));
     }
+}
+
+/// Paths (relative to the repository root) of the files that the sources
+/// under `dir` embed with `include_str!` or `include_bytes!`.
+fn embedded_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(embedded_files(&path));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for (i, _) in text.match_indices(macro_name) {
+                let rest = &text[i + macro_name.len()..];
+                let Some(end) = rest.find('"') else { continue };
+                let joined = path.parent().unwrap().join(&rest[..end]);
+                // Normalise `..` without touching the file system.
+                let mut normal = std::path::PathBuf::new();
+                for c in joined.components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            normal.pop();
+                        }
+                        std::path::Component::CurDir => {}
+                        other => normal.push(other),
+                    }
+                }
+                out.push(normal);
+            }
+        }
+    }
+    out
 }
 
 #[test]
