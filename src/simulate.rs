@@ -11,6 +11,9 @@ use std::time::Duration;
 use crate::cli_output;
 use crate::sim::{GeneratorConfig, SimConfig, Simulator};
 
+/// The longest lifetime `--token-ttl-s` accepts.
+const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
+
 /// Options of `realtime-edge simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateOptions {
@@ -30,7 +33,7 @@ pub struct SimulateOptions {
     #[arg(long, default_value = "orgId")]
     pub org_claim: String,
     /// Events the generator publishes per second (0: only what is written).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub events_per_second: u32,
     /// Orgs the generated events are spread over (1..=N).
     #[arg(long, default_value_t = 3)]
@@ -39,13 +42,13 @@ pub struct SimulateOptions {
     #[arg(long, default_value_t = 5)]
     pub properties: u64,
     /// Seconds a V1 long-poll is held when nothing happens.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hold_s: u64,
     /// Org of the token printed at start-up.
     #[arg(long, default_value_t = 1)]
     pub token_org: u64,
-    /// Lifetime of the printed token, seconds.
-    #[arg(long, default_value_t = 24 * 3600)]
+    /// Lifetime of the printed token, seconds (at most ten years).
+    #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_TTL_S))]
     pub token_ttl_s: u64,
     /// Print a token for --token-org and exit without serving.
     #[arg(long)]
