@@ -166,22 +166,30 @@ fn summarise(text: &str) -> String {
         Ok(m) => match m.kind.as_str() {
             "event" => {
                 let evs = m.events.unwrap_or_default();
-                let ids: Vec<String> = evs
+                let parsed: Vec<serde_json::Value> = evs
                     .iter()
-                    .filter_map(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok())
-                    .map(|v| {
-                        v["eventId"]
-                            .as_str()
-                            .map(String::from)
-                            .unwrap_or_else(|| v["eventId"].to_string())
-                    })
+                    .filter_map(|e| serde_json::from_str(e.get()).ok())
                     .collect();
+                let text = |v: &serde_json::Value| {
+                    v.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string())
+                };
+                let ids: Vec<String> = parsed.iter().map(|v| text(&v["eventId"])).collect();
+                // The distinct event types, in order (e.g. revenue_created).
+                let mut types: Vec<String> = Vec::new();
+                for t in parsed.iter().filter_map(|v| v["type"].as_str()) {
+                    if !types.iter().any(|x| x == t) {
+                        types.push(t.to_string());
+                    }
+                }
                 format!(
-                    "event   seq={} service={} events={} ids={}",
+                    "event   seq={} service={} events={} ids={} types={}",
                     m.seq.unwrap_or(0),
                     m.service.unwrap_or_default(),
                     evs.len(),
-                    ids.join(",")
+                    ids.join(","),
+                    types.join(",")
                 )
             }
             "ack" => format!(
@@ -200,5 +208,28 @@ fn summarise(text: &str) -> String {
             other => format!("{other:<7} seq={}", m.seq.unwrap_or(0)),
         },
         Err(_) => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries() {
+        let event = r#"{"type":"event","seq":7,"timestamp":"t","service":"finance","events":[
+            {"eventId":"e1","type":"revenue_created"},{"eventId":"e2","type":"revenue_created"},
+            {"eventId":3,"type":"expense_deleted"}]}"#;
+        assert_eq!(
+            summarise(event),
+            "event   seq=7 service=finance events=3 ids=e1,e2,3 types=revenue_created,expense_deleted"
+        );
+        assert_eq!(
+            summarise(r#"{"type":"ack","seq":0,"timestamp":"t","mode":"poll","resumed":false}"#),
+            "ack     seq=0 mode=poll resumed=false"
+        );
+        assert_eq!(summarise("not json"), "not json");
+        assert_eq!(close_code_meaning(4001), "token expired");
+        assert_eq!(close_code_meaning(4999), "unknown code");
     }
 }
