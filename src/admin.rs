@@ -267,6 +267,12 @@ impl Admin {
                 "nativeConnections": r(&s.native_connects),
             },
             "flagsVersion": self.flags.current().version,
+            "facade": {
+                "requests": r(&s.facade.requests),
+                "held": r(&s.facade.held),
+                "events": r(&s.facade.events),
+                "forwarded": r(&s.facade.forwarded),
+            },
         })
     }
 }

@@ -77,6 +77,32 @@ pub fn form_body(pairs: &[String]) -> Result<String, String> {
     Ok(ser.finish())
 }
 
+/// How often `drain --wait-s` looks whether the sidecar is still up.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
+
+/// `realtime-edge drain`: starts the shutdown sequence (`POST /drain`) and,
+/// with `wait` > 0, waits until the admin listener stops answering (the
+/// process exited) or `wait` passes. A Kubernetes `preStop` hook runs it:
+/// the kubelet sends SIGTERM only when the hook returns, so waiting keeps
+/// that signal from cutting the drain short.
+pub async fn drain(
+    admin: &str,
+    token: Option<&str>,
+    wait: Duration,
+) -> Result<String, AdminClientError> {
+    let answer = request(admin, token, http::Method::POST, "/drain", None).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL.min(deadline - tokio::time::Instant::now())).await;
+        if let Err(AdminClientError::Unreachable { .. }) =
+            request(admin, None, http::Method::GET, "/healthz", None).await
+        {
+            break;
+        }
+    }
+    Ok(answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use crate::app::{Listeners, Sidecar, StartError};
+use crate::cli_output;
 use crate::config::{Config, ConfigError, EnvSecrets};
 use crate::sim::{GeneratorConfig, SimConfig, Simulator};
 
@@ -16,6 +17,18 @@ pub struct DemoOptions {
     pub admin_listen: SocketAddr,
     pub events_per_second: u32,
     pub orgs: u64,
+    /// Flags file to load and watch; `None` runs on defaults and the admin API.
+    pub flags_file: Option<std::path::PathBuf>,
+}
+
+/// The flags file the demo uses when it is started in a checkout.
+pub const DEMO_FLAGS_FILE: &str = "flags/flags.yaml";
+
+/// The demo's flags file: `flags/flags.yaml` when it exists in the current
+/// directory (so the file-based path can be tried), else none.
+pub fn default_flags_file() -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(DEMO_FLAGS_FILE);
+    p.is_file().then_some(p)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +60,13 @@ pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<()
     )
     .await
     .map_err(DemoError::Backend)?;
+    // JSON is valid YAML and quotes any path correctly.
+    let flags_file = match &opts.flags_file {
+        Some(p) => serde_json::Value::from(p.display().to_string()).to_string(),
+        None => "null".into(),
+    };
     let yaml = format!(
-        "listen: \"{}\"\nadmin_listen: \"{}\"\nupstream: {{base_url: \"{}\"}}\nauth: {{jwt_secret: \"{DEMO_SECRET}\"}}\nflags: {{file: null}}\n",
+        "listen: \"{}\"\nadmin_listen: \"{}\"\nupstream: {{base_url: \"{}\"}}\nauth: {{jwt_secret: \"{DEMO_SECRET}\"}}\nflags: {{file: {flags_file}}}\n",
         opts.listen,
         opts.admin_listen,
         sim.base_url()
@@ -59,18 +77,39 @@ pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<()
     let token = crate::auth::mint_hs256(DEMO_SECRET, "orgId", 1, 24 * 3600);
     let stream = format!("ws://{}/v2/realtime/stream", sidecar.client_addr);
     let admin = format!("http://{}", sidecar.admin_addr);
-    println!(
+    // Poll `stop` once before announcing anything: the signal handlers it
+    // installs are then in place when a caller reads the banner and signals.
+    let mut stop = std::pin::pin!(stop);
+    let stopped_early = tokio::select! {
+        biased;
+        () = &mut stop => true,
+        () = std::future::ready(()) => false,
+    };
+    let flags_note = match &opts.flags_file {
+        Some(p) => format!(
+            "flags file {} (loaded; edits apply live, admin overrides win)",
+            p.display()
+        ),
+        None => format!(
+            "none ({DEMO_FLAGS_FILE} not found here): built-in defaults, change them through the admin API"
+        ),
+    };
+    cli_output::line(&format!(
         r#"
 realtime-edge demo is running.
   simulated backend : {backend} ({eps} events/s over orgs 1..={orgs}, all ten services)
   sidecar stream    : {stream}
   admin API         : {admin}
+  flags             : {flags_note}
 
 Token for org 1 (HS256, secret "{DEMO_SECRET}", valid 24 h):
   {token}
 
 Watch live events (in another terminal):
   cargo run --release -- watch {stream} --token {token} --services finance,staff,tasks
+
+Create a revenue through the sidecar; its revenue_created event shows up in watch:
+  curl -X POST http://{http}/finance/revenue -H "Authorization: Bearer {token}" -d '{{"amount": 1000, "propertyId": 1}}'
 
 Flip org 1 to the native stream and back, while watching:
   curl -X POST {admin}/feature-flags -d "REALTIME_STREAMING_V2=true" -d "REALTIME_ROLLOUT_PERCENT=100"
@@ -81,10 +120,13 @@ Flip org 1 to the native stream and back, while watching:
 Ctrl-C stops the demo.
 "#,
         backend = sim.base_url(),
+        http = sidecar.client_addr,
         eps = opts.events_per_second,
         orgs = opts.orgs,
-    );
-    stop.await;
+    ));
+    if !stopped_early {
+        stop.await;
+    }
     sidecar.shutdown().await;
     sim.shutdown().await;
     Ok(())

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use realtime_edge::config::{CONFIG_ENV, Config, EnvSecrets};
-use realtime_edge::{Listeners, Sidecar, admin_client, bench, demo, watch};
+use realtime_edge::{Listeners, Sidecar, admin_client, bench, cli_output, demo, simulate, watch};
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +51,12 @@ enum Command {
         /// Orgs the events are spread over (1..=N).
         #[arg(long, default_value_t = 3)]
         orgs: u64,
+        /// Flags file to load and watch (default: flags/flags.yaml when present).
+        #[arg(long)]
+        flags_file: Option<PathBuf>,
     },
+    /// Run the simulated backend alone (V1 endpoints, native stream, writes, event generator) until SIGINT/SIGTERM.
+    Simulate(simulate::SimulateOptions),
     /// Validate the configuration and flags files; exit non-zero on any problem.
     Check {
         #[arg(long, env = CONFIG_ENV)]
@@ -67,6 +72,18 @@ enum Command {
         token: Option<String>,
         #[command(subcommand)]
         action: FlagsAction,
+    },
+    /// Start the shutdown sequence through the admin API (a Kubernetes preStop hook).
+    Drain {
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// Admin token (or ADMIN_TOKEN).
+        #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Then wait up to this many seconds for the sidecar to exit.
+        #[arg(long, default_value_t = 0)]
+        wait_s: u64,
     },
     /// Connect to a stream and print what arrives.
     Watch {
@@ -316,7 +333,7 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         .as_ref()
         .map(|f| f.display().to_string())
         .unwrap_or_else(|| "none".into());
-    println!(
+    cli_output::line(&format!(
         "ok: {}: listen {}, admin {}, upstream {}, {} services, flags file {}",
         config.source,
         config.listen,
@@ -324,7 +341,7 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         config.upstream.base_url,
         config.services.len(),
         flags
-    );
+    ));
     ExitCode::SUCCESS
 }
 
@@ -350,7 +367,7 @@ async fn flags_command(
         FlagsAction::History => (Method::GET, "/feature-flags/history".to_string(), None),
     };
     let out = admin_client::request(admin, token, method, &path, form).await?;
-    println!("{out}");
+    cli_output::line(&out);
     Ok(())
 }
 
@@ -381,12 +398,14 @@ fn main() -> ExitCode {
                 admin_listen,
                 events_per_second,
                 orgs,
+                flags_file,
             } => {
                 let opts = demo::DemoOptions {
                     listen,
                     admin_listen,
                     events_per_second,
                     orgs,
+                    flags_file: flags_file.or_else(demo::default_flags_file),
                 };
                 demo::run(opts, shutdown_signal()).await.context("demo")
             }
@@ -414,7 +433,7 @@ fn main() -> ExitCode {
                     raw,
                 };
                 tokio::select! {
-                    r = watch::run(opts, |line| println!("{line}")) => r.map_err(Into::into),
+                    r = watch::run(opts, cli_output::line) => r.map_err(Into::into),
                     _ = shutdown_signal() => Ok(()),
                 }
             }
@@ -439,9 +458,22 @@ fn main() -> ExitCode {
                     scenarios,
                 };
                 let table = bench::run(opts).await?;
-                println!("{table}");
+                cli_output::line(&table.to_string());
                 Ok(())
             }
+            Command::Drain {
+                admin,
+                token,
+                wait_s,
+            } => {
+                let wait = std::time::Duration::from_secs(wait_s);
+                let out = admin_client::drain(&admin, token.as_deref(), wait).await?;
+                cli_output::line(&out);
+                Ok(())
+            }
+            Command::Simulate(opts) => simulate::run(opts, shutdown_signal())
+                .await
+                .context("simulate"),
             Command::BenchWorker(opts) => {
                 bench::worker::run(opts).await;
                 Ok(())

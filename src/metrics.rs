@@ -194,6 +194,21 @@ pub struct Stats {
     /// Exponentially weighted moving average of latency, in microseconds.
     latency_ewma_us: AtomicU64,
     events_by_service: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// The V1 facade of this instance.
+    pub facade: FacadeStats,
+}
+
+/// The V1 facade's counters of one instance (the Prometheus series are process-wide).
+#[derive(Default)]
+pub struct FacadeStats {
+    /// V1 requests served by the facade.
+    pub requests: AtomicU64,
+    /// V1 requests held now.
+    pub held: AtomicU64,
+    /// Events answered.
+    pub events: AtomicU64,
+    /// V1 requests forwarded to the backend.
+    pub forwarded: AtomicU64,
 }
 
 impl Stats {

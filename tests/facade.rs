@@ -74,7 +74,7 @@ async fn held_polls_get_each_event_exactly_once_from_one_shared_poller() {
     }
     pollers(&sim, 1).await;
     eventually("20 facade requests held", || async {
-        metric(&sc, "streaming_facade_held_requests").await == 20.0
+        held_now(&sc).await == 20.0
     })
     .await;
     let first = publish(&sim, 11, 1);
@@ -119,14 +119,14 @@ async fn held_polls_get_each_event_exactly_once_from_one_shared_poller() {
         })
     };
     eventually("the next poll is held", || async {
-        metric(&sc, "streaming_facade_held_requests").await == 1.0
+        held_now(&sc).await == 1.0
     })
     .await;
     let later = publish(&sim, 11, 1);
     let (status, _, body) = next.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(ids(&serde_json::from_str(&body).unwrap()), later);
-    assert!(metric(&sc, "streaming_facade_events_total").await >= 26.0);
+    assert_eq!(sidecar_metrics(&sc).await["facade"]["events"], 26);
     sc.shutdown().await;
     sim.shutdown().await;
 }
@@ -180,10 +180,7 @@ async fn requests_that_are_not_the_facades_go_to_the_backend_unchanged() {
         let waiter = v1_get(&sc, "", Some(&other));
         let (r, _) = tokio::join!(waiter, async {
             pollers(&sim, 1).await;
-            eventually("held", || async {
-                metric(&sc, "streaming_facade_held_requests").await == 1.0
-            })
-            .await;
+            eventually("held", || async { held_now(&sc).await == 1.0 }).await;
             publish(&sim, 14, 1);
         });
         r
@@ -272,10 +269,7 @@ async fn turning_the_facade_off_answers_held_polls_and_forwards_later_ones_witho
             http("GET", &format!("http://{addr}{FINANCE}"), Some(&t), None).await
         })
     };
-    eventually("held", || async {
-        metric(&sc, "streaming_facade_held_requests").await == 1.0
-    })
-    .await;
+    eventually("held", || async { held_now(&sc).await == 1.0 }).await;
     set_flags(&sc, "REALTIME_V1_FACADE=false").await;
     let (status, _, body) = held.await.unwrap();
     assert_eq!(status, 200);
@@ -305,10 +299,7 @@ async fn a_retired_v1_endpoint_is_served_from_the_native_stream() {
         sim.state.native_active() == 1
     })
     .await;
-    eventually("held", || async {
-        metric(&sc, "streaming_facade_held_requests").await == 1.0
-    })
-    .await;
+    eventually("held", || async { held_now(&sc).await == 1.0 }).await;
     let want = publish(&sim, 18, 1);
     let (status, _, body) = held.await.unwrap();
     assert_eq!(status, 200);
@@ -328,10 +319,7 @@ async fn past_the_held_cap_new_polls_get_503() {
             http("GET", &format!("http://{addr}{FINANCE}"), Some(&t), None).await
         })
     };
-    eventually("held", || async {
-        metric(&sc, "streaming_facade_held_requests").await == 1.0
-    })
-    .await;
+    eventually("held", || async { held_now(&sc).await == 1.0 }).await;
     let (status, _, v) = v1_get(&sc, "", Some(&t)).await;
     assert_eq!(status, 503);
     assert!(v["error"].as_str().is_some(), "{v}");
@@ -340,6 +328,13 @@ async fn past_the_held_cap_new_polls_get_503() {
     assert_eq!(held.await.unwrap().0, 200);
     sc.shutdown().await;
     sim.shutdown().await;
+}
+
+/// V1 requests this sidecar holds now.
+async fn held_now(sc: &Sidecar) -> f64 {
+    sidecar_metrics(sc).await["facade"]["held"]
+        .as_f64()
+        .unwrap_or(-1.0)
 }
 
 /// One series' value from the Prometheus text, 0 when absent.

@@ -79,3 +79,68 @@ async fn metrics_report_connections_events_latency_and_errors() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Native link attempts are counted by outcome: a link that connects is a
+/// successful upstream request (the upstream-error alert must not see it as
+/// a failure), a link that cannot connect at all is a failed one. One test,
+/// in this order, because the Prometheus recorder is process-wide.
+#[tokio::test]
+async fn native_links_count_as_upstream_requests_by_outcome() {
+    let (sim, sc) = rig("").await;
+    set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=9").await;
+    let (ws, ack) = subscribe(sc.client_addr, 9, hello(&["finance"])).await;
+    assert_eq!(ack["mode"], "native", "{ack}");
+    eventually("native link open", || async {
+        sim.state.native_active() >= 1
+    })
+    .await;
+    let url = format!("http://{}/metrics", sc.admin_addr);
+    let native_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("streaming_upstream_requests_total{") && l.contains("mode=\"native\"")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    eventually("the link is counted", || async {
+        let (_, _, text) = http("GET", &url, None, None).await;
+        native_lines(&text)
+            .iter()
+            .any(|l| l.contains("status=\"2xx\""))
+    })
+    .await;
+    let (_, _, text) = http("GET", &url, None, None).await;
+    for line in native_lines(&text) {
+        assert!(
+            line.contains("status=\"2xx\""),
+            "a healthy link counted as {line}"
+        );
+    }
+    drop(ws);
+    sc.shutdown().await;
+    sim.shutdown().await;
+
+    // A port nothing listens on: bind, note it, close it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = config(
+        "",
+        &format!("upstream: {{base_url: \"http://{closed}\", native_fallback_s: 30}}\n"),
+    );
+    let sc = start_sidecar(cfg).await;
+    set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=11").await;
+    let (_ws, ack) = subscribe(sc.client_addr, 11, hello(&["finance"])).await;
+    assert_eq!(ack["mode"], "native", "{ack}");
+    let url = format!("http://{}/metrics", sc.admin_addr);
+    eventually("the refused link is counted", || async {
+        let (_, _, text) = http("GET", &url, None, None).await;
+        native_lines(&text)
+            .iter()
+            .any(|l| l.contains("status=\"error\""))
+    })
+    .await;
+    sc.shutdown().await;
+}

@@ -22,6 +22,7 @@ pub mod cursor;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -36,7 +37,7 @@ use crate::flags::FlagStore;
 use crate::http_server::{Body, full, json_error};
 use crate::hub::queue::QueueClosed;
 use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
-use crate::metrics as m;
+use crate::metrics::{self as m, Stats};
 
 pub use cursor::{Cursor, CursorKey};
 
@@ -164,8 +165,7 @@ impl Facade {
                 strip_cursor,
             } => {
                 if let Some(reason) = reason {
-                    ::metrics::counter!(m::FACADE_FORWARDED, "reason" => reason.as_str())
-                        .increment(1);
+                    self.count_forward(reason);
                 }
                 if strip_cursor {
                     self.strip_cursor(&mut req);
@@ -190,8 +190,7 @@ impl Facade {
                 match self.serve(identity, token, service, cursor, permit).await {
                     Served::Answer(resp) => Ok(resp),
                     Served::Forward(reason) => {
-                        ::metrics::counter!(m::FACADE_FORWARDED, "reason" => reason.as_str())
-                            .increment(1);
+                        self.count_forward(reason);
                         if reason == ForwardReason::ExpiredCursor {
                             // The backend cannot honour our cursor: a first poll.
                             self.strip_cursor(&mut req);
@@ -201,6 +200,12 @@ impl Facade {
                 }
             }
         }
+    }
+
+    fn count_forward(&self, reason: ForwardReason) {
+        let stats = &self.registry.context().stats;
+        stats.facade.forwarded.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(m::FACADE_FORWARDED, "reason" => reason.as_str()).increment(1);
     }
 
     fn classify<B>(&self, req: &Request<B>, service: u16) -> Decision {
@@ -313,8 +318,9 @@ impl Facade {
         if cursor.is_some() && !reply.resumed {
             return Served::Forward(ForwardReason::ExpiredCursor);
         }
+        ctx.stats.facade.requests.fetch_add(1, Ordering::Relaxed);
         ::metrics::counter!(m::FACADE_REQUESTS).increment(1);
-        let _held = HeldGauge::new();
+        let _held = HeldGauge::new(ctx.stats.clone());
 
         let deadline = tokio::time::Instant::now() + self.config.legacy.facade_hold;
         let mut flags = self.flags.subscribe();
@@ -336,6 +342,7 @@ impl Facade {
                                 .delivery
                                 .as_ref()
                                 .map_or(0, |d| d.origins_ms.len() as u64);
+                            ctx.stats.facade.events.fetch_add(count, Ordering::Relaxed);
                             ::metrics::counter!(m::FACADE_EVENTS).increment(count);
                             return Served::Answer(self.answer(
                                 org,
@@ -452,18 +459,20 @@ impl Drop for Membership {
     }
 }
 
-/// The held-requests gauge, decremented however the request ends.
-struct HeldGauge;
+/// The held-requests gauges, decremented however the request ends.
+struct HeldGauge(Arc<Stats>);
 
 impl HeldGauge {
-    fn new() -> HeldGauge {
+    fn new(stats: Arc<Stats>) -> HeldGauge {
+        stats.facade.held.fetch_add(1, Ordering::Relaxed);
         ::metrics::gauge!(m::FACADE_HELD).increment(1.0);
-        HeldGauge
+        HeldGauge(stats)
     }
 }
 
 impl Drop for HeldGauge {
     fn drop(&mut self) {
+        self.0.facade.held.fetch_sub(1, Ordering::Relaxed);
         ::metrics::gauge!(m::FACADE_HELD).decrement(1.0);
     }
 }

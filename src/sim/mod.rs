@@ -1,12 +1,14 @@
 //! A simulated backend on loopback, for the demo, the tests and the
 //! benchmark: the ten V1 long-poll endpoints (CONTRACT 3.1), the native
-//! stream (3.2), an event generator, and a control API under `/_sim/`
+//! stream (3.2), an event generator, the write endpoints of the migration
+//! guide's walkthrough (`writes`), and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
 
 mod generator;
 pub mod jwks;
 mod native;
 mod state;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +79,8 @@ struct Ctx {
     state: Arc<SimState>,
     verifier: Verifier,
     shutdown: watch::Receiver<bool>,
+    /// Ids of the entities the write endpoints create.
+    next_entity: std::sync::atomic::AtomicU64,
 }
 
 impl Simulator {
@@ -104,6 +108,7 @@ impl Simulator {
             state: state.clone(),
             verifier,
             shutdown: shutdown.clone(),
+            next_entity: std::sync::atomic::AtomicU64::new(1),
         });
         let limits = ServerLimits {
             max_connections: 30_000,
@@ -173,6 +178,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     if let Some((name, _)) = ctx.cfg.services.iter().find(|(_, p)| *p == path) {
         let name = name.clone();
         return v1(&ctx, req, &name).await;
+    }
+    if let Some(route) = writes::route(&ctx.cfg.services, req.method(), &path) {
+        return write(&ctx, req, route).await;
     }
     json_error(
         StatusCode::NOT_FOUND,
@@ -299,6 +307,34 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
         StatusCode::OK,
         &json!({"events": [], "cursor": cursor_value(after)}),
     )
+}
+
+/// A write of the guide's walkthrough (`POST /finance/revenue`, ...):
+/// publishes the matching event for the token's org and answers with the
+/// entity, as a backend that stores it would.
+async fn write(ctx: &Ctx, req: Request<Incoming>, route: writes::WriteRoute) -> Response<Body> {
+    let org = match authorize(ctx, &req) {
+        Ok(o) => o,
+        Err(resp) => return *resp,
+    };
+    let body = match Limited::new(req.into_body(), writes::MAX_WRITE_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+    };
+    let n = ctx.next_entity.fetch_add(1, Ordering::Relaxed);
+    match writes::event_for(&route, &body, n) {
+        Ok((event, mut entity)) => {
+            let ids = ctx.state.publish(org, &route.service, vec![event]);
+            if let (Some(obj), Some(id)) = (entity.as_object_mut(), ids.first()) {
+                obj.insert("eventId".into(), json!(id));
+            }
+            json(writes::status_for(&route), &entity)
+        }
+        Err(e) => json_error(StatusCode::BAD_REQUEST, &e),
+    }
 }
 
 /// Echoes a request back (method, path, query, headers, body), streaming

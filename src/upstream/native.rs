@@ -120,8 +120,10 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         };
         up.stats.native_connects.fetch_add(1, Ordering::Relaxed);
         let mut ws = match connected {
-            Ok(Ok((ws, resp))) => {
-                ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => status_label(resp.status().as_u16())).increment(1);
+            Ok(Ok((ws, _))) => {
+                // A completed upgrade answers 101: a success, counted with
+                // the 2xx the alerts treat as healthy.
+                ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => "2xx").increment(1);
                 ws
             }
             Ok(Err(e)) => {
@@ -134,7 +136,13 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                             format!("native stream refused the connection: HTTP {code}"),
                         )
                     }
-                    other => (false, format!("native stream connection failed: {other}")),
+                    other => {
+                        // No HTTP answer at all (refused, reset, TLS): a
+                        // failed request all the same, or the upstream-error
+                        // alert would not see a backend that is down.
+                        ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => "error").increment(1);
+                        (false, format!("native stream connection failed: {other}"))
+                    }
                 };
                 if auth {
                     spec.tokens.refuse(&token);
