@@ -46,6 +46,8 @@ pub enum StartError {
     },
     #[error("{file}: tls: {message}")]
     Tls { file: String, message: String },
+    #[error(transparent)]
+    Uploads(#[from] crate::uploads::SpoolDirError),
 }
 
 /// The two bound listeners.
@@ -142,6 +144,14 @@ impl Sidecar {
             upstream: Arc::new(upstream),
             shutdown: shutdown.clone(),
         });
+        let uploads = crate::uploads::Uploads::new(
+            config.clone(),
+            verifier.clone(),
+            flags.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let uploads_sweeper = uploads.spawn_sweeper();
         let gateway = Arc::new(Gateway {
             registry: registry.clone(),
             verifier,
@@ -150,6 +160,7 @@ impl Sidecar {
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             shutdown: shutdown.clone(),
             tls: tls.is_some(),
+            uploads,
         });
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin {
@@ -167,7 +178,7 @@ impl Sidecar {
         let client_addr = local(&listeners.client, config.listen)?;
         let admin_addr = local(&listeners.admin, config.admin_listen)?;
 
-        let mut tasks = Vec::new();
+        let mut tasks = vec![uploads_sweeper];
         let client_limits = ServerLimits {
             max_connections: config.stream.max_connections + 1024,
             header_timeout: Duration::from_secs(30),

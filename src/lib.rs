@@ -26,6 +26,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod sim;
+pub mod uploads;
 pub mod upstream;
 pub mod watch;
 

@@ -46,6 +46,8 @@ pub struct Gateway {
     pub refusal_slots: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub tls: bool,
+    /// Document uploads (`/v2/documents/upload/stream`).
+    pub uploads: Arc<crate::uploads::Uploads>,
 }
 
 impl Gateway {
@@ -56,6 +58,8 @@ impl Gateway {
     ) -> Response<Body> {
         if req.uri().path() == STREAM_PATH {
             self.stream(req).await
+        } else if req.uri().path() == crate::uploads::UPLOAD_PATH {
+            self.uploads.clone().handle(req).await
         } else {
             self.passthrough.forward(req, peer, self.tls).await
         }
