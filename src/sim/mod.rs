@@ -1,11 +1,12 @@
 //! A simulated backend on loopback, for the demo, the tests and the
 //! benchmark: the ten V1 long-poll endpoints (CONTRACT 3.1), the native
-//! stream (3.2), an event generator, and a control API under `/_sim/`
+//! stream (3.2), the document upload endpoints (7, in `uploads`), an event generator, and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
 
 mod generator;
 mod native;
 mod state;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 pub use generator::GeneratorConfig;
 pub use state::{Fault, SimState};
+pub use uploads::{StoredFile, UploadStore, checksum};
 
 use crate::auth::{OrgId, Verifier};
 use crate::config::{AuthConfig, DEFAULT_SERVICES};
@@ -67,6 +69,8 @@ impl Default for SimConfig {
 pub struct Simulator {
     pub addr: SocketAddr,
     pub state: Arc<SimState>,
+    /// The document upload endpoints' state.
+    pub uploads: Arc<UploadStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -76,6 +80,7 @@ struct Ctx {
     state: Arc<SimState>,
     verifier: Verifier,
     shutdown: watch::Receiver<bool>,
+    uploads: Arc<UploadStore>,
 }
 
 impl Simulator {
@@ -99,11 +104,13 @@ impl Simulator {
                 shutdown.clone(),
             )));
         }
+        let uploads = Arc::new(UploadStore::default());
         let ctx = Arc::new(Ctx {
             cfg,
             state: state.clone(),
             verifier,
             shutdown: shutdown.clone(),
+            uploads: uploads.clone(),
         });
         let limits = ServerLimits {
             max_connections: 30_000,
@@ -119,6 +126,7 @@ impl Simulator {
         Ok(Simulator {
             addr,
             state,
+            uploads,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -160,6 +168,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == "/_sim/ws-echo" {
         return native::echo_upgrade(req).await;
+    }
+    if path == uploads::LEGACY_PATH {
+        return uploads::legacy(&ctx, req).await;
+    }
+    if path == uploads::NATIVE_PATH {
+        return uploads::native(ctx.clone(), req).await;
     }
     if path.starts_with("/_sim/") {
         return control(&ctx, req, &path).await;
@@ -405,9 +419,10 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
                 Err(e) => json_error(StatusCode::BAD_REQUEST, &e),
             }
         }
+        (Method::POST, "/_sim/upload-fault") => uploads::set_fault(ctx, &body),
         _ => json_error(
             StatusCode::NOT_FOUND,
-            "control endpoints: GET /_sim/stats, POST /_sim/publish, POST /_sim/fault",
+            "control endpoints: GET /_sim/stats, POST /_sim/publish, POST /_sim/fault, POST /_sim/upload-fault",
         ),
     }
 }
