@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::MAX_BINARY_FRAME;
+use super::delivery::DeliveryError;
 use super::handshake::{FileMeta, UploadCode};
 use super::registry::{AdmitError, Attached, Owner, Phase, Upload};
 use super::session::{self, Conn, Incoming};
@@ -125,6 +126,11 @@ async fn serve(conn: &mut Conn, upload: Arc<Upload>, token: String) {
                 .finish(&upload, Phase::Complete(complete.clone()));
             let _ = conn.send(complete.to_string()).await;
             conn.close(close::NORMAL, "delivered").await;
+        }
+        Err(DeliveryError::Shutdown) => {
+            upload.touch();
+            conn.close(close::GOING_AWAY, "shutting down; resume with the uploadId")
+                .await;
         }
         Err(e) => {
             let (code, message) = session::delivery_failure(&e);
