@@ -7,6 +7,7 @@
 //! file descriptors), spread over several 127.0.0.x source addresses.
 
 pub mod histogram;
+mod uploads;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-e).
+    /// Letters of the scenarios to run (a-e, u).
     pub scenarios: String,
 }
 
@@ -743,6 +744,10 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     if has('e') {
         eprintln!("bench: e. flag flip propagation ...");
         flag_flip(&exe, &o, &mut rows).await?;
+    }
+    if has('u') {
+        eprintln!("bench: u. document upload ...");
+        uploads::run(&mut rows).await?;
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);
