@@ -93,6 +93,15 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
 
 impl SidecarProcess {
     async fn spawn(exe: &PathBuf, backend: &str) -> Result<SidecarProcess, BenchError> {
+        Self::spawn_with(exe, backend, "").await
+    }
+
+    /// Like `spawn`, with `extra` YAML appended to the config file.
+    async fn spawn_with(
+        exe: &PathBuf,
+        backend: &str,
+        extra: &str,
+    ) -> Result<SidecarProcess, BenchError> {
         let dir = std::env::temp_dir().join(format!(
             "re-bench-{}-{}",
             std::process::id(),
@@ -105,7 +114,7 @@ impl SidecarProcess {
         std::fs::write(
             &config,
             format!(
-                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nupstream: {{base_url: \"{backend}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nstream: {{max_connections: 19000}}\n"
+                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nupstream: {{base_url: \"{backend}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nstream: {{max_connections: 19000}}\n{extra}"
             ),
         )?;
         let child = Command::new(exe)
@@ -748,6 +757,7 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     if has('u') {
         eprintln!("bench: u. document upload ...");
         uploads::run(&mut rows).await?;
+        uploads::concurrent_memory(&exe, &mut rows).await?;
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);

@@ -4,7 +4,8 @@
 //! including its delivery, (c) version 1 (the seed's base64 chunks) through
 //! the sidecar; and the bytes a version-2 client re-sends after its
 //! connection is killed at 50 %. The sidecar and the backend run in this
-//! process, so the three share one machine's CPU alike.
+//! process, so the three share one machine's CPU alike. Then the peak
+//! resident memory of a sidecar process receiving 50 such uploads at once.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{BenchError, Row, SECRET, start_sim, step};
+use super::{BenchError, Row, SECRET, SidecarProcess, start_sim, step};
 use crate::config::{Config, EnvSecrets};
 use crate::uploads::UPLOAD_PATH;
 use crate::uploads::multipart::MultipartForm;
@@ -327,6 +328,85 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<(), BenchError> {
     ));
 
     sidecar.shutdown().await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&spool);
+    Ok(())
+}
+
+/// Concurrent uploads of the memory run.
+const CONCURRENT: usize = 50;
+
+/// Peak RSS of a sidecar child process while `CONCURRENT` version-2
+/// uploads of 50 MiB run at once (spooled and delivered).
+pub async fn concurrent_memory(
+    exe: &std::path::PathBuf,
+    rows: &mut Vec<Row>,
+) -> Result<(), BenchError> {
+    let sim = start_sim(Duration::from_secs(25)).await?;
+    let spool = std::env::temp_dir().join(format!(
+        "re-bench-spool-{}-{}",
+        std::process::id(),
+        crate::clock::unix_millis()
+    ));
+    let extra = format!(
+        "uploads: {{spool_dir: \"{}\", max_spool_bytes: {}}}\n",
+        spool.display(),
+        (CONCURRENT as u64 + 1) * FILE_BYTES as u64
+    );
+    let sidecar = SidecarProcess::spawn_with(exe, &sim.base_url(), &extra).await?;
+    let idle_kib = sidecar.rss_kib();
+    let token = crate::auth::mint_hs256(SECRET, "orgId", 1, 3600);
+    let data: Bytes = (0..FILE_BYTES)
+        .map(|i| (i as u64).wrapping_mul(40_503).rotate_right(7) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let addr = sidecar.client_addr;
+    let started = Instant::now();
+    let uploads: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let data = data.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let (mut ws, _) = upload_socket(addr, &token).await?;
+                ws.send(Message::Text(hello(FILE_BYTES).into()))
+                    .await
+                    .map_err(send_err)?;
+                next_json(&mut ws).await?;
+                send_v2(&mut ws, &data, 0, FILE_BYTES).await?;
+                until_complete(&mut ws).await.map(|_| ())
+            })
+        })
+        .collect();
+    let mut peak_kib = idle_kib;
+    let mut done = 0;
+    let mut failed = 0;
+    let mut pending = uploads;
+    while !pending.is_empty() {
+        peak_kib = peak_kib.max(sidecar.rss_kib());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (finished, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
+        pending = rest;
+        for h in finished {
+            match h.await {
+                Ok(Ok(())) => done += 1,
+                _ => failed += 1,
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    rows.push(Row(
+        format!("u. peak sidecar RSS, {CONCURRENT} concurrent 50 MiB uploads"),
+        format!(
+            "{} MiB (idle {} MiB)",
+            peak_kib / 1024,
+            idle_kib / 1024
+        ),
+        format!(
+            "version 2, 1 MiB frames, 4 MiB window; {done} delivered, {failed} failed in {:.1} s; sidecar as a child process",
+            elapsed.as_secs_f64()
+        ),
+    ));
+    sidecar.stop().await;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&spool);
     Ok(())
