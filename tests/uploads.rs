@@ -694,3 +694,34 @@ async fn simulator_multipart_endpoint_honours_idempotency_keys() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reconnect_takes_the_upload_over_and_browsers_may_use_access_token() {
+    let (sim, sc, _spool) = upload_rig("").await;
+    let data = file_of(600_000, 10);
+    let tok = token(11);
+    let mut first = connect_as(sc.client_addr, &tok).await;
+    let id = v2_handshake(&mut first, v2_hello(&data)).await["uploadId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send_v2(&mut first, &data, 0, 300_000, 100_000).await;
+    let progress = next_json(&mut first).await;
+    assert_eq!(progress["offset"], 300_000, "{progress}");
+
+    // A browser cannot set headers on a WebSocket: the token in the query.
+    let url = format!("ws://{}{UPLOAD_PATH}?access_token={tok}", sc.client_addr);
+    let (mut second, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let ready = v2_handshake(&mut second, json!({"version": 2, "uploadId": id})).await;
+    assert_eq!(
+        ready["offset"], 20_000,
+        "the first connection's bytes are kept"
+    );
+    assert_eq!(close_code(&mut first).await, Some(1008), "no lock limbo");
+    send_v2(&mut second, &data, 300_000, data.len(), 100_000).await;
+    let (_, complete) = until_complete(&mut second).await;
+    let f = &sim.uploads.files()[complete["result"]["fileId"].as_str().unwrap()];
+    assert_eq!(f.checksum, checksum(&data));
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
