@@ -53,7 +53,7 @@ pub const UPLOADS_RECEIVED_BYTES: &str = "uploads_received_bytes_total";
 pub const UPLOADS_DELIVERY_SECONDS: &str = "uploads_delivery_seconds";
 /// Counter: idle uploads removed after `uploads.resume_ttl_s`.
 pub const UPLOADS_EXPIRED: &str = "uploads_expired_total";
-/// Gauge: spool bytes reserved by the uploads held.
+/// Gauge: spool bytes reserved by the uploads held (this sidecar's).
 pub const UPLOADS_SPOOL_BYTES: &str = "uploads_spool_bytes";
 
 /// Upload series exist from the start, at zero, for every label value.

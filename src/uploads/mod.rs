@@ -191,7 +191,6 @@ impl Uploads {
                         if removed > 0 {
                             ::metrics::counter!(m::UPLOADS_EXPIRED).increment(removed as u64);
                         }
-                        ::metrics::gauge!(m::UPLOADS_SPOOL_BYTES).set(me.registry.spool_bytes() as f64);
                     }
                     _ = shutdown.changed() => break,
                 }

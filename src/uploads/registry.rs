@@ -131,11 +131,13 @@ impl Registry {
                 used,
                 max: self.max_spool_bytes,
             })?;
+        self.publish_spool_bytes();
         let id = new_upload_id();
         let spool = match SpoolFile::create(&self.dir, &id).await {
             Ok(s) => s,
             Err(e) => {
                 self.reserved.fetch_sub(size, Ordering::AcqRel);
+                self.publish_spool_bytes();
                 return Err(AdmitError::Io(e));
             }
         };
@@ -187,6 +189,7 @@ impl Registry {
     fn release(&self, upload: &Upload) {
         let n = std::mem::take(&mut upload.lock().reserved);
         self.reserved.fetch_sub(n, Ordering::AcqRel);
+        self.publish_spool_bytes();
     }
 
     /// Removes uploads idle for `ttl` that no connection works on, with
@@ -213,6 +216,10 @@ impl Registry {
             removed += 1;
         }
         removed
+    }
+
+    fn publish_spool_bytes(&self) {
+        metrics::gauge!(crate::metrics::UPLOADS_SPOOL_BYTES).set(self.spool_bytes() as f64);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Upload>>> {
