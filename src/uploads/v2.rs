@@ -233,16 +233,27 @@ async fn receive(conn: &mut Conn, held: &mut Attached) -> bool {
             .await;
             return false;
         }
-        if let Err(e) = held.spool.append(&data).await {
-            tracing::error!(upload = %held.upload.id, error = %e, "cannot write to the spool");
-            conn.fail(UploadCode::UpstreamError, "cannot spool the file")
-                .await;
-            return false;
-        }
         ::metrics::counter!(m::UPLOADS_RECEIVED_BYTES).increment(len);
         held.upload.touch();
-        let written = written + len;
-        if written - acked >= cfg.uploads.ack_bytes || written == filesize {
+        // Written in slices that end on acknowledgement points, so a
+        // `progress` follows at least every `ack_bytes` even when one frame
+        // carries several of them.
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let unacked = held.spool.written() - acked;
+            let room = cfg.uploads.ack_bytes.saturating_sub(unacked).max(1);
+            let n = rest.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            if let Err(e) = held.spool.append(&rest[..n]).await {
+                tracing::error!(upload = %held.upload.id, error = %e, "cannot write to the spool");
+                conn.fail(UploadCode::UpstreamError, "cannot spool the file")
+                    .await;
+                return false;
+            }
+            rest = &rest[n..];
+            let written = held.spool.written();
+            if written - acked < cfg.uploads.ack_bytes && written != filesize {
+                continue;
+            }
             match held.spool.sync().await {
                 Ok(durable) => acked = durable,
                 Err(e) => {
