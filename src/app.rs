@@ -60,6 +60,8 @@ pub enum StartError {
         #[source]
         source: crate::tls::TlsClientError,
     },
+    #[error(transparent)]
+    Uploads(#[from] crate::uploads::SpoolDirError),
 }
 
 /// The two bound listeners.
@@ -173,6 +175,14 @@ impl Sidecar {
             flags.clone(),
             CursorKey::random(crate::clock::unix_millis().max(0) as u64),
         ));
+        let uploads = crate::uploads::Uploads::new(
+            config.clone(),
+            verifier.clone(),
+            flags.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let uploads_sweeper = uploads.spawn_sweeper();
         let gateway = Arc::new(Gateway {
             registry: registry.clone(),
             verifier: verifier.clone(),
@@ -187,6 +197,7 @@ impl Sidecar {
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             drain: drain.clone(),
             tls: tls.is_some(),
+            uploads,
         });
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin {
@@ -206,7 +217,7 @@ impl Sidecar {
         let client_addr = local(&listeners.client, config.listen)?;
         let admin_addr = local(&listeners.admin, config.admin_listen)?;
 
-        let mut tasks = Vec::new();
+        let mut tasks = vec![uploads_sweeper];
         let client_limits = ServerLimits {
             max_connections: config.limits.client_connections,
             header_timeout: config.limits.header_timeout,

@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod sim;
 pub mod simulate;
 pub mod tls;
+pub mod uploads;
 pub mod upstream;
 pub mod watch;
 

@@ -55,6 +55,51 @@ pub const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
 /// Counter by `reason`: keys of a JWKS or key file that were not usable.
 pub const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
+/// Counter by `version`: uploads admitted (CONTRACT 7).
+pub const UPLOADS_STARTED: &str = "uploads_started_total";
+/// Counter by `delivery` (legacy, native): uploads delivered to the backend.
+pub const UPLOADS_COMPLETED: &str = "uploads_completed_total";
+/// Counter by `reason` (the error code, lowercase): uploads that failed.
+pub const UPLOADS_FAILED: &str = "uploads_failed_total";
+/// Counter: file bytes received from clients.
+pub const UPLOADS_RECEIVED_BYTES: &str = "uploads_received_bytes_total";
+/// Histogram by `delivery`: a complete file's delivery, first attempt to result.
+pub const UPLOADS_DELIVERY_SECONDS: &str = "uploads_delivery_seconds";
+/// Counter: idle uploads removed after `uploads.resume_ttl_s`.
+pub const UPLOADS_EXPIRED: &str = "uploads_expired_total";
+/// Gauge: spool bytes reserved by the uploads held (this sidecar's).
+pub const UPLOADS_SPOOL_BYTES: &str = "uploads_spool_bytes";
+
+/// Upload series exist from the start, at zero, for every label value.
+pub fn register_upload_zeroes() {
+    metrics::describe_counter!(UPLOADS_STARTED, "Uploads admitted, by protocol version");
+    metrics::describe_counter!(UPLOADS_COMPLETED, "Uploads delivered, by delivery route");
+    metrics::describe_counter!(UPLOADS_FAILED, "Uploads failed, by reason");
+    metrics::describe_counter!(
+        UPLOADS_RECEIVED_BYTES,
+        metrics::Unit::Bytes,
+        "File bytes received from clients"
+    );
+    metrics::describe_histogram!(
+        UPLOADS_DELIVERY_SECONDS,
+        metrics::Unit::Seconds,
+        "Delivery of a complete file to the backend, first attempt to result"
+    );
+    metrics::describe_counter!(UPLOADS_EXPIRED, "Idle uploads removed after their TTL");
+    metrics::describe_gauge!(UPLOADS_SPOOL_BYTES, "Spool bytes reserved by held uploads");
+    for version in ["1", "2"] {
+        metrics::counter!(UPLOADS_STARTED, "version" => version).increment(0);
+    }
+    for route in ["legacy", "native"] {
+        metrics::counter!(UPLOADS_COMPLETED, "delivery" => route).increment(0);
+    }
+    for code in crate::uploads::UploadCode::ALL {
+        metrics::counter!(UPLOADS_FAILED, "reason" => code.reason()).increment(0);
+    }
+    metrics::counter!(UPLOADS_RECEIVED_BYTES).increment(0);
+    metrics::counter!(UPLOADS_EXPIRED).increment(0);
+}
+
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once; later calls reuse it.

@@ -8,6 +8,7 @@
 
 mod facade;
 pub mod histogram;
+mod uploads;
 mod v1_clients;
 pub mod worker;
 
@@ -42,7 +43,7 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-f).
+    /// Letters of the scenarios to run (a-f, u).
     pub scenarios: String,
 }
 
@@ -724,6 +725,11 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     if has('f') {
         eprintln!("bench: f. V1 facade ...");
         facade::v1_facade(&exe, &o, &mut rows).await?;
+    }
+    if has('u') {
+        eprintln!("bench: u. document upload ...");
+        uploads::run(&mut rows).await?;
+        uploads::concurrent_memory(&exe, &mut rows).await?;
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);

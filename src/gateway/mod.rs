@@ -51,6 +51,8 @@ pub struct Gateway {
     /// Refuses new streams once the drain window started; tracks and closes open ones.
     pub drain: Arc<Drain>,
     pub tls: bool,
+    /// Document uploads (`/v2/documents/upload/stream`).
+    pub uploads: Arc<crate::uploads::Uploads>,
 }
 
 impl Gateway {
@@ -69,6 +71,8 @@ impl Gateway {
             self.stream(req).await
         } else if req.uri().path() == crate::assets::CLIENT_JS_PATH {
             crate::assets::client_js(req.method(), req.headers())
+        } else if req.uri().path() == crate::uploads::UPLOAD_PATH {
+            self.uploads.clone().handle(req).await
         } else {
             self.passthrough.forward(req, peer, self.tls).await
         }

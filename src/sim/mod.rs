@@ -1,13 +1,15 @@
 //! A simulated backend on loopback, for the demo, the tests and the
 //! benchmark: the ten V1 long-poll endpoints (CONTRACT 3.1), the native
-//! stream (3.2), an event generator, the write endpoints of the migration
-//! guide's walkthrough (`writes`), and a control API under `/_sim/`
+//! stream (3.2), the document upload endpoints (7, in `uploads`), an event
+//! generator, the write endpoints of the migration guide's walkthrough
+//! (`writes`), and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
 
 mod generator;
 pub mod jwks;
 mod native;
 mod state;
+mod uploads;
 pub mod writes;
 
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use tokio::task::JoinHandle;
 
 pub use generator::GeneratorConfig;
 pub use state::{Fault, SimState};
+pub use uploads::{StoredFile, UploadStore, checksum};
 
 use crate::auth::{OrgId, Verifier};
 use crate::config::{AuthConfig, DEFAULT_SERVICES};
@@ -70,6 +73,8 @@ impl Default for SimConfig {
 pub struct Simulator {
     pub addr: SocketAddr,
     pub state: Arc<SimState>,
+    /// The document upload endpoints' state.
+    pub uploads: Arc<UploadStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -81,6 +86,7 @@ struct Ctx {
     shutdown: watch::Receiver<bool>,
     /// Ids of the entities the write endpoints create.
     next_entity: std::sync::atomic::AtomicU64,
+    uploads: Arc<UploadStore>,
 }
 
 impl Simulator {
@@ -103,12 +109,14 @@ impl Simulator {
                 shutdown.clone(),
             )));
         }
+        let uploads = Arc::new(UploadStore::default());
         let ctx = Arc::new(Ctx {
             cfg,
             state: state.clone(),
             verifier,
             shutdown: shutdown.clone(),
             next_entity: std::sync::atomic::AtomicU64::new(1),
+            uploads: uploads.clone(),
         });
         let limits = ServerLimits {
             max_connections: 30_000,
@@ -124,6 +132,7 @@ impl Simulator {
         Ok(Simulator {
             addr,
             state,
+            uploads,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -168,6 +177,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == jwks::JWKS_PATH {
         return ctx.state.jwks.serve();
+    }
+    if path == uploads::LEGACY_PATH {
+        return uploads::legacy(&ctx, req).await;
+    }
+    if path == uploads::NATIVE_PATH {
+        return uploads::native(ctx.clone(), req).await;
     }
     if path.starts_with("/_sim/") {
         return control(&ctx, req, &path).await;
@@ -448,9 +463,10 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
                 Err(e) => json_error(StatusCode::BAD_REQUEST, &e),
             }
         }
+        (Method::POST, "/_sim/upload-fault") => uploads::set_fault(ctx, &body),
         _ => json_error(
             StatusCode::NOT_FOUND,
-            "control endpoints: GET /_sim/stats, POST /_sim/publish, POST /_sim/fault",
+            "control endpoints: GET /_sim/stats, POST /_sim/publish, POST /_sim/fault, POST /_sim/upload-fault",
         ),
     }
 }

@@ -1,0 +1,498 @@
+//! The first message of an upload stream (CONTRACT 7): parsing, validation
+//! against `uploads.*`, and the error codes every upload failure is
+//! reported with.
+
+use serde_json::{Map, Value};
+
+use crate::config::UploadsConfig;
+use crate::protocol::close;
+
+/// Longest accepted filename, in bytes.
+pub const MAX_FILENAME_BYTES: usize = 255;
+/// Longest accepted text of the other handshake fields, in bytes.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// The `code` of an upload `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadCode {
+    BadHandshake,
+    FileTooLarge,
+    UnsupportedType,
+    UnknownUpload,
+    ChunkOutOfOrder,
+    BadChunk,
+    SizeMismatch,
+    WindowExceeded,
+    UpstreamRejected,
+    UpstreamError,
+    Busy,
+}
+
+impl UploadCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadCode::BadHandshake => "BAD_HANDSHAKE",
+            UploadCode::FileTooLarge => "FILE_TOO_LARGE",
+            UploadCode::UnsupportedType => "UNSUPPORTED_TYPE",
+            UploadCode::UnknownUpload => "UNKNOWN_UPLOAD",
+            UploadCode::ChunkOutOfOrder => "CHUNK_OUT_OF_ORDER",
+            UploadCode::BadChunk => "BAD_CHUNK",
+            UploadCode::SizeMismatch => "SIZE_MISMATCH",
+            UploadCode::WindowExceeded => "WINDOW_EXCEEDED",
+            UploadCode::UpstreamRejected => "UPSTREAM_REJECTED",
+            UploadCode::UpstreamError => "UPSTREAM_ERROR",
+            UploadCode::Busy => "BUSY",
+        }
+    }
+
+    /// The `reason` label of the failed-uploads counter.
+    pub fn reason(self) -> &'static str {
+        match self {
+            UploadCode::BadHandshake => "bad_handshake",
+            UploadCode::FileTooLarge => "file_too_large",
+            UploadCode::UnsupportedType => "unsupported_type",
+            UploadCode::UnknownUpload => "unknown_upload",
+            UploadCode::ChunkOutOfOrder => "chunk_out_of_order",
+            UploadCode::BadChunk => "bad_chunk",
+            UploadCode::SizeMismatch => "size_mismatch",
+            UploadCode::WindowExceeded => "window_exceeded",
+            UploadCode::UpstreamRejected => "upstream_rejected",
+            UploadCode::UpstreamError => "upstream_error",
+            UploadCode::Busy => "busy",
+        }
+    }
+
+    pub const ALL: [UploadCode; 11] = [
+        UploadCode::BadHandshake,
+        UploadCode::FileTooLarge,
+        UploadCode::UnsupportedType,
+        UploadCode::UnknownUpload,
+        UploadCode::ChunkOutOfOrder,
+        UploadCode::BadChunk,
+        UploadCode::SizeMismatch,
+        UploadCode::WindowExceeded,
+        UploadCode::UpstreamRejected,
+        UploadCode::UpstreamError,
+        UploadCode::Busy,
+    ];
+
+    /// The close code that follows the error: 1008 for what the client (or
+    /// its file) got wrong and must not retry as is, 1013 when the sidecar
+    /// is full, 1011 when the backend failed (a version-2 client may resume).
+    pub fn close_code(self) -> u16 {
+        match self {
+            UploadCode::Busy => close::TRY_AGAIN_LATER,
+            UploadCode::UpstreamError => close::INTERNAL,
+            _ => close::POLICY,
+        }
+    }
+}
+
+/// A rejected handshake: the code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandshakeError {
+    pub code: UploadCode,
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> HandshakeError {
+    HandshakeError {
+        code: UploadCode::BadHandshake,
+        message: message.into(),
+    }
+}
+
+/// What the client says about its file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileMeta {
+    pub filename: String,
+    pub filesize: u64,
+    /// `None` when absent or empty (a browser's `file.type` for an unknown type).
+    pub mimetype: Option<String>,
+    pub document_type: Option<Value>,
+    pub guest_id: Option<Value>,
+    pub property_id: Option<Value>,
+}
+
+impl FileMeta {
+    /// The handshake's fields that were present, as text, in contract order
+    /// (the multipart text fields of a legacy delivery).
+    pub fn text_fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("filename", self.filename.clone())];
+        if let Some(m) = &self.mimetype {
+            out.push(("mimetype", m.clone()));
+        }
+        for (name, v) in [
+            ("documentType", &self.document_type),
+            ("guestId", &self.guest_id),
+            ("propertyId", &self.property_id),
+        ] {
+            if let Some(v) = v {
+                out.push((name, scalar_text(v)));
+            }
+        }
+        out
+    }
+
+    /// The handshake a version-1 client sends for this file (native delivery).
+    pub fn v1_handshake(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("filename".into(), Value::from(self.filename.clone()));
+        m.insert("filesize".into(), Value::from(self.filesize));
+        m.insert(
+            "mimetype".into(),
+            Value::from(self.mimetype.clone().unwrap_or_default()),
+        );
+        for (name, v) in [
+            ("documentType", &self.document_type),
+            ("guestId", &self.guest_id),
+            ("propertyId", &self.property_id),
+        ] {
+            if let Some(v) = v {
+                m.insert(name.into(), v.clone());
+            }
+        }
+        m.insert("version".into(), Value::from(1));
+        Value::Object(m)
+    }
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A parsed handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handshake {
+    /// A new upload of either version.
+    New { version: u8, meta: FileMeta },
+    /// Version 2 resuming `upload_id`; `filesize`, when sent, must match.
+    Resume {
+        upload_id: String,
+        filesize: Option<u64>,
+    },
+}
+
+/// Parses and validates the first message.
+pub fn parse(text: &str, cfg: &UploadsConfig) -> Result<Handshake, HandshakeError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("handshake is not JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(bad("handshake must be a JSON object"));
+    };
+    let version = match obj.get("version") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(1) => 1,
+            Some(2) => 2,
+            _ => return Err(bad(format!("unsupported version {v} (1 or 2)"))),
+        },
+    };
+    let filesize = match obj.get("filesize") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            bad(format!(
+                "filesize must be a positive integer number of bytes, not {v}"
+            ))
+        })?),
+    };
+    match obj.get("uploadId") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(id)) if version == 2 => {
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(HandshakeError {
+                    code: UploadCode::UnknownUpload,
+                    message: "no such upload".into(),
+                });
+            }
+            return Ok(Handshake::Resume {
+                upload_id: id.clone(),
+                filesize,
+            });
+        }
+        Some(Value::String(_)) => {
+            return Err(bad("uploadId is only accepted with version 2"));
+        }
+        Some(_) => return Err(bad("uploadId must be a string")),
+    }
+    let filename = match obj.get("filename") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(bad("filename (a string) is required")),
+    };
+    check_filename(&filename)?;
+    let filesize = filesize.ok_or_else(|| bad("filesize is required"))?;
+    if filesize == 0 {
+        return Err(bad("filesize must be at least 1"));
+    }
+    if filesize > cfg.max_file_bytes {
+        return Err(HandshakeError {
+            code: UploadCode::FileTooLarge,
+            message: format!(
+                "filesize {filesize} is larger than the limit of {} bytes",
+                cfg.max_file_bytes
+            ),
+        });
+    }
+    let mimetype = match obj.get("mimetype") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            check_text("mimetype", s)?;
+            Some(s.clone()).filter(|s| !s.is_empty())
+        }
+        Some(_) => return Err(bad("mimetype must be a string")),
+    };
+    if !cfg.allowed_mimetypes.is_empty() {
+        let ok = mimetype.as_deref().is_some_and(|m| {
+            cfg.allowed_mimetypes
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(m))
+        });
+        if !ok {
+            return Err(HandshakeError {
+                code: UploadCode::UnsupportedType,
+                message: format!(
+                    "mimetype {:?} is not accepted (allowed: {})",
+                    mimetype.unwrap_or_default(),
+                    cfg.allowed_mimetypes.join(", ")
+                ),
+            });
+        }
+    }
+    let scalar = |name: &str| -> Result<Option<Value>, HandshakeError> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => {
+                check_text(name, &scalar_text(v))?;
+                Ok(Some(v.clone()))
+            }
+            Some(_) => Err(bad(format!("{name} must be a string or a number"))),
+        }
+    };
+    let meta = FileMeta {
+        filename,
+        filesize,
+        mimetype,
+        document_type: scalar("documentType")?,
+        guest_id: scalar("guestId")?,
+        property_id: scalar("propertyId")?,
+    };
+    Ok(Handshake::New { version, meta })
+}
+
+fn check_filename(name: &str) -> Result<(), HandshakeError> {
+    if name.is_empty() {
+        return Err(bad("filename must not be empty"));
+    }
+    if name.len() > MAX_FILENAME_BYTES {
+        return Err(bad(format!(
+            "filename is {} bytes long (at most {MAX_FILENAME_BYTES})",
+            name.len()
+        )));
+    }
+    if name.contains(['/', '\\']) {
+        return Err(bad("filename must not contain path separators"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad("filename must not contain control characters"));
+    }
+    if name == "." || name == ".." {
+        return Err(bad("filename must name a file"));
+    }
+    Ok(())
+}
+
+fn check_text(name: &str, value: &str) -> Result<(), HandshakeError> {
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(bad(format!(
+            "{name} is longer than {MAX_FIELD_BYTES} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(bad(format!("{name} must not contain control characters")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, EnvSecrets};
+    use serde_json::json;
+
+    fn cfg(extra: &str) -> UploadsConfig {
+        Config::from_yaml("t.yaml", extra, &EnvSecrets::default())
+            .unwrap()
+            .uploads
+    }
+
+    fn code(v: Value, c: &UploadsConfig) -> UploadCode {
+        parse(&v.to_string(), c).unwrap_err().code
+    }
+
+    #[test]
+    fn the_seed_clients_handshake_is_version_1() {
+        // Exactly what the seed's StreamingDocumentUpload sends.
+        let hs = json!({"filename": "passport.jpg", "filesize": 70000, "mimetype": "image/jpeg",
+            "documentType": "aadhaar", "guestId": 17, "propertyId": "p-1"});
+        let Handshake::New { version, meta } = parse(&hs.to_string(), &cfg("")).unwrap() else {
+            panic!("not a new upload");
+        };
+        assert_eq!(version, 1);
+        assert_eq!(meta.filesize, 70000);
+        assert_eq!(
+            meta.text_fields(),
+            vec![
+                ("filename", "passport.jpg".to_string()),
+                ("mimetype", "image/jpeg".to_string()),
+                ("documentType", "aadhaar".to_string()),
+                ("guestId", "17".to_string()),
+                ("propertyId", "p-1".to_string()),
+            ]
+        );
+        // A browser's empty `file.type` and undefined fields are accepted.
+        let hs = json!({"filename": "x", "filesize": 1, "mimetype": ""});
+        assert!(parse(&hs.to_string(), &cfg("")).is_ok());
+    }
+
+    #[test]
+    fn bad_handshakes_get_their_codes() {
+        let c = cfg("uploads: {allowed_mimetypes: [application/pdf]}\n");
+        let ok = |f: &dyn Fn(&mut Map<String, Value>)| {
+            let mut m = json!({"filename": "a.pdf", "filesize": 10, "mimetype": "application/pdf"})
+                .as_object()
+                .unwrap()
+                .clone();
+            f(&mut m);
+            Value::Object(m)
+        };
+        assert!(parse(&ok(&|_| {}).to_string(), &c).is_ok());
+        let cases: Vec<(Value, UploadCode)> = vec![
+            (json!("not an object"), UploadCode::BadHandshake),
+            (
+                ok(&|m| {
+                    m.insert("filename".into(), json!(""));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filename".into(), json!("../etc/passwd"));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filename".into(), json!("a\\b"));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filename".into(), json!("a\u{0}b"));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filename".into(), json!("x".repeat(256)));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filesize".into(), json!(0));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filesize".into(), json!(-5));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filesize".into(), json!("10"));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("filesize".into(), json!(2_147_483_648u64));
+                }),
+                UploadCode::FileTooLarge,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("mimetype".into(), json!("text/html"));
+                }),
+                UploadCode::UnsupportedType,
+            ),
+            (
+                ok(&|m| {
+                    m.remove("mimetype");
+                }),
+                UploadCode::UnsupportedType,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("mimetype".into(), json!("a\r\nb"));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("version".into(), json!(3));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("uploadId".into(), json!("abc"));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("guestId".into(), json!({"a": 1}));
+                }),
+                UploadCode::BadHandshake,
+            ),
+            (
+                ok(&|m| {
+                    m.insert("version".into(), json!(2));
+                    m.insert("uploadId".into(), json!("../x"));
+                }),
+                UploadCode::UnknownUpload,
+            ),
+        ];
+        for (hs, want) in cases {
+            assert_eq!(code(hs.clone(), &c), want, "{hs}");
+        }
+        assert!(parse("{not json", &c).is_err());
+    }
+
+    #[test]
+    fn resume_names_the_upload() {
+        let hs = json!({"version": 2, "uploadId": "abc123", "filesize": 5});
+        assert_eq!(
+            parse(&hs.to_string(), &cfg("")).unwrap(),
+            Handshake::Resume {
+                upload_id: "abc123".into(),
+                filesize: Some(5)
+            }
+        );
+    }
+
+    #[test]
+    fn close_codes() {
+        assert_eq!(UploadCode::Busy.close_code(), 1013);
+        assert_eq!(UploadCode::UpstreamError.close_code(), 1011);
+        assert_eq!(UploadCode::BadChunk.close_code(), 1008);
+        assert_eq!(UploadCode::UpstreamRejected.close_code(), 1008);
+    }
+}

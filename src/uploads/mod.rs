@@ -1,0 +1,257 @@
+//! Document uploads (CONTRACT 7): `GET /v2/documents/upload/stream`.
+//!
+//! A browser streams a file over a WebSocket; the sidecar spools it to disk
+//! and delivers it once to the backend. Flow: [`Uploads::handle`] verifies
+//! the token and upgrades; the session reads the [`handshake`], admits the
+//! upload into the [`registry`] (a spool reservation and a [`spool`] file
+//! named by a generated uploadId), receives the bytes ([`v1`]: the seed's
+//! base64 chunks, [`v2`]: resumable binary frames with acknowledgements),
+//! then hands the file to [`delivery`] (legacy multipart or the backend's
+//! native upload stream, chosen by `DOCUMENTS_UPLOAD_NATIVE`) and answers
+//! with the backend's result. A sweeper owned by the sidecar removes
+//! uploads idle for `uploads.resume_ttl_s`.
+
+pub mod delivery;
+pub mod handshake;
+pub mod multipart;
+pub mod registry;
+mod session;
+pub mod spool;
+mod v1;
+mod v2;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::auth::{self, Verifier};
+use crate::config::Config;
+use crate::flags::FlagStore;
+use crate::http_server::{Body, json_error};
+use crate::metrics as m;
+
+pub use handshake::UploadCode;
+
+/// The client-facing upload endpoint.
+pub const UPLOAD_PATH: &str = "/v2/documents/upload/stream";
+/// Largest binary frame of version 2 (CONTRACT 7).
+pub const MAX_BINARY_FRAME: usize = 1 << 20;
+
+/// Buffers of an upload socket: frames up to 1 MiB (plus slack so that an
+/// oversized one is read and answered with an error, not a torn socket).
+pub(crate) fn upload_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(MAX_BINARY_FRAME + 64 * 1024))
+        .max_frame_size(Some(MAX_BINARY_FRAME + 64 * 1024))
+}
+
+/// The upload service: shared by every upload connection.
+pub struct Uploads {
+    pub(crate) config: Arc<Config>,
+    verifier: Arc<Verifier>,
+    pub(crate) flags: Arc<FlagStore>,
+    pub(crate) registry: registry::Registry,
+    pub(crate) delivery: delivery::Delivery,
+    slots: Arc<Semaphore>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Why the upload service could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: uploads.spool_dir: cannot use {dir}: {source}")]
+pub struct SpoolDirError {
+    pub file: String,
+    pub dir: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Uploads {
+    /// Prepares the spool directory (created if missing; files of an
+    /// earlier run idle for `uploads.resume_ttl_s` removed).
+    pub async fn new(
+        config: Arc<Config>,
+        verifier: Arc<Verifier>,
+        flags: Arc<FlagStore>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Uploads>, SpoolDirError> {
+        let dir = config.uploads.spool_dir.clone();
+        let err = |source| SpoolDirError {
+            file: config.source.clone(),
+            dir: dir.display().to_string(),
+            source,
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(err)?;
+        let removed = spool::remove_stale(&dir, config.uploads.resume_ttl, |_| false)
+            .await
+            .map_err(err)?;
+        if removed > 0 {
+            tracing::info!(removed, dir = %dir.display(), "removed spooled uploads of an earlier run");
+        }
+        m::register_upload_zeroes();
+        Ok(Arc::new(Uploads {
+            registry: registry::Registry::new(dir, config.uploads.max_spool_bytes),
+            delivery: delivery::Delivery::new(&config),
+            slots: Arc::new(Semaphore::new(config.uploads.max_concurrent)),
+            config,
+            verifier,
+            flags,
+            shutdown,
+        }))
+    }
+
+    /// Bytes reserved in the spool by the uploads held.
+    pub fn spool_bytes(&self) -> u64 {
+        self.registry.spool_bytes()
+    }
+
+    /// Serves a request for [`UPLOAD_PATH`].
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        let Some(token) = auth::token_from_request(req.headers(), req.uri().query()) else {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token (Authorization header or access_token parameter)",
+            );
+        };
+        let identity = match self.verifier.verify(&token) {
+            Ok(i) => i,
+            Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+        };
+        let key = match websocket_key(&req) {
+            Ok(k) => k,
+            Err(resp) => return *resp,
+        };
+        let owner = registry::Owner {
+            org: identity.org_id,
+            user: token_subject(&token),
+        };
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upload upgrade failed");
+                    return;
+                }
+            };
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(upload_ws_config()),
+            )
+            .await;
+            let mut conn = session::Conn::new(ws, self.clone());
+            match permit {
+                Some(_permit) => session::run(&mut conn, owner, token).await,
+                None => {
+                    // A browser cannot read an HTTP status from a failed
+                    // WebSocket: the refusal is an error message and 1013.
+                    conn.fail(
+                        UploadCode::Busy,
+                        "too many uploads on this sidecar; retry later",
+                    )
+                    .await
+                }
+            }
+        });
+        crate::http_server::switching_protocols(&key)
+    }
+
+    /// The owned task that removes uploads idle for `uploads.resume_ttl_s`;
+    /// it stops on shutdown.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
+        let me = self.clone();
+        let ttl = me.config.uploads.resume_ttl;
+        let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut shutdown = me.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let mut removed = me.registry.sweep(ttl).await;
+                        let dir = &me.config.uploads.spool_dir;
+                        match spool::remove_stale(dir, ttl, |id| me.registry.holds(id)).await {
+                            Ok(n) => removed += n,
+                            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot sweep the upload spool"),
+                        }
+                        if removed > 0 {
+                            ::metrics::counter!(m::UPLOADS_EXPIRED).increment(removed as u64);
+                        }
+                    }
+                    _ = shutdown.changed() => break,
+                }
+            }
+        })
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request, or the answer to
+/// anything else.
+fn websocket_key(req: &Request<Incoming>) -> Result<http::HeaderValue, Box<Response<Body>>> {
+    let is_upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (is_upgrade && req.method() == http::Method::GET, key) else {
+        return Err(Box::new(json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket only",
+        )));
+    };
+    if req
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported WebSocket version (13 required)",
+        )));
+    }
+    Ok(key)
+}
+
+/// The `sub` claim of a token that has already been verified (the user an
+/// upload belongs to; CONTRACT 7: resume by the same org and user only).
+fn token_subject(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match claims.get("sub")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_of_a_token() {
+        let t = crate::auth::mint_hs256("s", "orgId", 5, 60);
+        assert_eq!(token_subject(&t).as_deref(), Some("user-5"));
+        assert_eq!(token_subject("a.b.c"), None);
+        assert_eq!(token_subject("garbage"), None);
+    }
+}
