@@ -150,6 +150,12 @@ impl Sidecar {
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             shutdown: shutdown.clone(),
             tls: tls.is_some(),
+            chat: crate::chat::ChatService::new(
+                config.clone(),
+                flags.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            ),
         });
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin {

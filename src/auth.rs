@@ -33,6 +33,10 @@ pub struct Identity {
     pub org_id: OrgId,
     /// Expiry in Unix seconds, when the token has one.
     pub expires_at: Option<u64>,
+    /// The `auth.user_claim` (a string or number), when present.
+    pub user_id: Option<String>,
+    /// The `auth.name_claim`, else the user id.
+    pub user_name: Option<String>,
 }
 
 /// Problems with the verification key, reported at start-up.
@@ -59,6 +63,8 @@ enum Keys {
 pub struct Verifier {
     keys: Keys,
     org_claim: String,
+    user_claim: String,
+    name_claim: String,
 }
 
 impl Verifier {
@@ -73,6 +79,8 @@ impl Verifier {
         Ok(Verifier {
             keys,
             org_claim: cfg.org_claim.clone(),
+            user_claim: cfg.user_claim.clone(),
+            name_claim: cfg.name_claim.clone(),
         })
     }
 
@@ -113,7 +121,19 @@ impl Verifier {
         }
         .ok_or_else(|| AuthError::NoOrg(self.org_claim.clone()))?;
         let expires_at = claims.get("exp").and_then(|v| v.as_u64());
-        Ok(Identity { org_id, expires_at })
+        let text_claim = |name: &str| match claims.get(name) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let user_id = text_claim(&self.user_claim);
+        let user_name = text_claim(&self.name_claim).or_else(|| user_id.clone());
+        Ok(Identity {
+            org_id,
+            expires_at,
+            user_id,
+            user_name,
+        })
     }
 }
 
@@ -194,6 +214,8 @@ mod tests {
             jwt_public_key_file: None,
             org_claim: "orgId".into(),
             admin_token: None,
+            user_claim: "sub".into(),
+            name_claim: "name".into(),
         })
         .unwrap()
     }

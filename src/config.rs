@@ -92,6 +92,10 @@ pub struct AuthConfig {
     pub jwt_public_key_file: Option<PathBuf>,
     pub org_claim: String,
     pub admin_token: Option<String>,
+    /// The claim naming the user (chat, CONTRACT 8).
+    pub user_claim: String,
+    /// The claim with the user's display name; the user id when absent.
+    pub name_claim: String,
 }
 
 /// Stream tuning; see CONTRACT section 2.
@@ -133,6 +137,35 @@ pub struct FlagsConfig {
     pub overrides_file: Option<PathBuf>,
 }
 
+/// Chat rooms (CONTRACT 8): the backend's store endpoints and the rooms' bounds.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// `GET {history_path}?roomId=R&limit=N` on join.
+    pub history_path: String,
+    /// Messages asked for on join.
+    pub history_limit: u64,
+    /// `POST {messages_path}` stores one message.
+    pub messages_path: String,
+    /// `POST {receipts_path}` stores a user's latest read receipt.
+    pub receipts_path: String,
+    /// How long a user whose last connection left stays online.
+    pub leave_grace: Duration,
+    /// At most one receipt POST per user and room per this interval.
+    pub receipt_flush: Duration,
+    /// Users in one room at once; the next gets `ROOM_FULL`.
+    pub max_room_members: usize,
+    /// Chat messages one user may send per second in a room.
+    pub max_messages_per_s: usize,
+    /// How long one backend request (history, message, receipt) may take.
+    pub backend_timeout: Duration,
+    /// Largest backend answer read (a history page).
+    pub max_response_bytes: usize,
+    /// Send queue of one chat connection, in bytes; past it the client is closed with 1013.
+    pub max_queue_bytes: usize,
+    /// Messages waiting in one room's inbox; senders wait when it is full.
+    pub room_inbox: usize,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -149,6 +182,7 @@ pub struct Config {
     /// Services in configuration order.
     pub services: Vec<ServiceConfig>,
     pub legacy: LegacyConfig,
+    pub chat: ChatConfig,
 }
 
 impl Config {
@@ -245,6 +279,7 @@ struct RawConfig {
     stream: RawStream,
     services: Option<BTreeMap<String, RawService>>,
     legacy: RawLegacy,
+    chat: RawChat,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +305,8 @@ struct RawAuth {
     jwt_public_key_file: Option<String>,
     org_claim: Option<String>,
     admin_token: Option<String>,
+    user_claim: Option<String>,
+    name_claim: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +356,23 @@ struct RawLegacy {
     cursor_param: Option<String>,
     events_field: Option<String>,
     cursor_field: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawChat {
+    history_path: Option<String>,
+    history_limit: Option<u64>,
+    messages_path: Option<String>,
+    receipts_path: Option<String>,
+    leave_grace_s: Option<u64>,
+    receipt_flush_ms: Option<u64>,
+    max_room_members: Option<u64>,
+    max_messages_per_s: Option<u64>,
+    backend_timeout_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
+    max_queue_bytes: Option<u64>,
+    room_inbox: Option<u64>,
 }
 
 /// The ten services of CONTRACT section 6, in its order.
@@ -501,6 +555,8 @@ impl RawConfig {
             );
         }
         let org_claim = p.name("auth.org_claim", self.auth.org_claim.as_deref(), "orgId");
+        let user_claim = p.name("auth.user_claim", self.auth.user_claim.as_deref(), "sub");
+        let name_claim = p.name("auth.name_claim", self.auth.name_claim.as_deref(), "name");
         let admin_token = self
             .auth
             .admin_token
@@ -645,6 +701,79 @@ impl RawConfig {
             ),
         };
 
+        let c = &self.chat;
+        let chat = ChatConfig {
+            history_path: p.path(
+                "chat.history_path",
+                c.history_path
+                    .as_deref()
+                    .unwrap_or("/collaboration/chat/history"),
+            ),
+            history_limit: p.range("chat.history_limit", c.history_limit, 50, 0, 10_000),
+            messages_path: p.path(
+                "chat.messages_path",
+                c.messages_path
+                    .as_deref()
+                    .unwrap_or("/collaboration/chat/messages"),
+            ),
+            receipts_path: p.path(
+                "chat.receipts_path",
+                c.receipts_path
+                    .as_deref()
+                    .unwrap_or("/collaboration/chat/receipts"),
+            ),
+            leave_grace: Duration::from_secs(p.range(
+                "chat.leave_grace_s",
+                c.leave_grace_s,
+                5,
+                0,
+                3600,
+            )),
+            receipt_flush: Duration::from_millis(p.range(
+                "chat.receipt_flush_ms",
+                c.receipt_flush_ms,
+                1000,
+                0,
+                3_600_000,
+            )),
+            max_room_members: p.range(
+                "chat.max_room_members",
+                c.max_room_members,
+                1000,
+                1,
+                1_000_000,
+            ) as usize,
+            max_messages_per_s: p.range(
+                "chat.max_messages_per_s",
+                c.max_messages_per_s,
+                5,
+                1,
+                10_000,
+            ) as usize,
+            backend_timeout: Duration::from_millis(p.range(
+                "chat.backend_timeout_ms",
+                c.backend_timeout_ms,
+                5000,
+                10,
+                600_000,
+            )),
+            max_response_bytes: p.range(
+                "chat.max_response_bytes",
+                c.max_response_bytes,
+                4 << 20,
+                1024,
+                1 << 30,
+            ) as usize,
+            max_queue_bytes: p.range(
+                "chat.max_queue_bytes",
+                c.max_queue_bytes,
+                1_048_576,
+                16 * 1024,
+                1 << 30,
+            ) as usize,
+            room_inbox: p.range("chat.room_inbox", c.room_inbox, 1024, 16, 1_000_000) as usize,
+        };
+
         if !p.0.is_empty() {
             return Err(p.0);
         }
@@ -664,12 +793,15 @@ impl RawConfig {
                 jwt_public_key_file,
                 org_claim,
                 admin_token,
+                user_claim,
+                name_claim,
             },
             rollout_group,
             flags,
             stream,
             services,
             legacy,
+            chat,
         })
     }
 }

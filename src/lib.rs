@@ -16,6 +16,7 @@ pub mod admin_client;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -40,6 +40,16 @@ pub const FLAGS_VERSION: &str = "streaming_flags_version";
 pub const CROSS_ORG_DROPPED: &str = "streaming_cross_org_events_dropped_total";
 /// Gauge: org hubs alive.
 pub const ACTIVE_ORGS: &str = "streaming_active_orgs";
+/// Gauge by `mode` (hosted, native): open chat connections.
+pub const CHAT_ACTIVE_CONNECTIONS: &str = "chat_active_connections";
+/// Gauge: hosted chat rooms alive.
+pub const CHAT_ROOMS: &str = "chat_rooms";
+/// Counter by `result` (saved, failed, rate_limited): chat messages sent by clients.
+pub const CHAT_MESSAGES: &str = "chat_messages_total";
+/// Counter by `endpoint` (history, messages, receipts) and `status`: chat store requests.
+pub const CHAT_BACKEND_REQUESTS: &str = "chat_backend_requests_total";
+/// Counter: native chat relays the backend refused or did not answer.
+pub const CHAT_RELAY_FAILURES: &str = "chat_relay_failures_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -100,6 +110,17 @@ fn describe() {
         "Events dropped because their orgId was not the connection's"
     );
     metrics::describe_gauge!(ACTIVE_ORGS, "Org hubs alive");
+    metrics::describe_gauge!(CHAT_ACTIVE_CONNECTIONS, "Open chat connections by mode");
+    metrics::describe_gauge!(CHAT_ROOMS, "Hosted chat rooms alive");
+    metrics::describe_counter!(CHAT_MESSAGES, "Chat messages sent by clients, by result");
+    metrics::describe_counter!(
+        CHAT_BACKEND_REQUESTS,
+        "Chat store requests to the backend by endpoint and status"
+    );
+    metrics::describe_counter!(
+        CHAT_RELAY_FAILURES,
+        "Native chat relays the backend refused or did not answer"
+    );
 }
 
 /// Series that alerts and dashboards read exist from the start, at zero.

@@ -57,6 +57,8 @@ fn verifier(public: &Path) -> Verifier {
         jwt_public_key_file: Some(public.to_path_buf()),
         org_claim: "orgId".into(),
         admin_token: None,
+        user_claim: "sub".into(),
+        name_claim: "name".into(),
     })
     .unwrap()
 }
@@ -123,6 +125,8 @@ fn rs256_and_es256_with_public_keys_and_no_confusion() {
         jwt_public_key_file: Some(rsa_priv.clone()),
         org_claim: "orgId".into(),
         admin_token: None,
+        user_claim: "sub".into(),
+        name_claim: "name".into(),
     })
     .err()
     .unwrap();

@@ -46,6 +46,8 @@ pub struct Gateway {
     pub refusal_slots: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub tls: bool,
+    /// `/v2/collaboration/chat/stream` (CONTRACT 8).
+    pub chat: Arc<crate::chat::ChatService>,
 }
 
 impl Gateway {
@@ -56,6 +58,14 @@ impl Gateway {
     ) -> Response<Body> {
         if req.uri().path() == STREAM_PATH {
             self.stream(req).await
+        } else if req.uri().path() == crate::chat::CHAT_PATH {
+            crate::chat::endpoint::upgrade(
+                self.chat.clone(),
+                &self.verifier,
+                &self.stream_slots,
+                req,
+            )
+            .await
         } else {
             self.passthrough.forward(req, peer, self.tls).await
         }

@@ -3,6 +3,7 @@
 //! stream (3.2), an event generator, and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
 
+mod chat;
 mod generator;
 mod native;
 mod state;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use chat::{ChatCounters, ChatStore};
 pub use generator::GeneratorConfig;
 pub use state::{Fault, SimState};
 
@@ -67,6 +69,8 @@ impl Default for SimConfig {
 pub struct Simulator {
     pub addr: SocketAddr,
     pub state: Arc<SimState>,
+    /// Chat history, messages, receipts and the native chat stream.
+    pub chat: Arc<ChatStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -76,6 +80,7 @@ struct Ctx {
     state: Arc<SimState>,
     verifier: Verifier,
     shutdown: watch::Receiver<bool>,
+    chat: Arc<ChatStore>,
 }
 
 impl Simulator {
@@ -88,6 +93,8 @@ impl Simulator {
             jwt_public_key_file: None,
             org_claim: cfg.org_claim.clone(),
             admin_token: None,
+            user_claim: "sub".into(),
+            name_claim: "name".into(),
         })
         .map_err(std::io::Error::other)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
@@ -99,11 +106,13 @@ impl Simulator {
                 shutdown.clone(),
             )));
         }
+        let chat = Arc::new(ChatStore::default());
         let ctx = Arc::new(Ctx {
             cfg,
             state: state.clone(),
             verifier,
             shutdown: shutdown.clone(),
+            chat: chat.clone(),
         });
         let limits = ServerLimits {
             max_connections: 30_000,
@@ -119,6 +128,7 @@ impl Simulator {
         Ok(Simulator {
             addr,
             state,
+            chat,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -160,6 +170,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == "/_sim/ws-echo" {
         return native::echo_upgrade(req).await;
+    }
+    if chat::serves(&path) {
+        return chat::handle(ctx, req, &path).await;
     }
     if path.starts_with("/_sim/") {
         return control(&ctx, req, &path).await;
