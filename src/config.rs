@@ -964,6 +964,49 @@ services:
     }
 
     #[test]
+    fn chat_keys_default_and_reject_bad_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c.auth.user_claim, "sub");
+        assert_eq!(c.auth.name_claim, "name");
+        assert_eq!(c.chat.history_path, "/collaboration/chat/history");
+        assert_eq!(c.chat.history_limit, 50);
+        assert_eq!(c.chat.messages_path, "/collaboration/chat/messages");
+        assert_eq!(c.chat.receipts_path, "/collaboration/chat/receipts");
+        assert_eq!(c.chat.leave_grace, Duration::from_secs(5));
+        assert_eq!(c.chat.receipt_flush, Duration::from_millis(1000));
+        assert_eq!(c.chat.max_room_members, 1000);
+        assert_eq!(c.chat.max_messages_per_s, 5);
+        let c = parse("auth: {user_claim: uid, name_claim: display}\nchat: {history_limit: 10, leave_grace_s: 0}\n").unwrap();
+        assert_eq!(
+            (c.auth.user_claim.as_str(), c.auth.name_claim.as_str()),
+            ("uid", "display")
+        );
+        assert_eq!(c.chat.history_limit, 10);
+        assert_eq!(c.chat.leave_grace, Duration::ZERO);
+        let joined = problems(
+            "auth: {user_claim: \"\"}\nchat: {messages_path: nope, max_room_members: 0, max_messages_per_s: 0, room_inbox: 1, colour: red}\n",
+        )
+        .join("\n");
+        assert!(joined.contains("colour"), "{joined}");
+        let joined = problems(
+            "auth: {user_claim: \"\"}\nchat: {messages_path: nope, max_room_members: 0, max_messages_per_s: 0, room_inbox: 1}\n",
+        )
+        .join("\n");
+        for key in [
+            "auth.user_claim",
+            "chat.messages_path",
+            "chat.max_room_members",
+            "chat.max_messages_per_s",
+            "chat.room_inbox",
+        ] {
+            assert!(
+                joined.contains(&format!("edge.yaml: {key}:")),
+                "missing {key} in\n{joined}"
+            );
+        }
+    }
+
+    #[test]
     fn not_a_mapping_is_rejected() {
         let lines = problems("- a\n- b\n");
         assert!(lines[0].starts_with("edge.yaml:"), "{lines:?}");

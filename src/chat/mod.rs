@@ -15,6 +15,8 @@ pub mod receipts;
 pub mod registry;
 pub mod relay;
 pub mod room;
+#[cfg(test)]
+mod room_tests;
 pub mod session;
 pub mod store;
 pub mod throttle;
