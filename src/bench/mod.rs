@@ -6,6 +6,7 @@
 //! `bench-worker` child processes (a process here holds at most 20,000
 //! file descriptors), spread over several 127.0.0.x source addresses.
 
+mod chat;
 pub mod histogram;
 pub mod worker;
 
@@ -41,8 +42,10 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-e).
+    /// Letters of the scenarios to run (a-f).
     pub scenarios: String,
+    /// Members of the chat room (scenario f).
+    pub chat_members: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -743,6 +746,10 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     if has('e') {
         eprintln!("bench: e. flag flip propagation ...");
         flag_flip(&exe, &o, &mut rows).await?;
+    }
+    if has('f') {
+        eprintln!("bench: f. chat room ...");
+        chat::chat_room(&exe, &o, &mut rows).await?;
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);

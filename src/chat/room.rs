@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::protocol::{self, ChatErrorCode, ClientMessage, MemberView, Status};
-use super::receipts::{AckOutcome, Receipt, ReceiptSlot};
+use super::receipts::{Next, Receipt, ReceiptSlot};
 use super::registry::{RoomKey, RoomRegistry};
 use super::store::{BackendStore, StoreError};
 use super::throttle::{SendWindow, TypingThrottle};
@@ -75,7 +75,10 @@ enum JobDone {
         client_msg_id: String,
         result: Result<Map<String, Value>, StoreError>,
     },
-    Receipt(Result<(), StoreError>),
+    Receipt {
+        user_id: Arc<str>,
+        result: Result<(), StoreError>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -180,7 +183,7 @@ impl Room {
         self.conns.is_empty()
             && self.users.is_empty()
             && self.jobs.is_empty()
-            && self.receipts.values().all(|r| !r.has_pending())
+            && self.receipts.values().all(|r| !r.is_busy())
     }
 
     fn handle(&mut self, msg: RoomMsg) {
@@ -343,22 +346,29 @@ impl Room {
         let Some(token) = self.token_of(conn) else {
             return;
         };
-        let now = Instant::now();
         let slot = self.receipts.entry(user_id.clone()).or_default();
-        let receipt = Receipt { message_id, token };
-        match slot.ack(receipt, now, self.cfg.receipt_flush) {
-            AckOutcome::FlushNow(r) => self.store_receipt(r),
-            AckOutcome::FlushAt(at) => self.timers.push(Reverse((at, Timer::Receipt(user_id)))),
-            AckOutcome::Coalesced => {}
-        }
+        let next = slot.ack(
+            Receipt { message_id, token },
+            Instant::now(),
+            self.cfg.receipt_flush,
+        );
+        self.receipt_next(user_id, next);
     }
 
-    fn store_receipt(&mut self, r: Receipt) {
-        let store = self.store.clone();
-        let room = self.key.room.clone();
-        self.jobs.spawn(async move {
-            JobDone::Receipt(store.save_receipt(&r.token, &room, &r.message_id).await)
-        });
+    /// Acts on what a user's receipt slot asks for.
+    fn receipt_next(&mut self, user_id: Arc<str>, next: Next) {
+        match next {
+            Next::Store(r) => {
+                let store = self.store.clone();
+                let room = self.key.room.clone();
+                self.jobs.spawn(async move {
+                    let result = store.save_receipt(&r.token, &room, &r.message_id).await;
+                    JobDone::Receipt { user_id, result }
+                });
+            }
+            Next::WakeAt(at) => self.timers.push(Reverse((at, Timer::Receipt(user_id)))),
+            Next::Wait => {}
+        }
     }
 
     fn job_done(&mut self, done: JobDone) {
@@ -395,9 +405,17 @@ impl Room {
                     );
                 }
             },
-            JobDone::Receipt(Ok(())) => {}
-            JobDone::Receipt(Err(e)) => {
-                tracing::info!(org = self.key.org, error = %e, "read receipt not stored");
+            JobDone::Receipt { user_id, result } => {
+                if let Err(e) = result {
+                    tracing::info!(org = self.key.org, error = %e, "read receipt not stored");
+                }
+                let next = self
+                    .receipts
+                    .get_mut(&user_id)
+                    .map(|slot| slot.stored(Instant::now(), self.cfg.receipt_flush));
+                if let Some(next) = next {
+                    self.receipt_next(user_id, next);
+                }
             }
         }
     }
@@ -424,12 +442,12 @@ impl Room {
                 }
                 Timer::Receipt(user_id) => {
                     let interval = self.cfg.receipt_flush;
-                    let receipt = self
+                    let next = self
                         .receipts
                         .get_mut(&user_id)
-                        .and_then(|slot| slot.due(now, interval));
-                    if let Some(r) = receipt {
-                        self.store_receipt(r);
+                        .map(|slot| slot.due(now, interval));
+                    if let Some(next) = next {
+                        self.receipt_next(user_id, next);
                     }
                 }
             }
