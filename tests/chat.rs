@@ -136,6 +136,21 @@ async fn chat_is_stored_with_idempotency_key_then_broadcast_to_all() {
     // A later joiner gets it in the history.
     let (_c, history, _) = join(sc.client_addr, 1, "carol", "r").await;
     assert_eq!(history["messages"][0]["text"], "hello", "{history}");
+    let (_, _, metrics) = http(
+        "GET",
+        &format!("http://{}/metrics", sc.admin_addr),
+        None,
+        None,
+    )
+    .await;
+    for name in [
+        "chat_messages_total{result=\"saved\"}",
+        "chat_backend_requests_total{endpoint=\"messages\",status=\"2xx\"}",
+        "chat_rooms",
+        "chat_active_connections{mode=\"hosted\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
     sc.shutdown().await;
     sim.shutdown().await;
 }

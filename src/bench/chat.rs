@@ -38,6 +38,7 @@ struct Observed {
     chat_fanout: Histogram,
     chat_seen: AtomicU64,
     receipts_seen: AtomicU64,
+    presence_seen: AtomicU64,
     errors: AtomicU64,
     closed: AtomicU64,
 }
@@ -81,8 +82,19 @@ fn token(org: u64, user: usize) -> String {
     .unwrap_or_default()
 }
 
-fn user_index(v: &Value) -> Option<usize> {
-    v["userId"].as_str()?.strip_prefix('u')?.parse().ok()
+/// The fields a member's reader looks at; the rest is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Seen<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(rename = "userId", borrow, default)]
+    user_id: Option<&'a str>,
+    #[serde(rename = "clientMsgId", borrow, default)]
+    client_msg_id: Option<&'a str>,
+}
+
+fn user_index(user_id: Option<&str>) -> Option<usize> {
+    user_id?.strip_prefix('u')?.parse().ok()
 }
 
 /// Connects `members` clients to room `room` of org 1 and starts their readers.
@@ -123,37 +135,40 @@ async fn join_room(addr: SocketAddr, members: usize, room: &str) -> Result<Arc<R
         tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
                 let Message::Text(t) = msg else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                let Ok(v) = serde_json::from_str::<Seen<'_>>(&t) else {
                     continue;
                 };
                 let now = room.micros();
                 let seen = &room.seen;
-                match v["type"].as_str() {
-                    Some("typing") => {
-                        if let Some(from) = user_index(&v) {
+                match v.kind {
+                    "typing" => {
+                        if let Some(from) = user_index(v.user_id) {
                             let sent = room.typing_sent[from].load(Ordering::Relaxed);
                             seen.typing.record(now.saturating_sub(sent));
                             seen.typing_seen.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Some("chat") => {
+                    "chat" => {
                         // clientMsgId = "c<sender>-<µs sent>"
-                        let sent = v["clientMsgId"]
-                            .as_str()
+                        let sent = v
+                            .client_msg_id
                             .and_then(|c| c.rsplit_once('-'))
                             .and_then(|(_, t)| t.parse::<u64>().ok())
                             .unwrap_or(now);
                         let lat = now.saturating_sub(sent);
-                        if user_index(&v) == Some(me) {
+                        if user_index(v.user_id) == Some(me) {
                             seen.chat_rtt.record(lat);
                         }
                         seen.chat_fanout.record(lat);
                         seen.chat_seen.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some("receipt") => {
+                    "receipt" => {
                         seen.receipts_seen.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some("error") => {
+                    "presence" => {
+                        seen.presence_seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    "error" => {
                         seen.errors.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {}
@@ -190,8 +205,15 @@ pub(super) async fn chat_room(
     let (sim, sidecar) = (&rig.sim, &rig.sidecar);
     let room = join_room(sidecar.client_addr, n, "bench-room").await?;
     let seen = room.seen.clone();
-    let rss_joined = sidecar.rss_kib();
     let limit = Duration::from_secs(60);
+    // Member i hears of the n-1-i members who joined after it: wait for
+    // those presence messages so the measurements start on quiet sockets.
+    let joins = (n as u64) * (n as u64 - 1) / 2;
+    wait_for("presence of every join", limit, || {
+        seen.presence_seen.load(Ordering::Relaxed) >= joins
+    })
+    .await?;
+    let rss_joined = sidecar.rss_kib();
 
     // Typing fan-out: 20 members type one after the other.
     let rounds = 20.min(n);
@@ -293,19 +315,20 @@ pub(super) async fn chat_room(
             tokio::time::sleep_until((tick + spacing * (i as u32 + 1)).into()).await;
         }
     }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (sidecar.cpu_ticks() - cpu0) as f64 / TICKS_PER_SEC / secs * 100.0;
+    let delivered_live = seen.typing_seen.load(Ordering::Relaxed) - before_typing;
     let want = before_typing + seconds * n as u64 * (n as u64 - 1);
     let _ = wait_for("typing storm delivered", Duration::from_secs(30), || {
         seen.typing_seen.load(Ordering::Relaxed) >= want
     })
     .await;
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = (sidecar.cpu_ticks() - cpu0) as f64 / TICKS_PER_SEC / secs * 100.0;
     let delivered = seen.typing_seen.load(Ordering::Relaxed) - before_typing;
     rows.push(Row(
         format!("f. backend requests while {n} members type for {seconds} s"),
         format!("{}", backend_requests(sim) - before_requests),
         format!(
-            "goal 0; {delivered} of {want_d} indicators delivered; sidecar CPU {cpu:.0}% of one core, RSS {} MiB ({} MiB after joining); {} clients closed",
+            "goal 0; {delivered} of {want_d} indicators delivered ({delivered_live} while typing); sidecar CPU {cpu:.0}% of one core, RSS {} MiB ({} MiB after joining); {} clients closed",
             sidecar.rss_kib() / 1024,
             rss_joined / 1024,
             seen.closed.load(Ordering::Relaxed),

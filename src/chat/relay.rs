@@ -22,6 +22,9 @@ use crate::gateway::session::close_with;
 use crate::metrics as m;
 use crate::protocol::close;
 
+/// How long closing either side may take.
+const RELAY_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The backend's chat stream URL: the base URL with a ws scheme.
 pub fn backend_url(base: &url::Url) -> String {
     let scheme = if base.scheme() == "https" {
@@ -116,19 +119,21 @@ pub async fn run<S>(
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    let _ = backend.close(frame).await;
+                    // tungstenite queued the reply to the client's close; send it.
+                    let _ = tokio::time::timeout(RELAY_CLOSE_GRACE, client.flush()).await;
+                    let _ = tokio::time::timeout(RELAY_CLOSE_GRACE, backend.close(frame)).await;
                     break;
                 }
                 Some(Ok(_)) => {}
                 None | Some(Err(_)) => {
-                    let _ = backend.close(None).await;
+                    let _ = tokio::time::timeout(RELAY_CLOSE_GRACE, backend.close(None)).await;
                     break;
                 }
             },
             from_backend = backend.next() => match from_backend {
                 Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
                     if client.send(msg).await.is_err() {
-                        let _ = backend.close(None).await;
+                        let _ = tokio::time::timeout(RELAY_CLOSE_GRACE, backend.close(None)).await;
                         break;
                     }
                 }
@@ -148,12 +153,12 @@ pub async fn run<S>(
             },
             _ = sleep_until_opt(expiry) => {
                 close_with(&mut client, close::TOKEN_EXPIRED, "token expired").await;
-                let _ = backend.close(None).await;
+                let _ = tokio::time::timeout(RELAY_CLOSE_GRACE, backend.close(None)).await;
                 break;
             }
             _ = shutdown.changed() => {
                 close_with(&mut client, close::GOING_AWAY, "shutting down").await;
-                let _ = backend.close(None).await;
+                let _ = tokio::time::timeout(RELAY_CLOSE_GRACE, backend.close(None)).await;
                 break;
             }
         }

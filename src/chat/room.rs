@@ -189,8 +189,12 @@ impl Room {
     fn handle(&mut self, msg: RoomMsg) {
         match msg {
             RoomMsg::Join { member, reply } => {
+                let conn = member.conn;
                 let outcome = self.join(member);
-                let _ = reply.send(outcome);
+                // A session that went away while joining never leaves.
+                if reply.send(outcome).is_err() && outcome == JoinOutcome::Joined {
+                    self.leave(conn);
+                }
             }
             RoomMsg::Leave(conn) => self.leave(conn),
             RoomMsg::Client { conn, msg } => {
