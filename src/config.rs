@@ -152,7 +152,7 @@ pub struct ChatConfig {
     pub leave_grace: Duration,
     /// At most one receipt POST per user and room per this interval.
     pub receipt_flush: Duration,
-    /// Users in one room at once; the next gets `ROOM_FULL`.
+    /// Connections in one room at once (every tab counts); the next gets `ROOM_FULL`.
     pub max_room_members: usize,
     /// Chat messages one user may send per second in a room.
     pub max_messages_per_s: usize,

@@ -384,12 +384,15 @@ async fn bounds_and_bad_input() {
     assert_eq!(member_ids(&snap), ["alice"]);
     next_json(&mut a).await;
 
-    // A third user is refused; another tab of a member is not.
+    // A third member is refused, be it another user or another tab.
     let mut full = open(addr, &user_token(1, "carol", None)).await;
     send(&mut full, json!({"roomId": "r"})).await;
     assert_eq!(next_json(&mut full).await["code"], "ROOM_FULL");
     assert_eq!(close_code(&mut full).await, Some(1008));
-    let (_tab, _, _) = join(addr, 1, "alice", "r").await;
+    let mut tab = open(addr, &user_token(1, "alice", None)).await;
+    send(&mut tab, json!({"roomId": "r"})).await;
+    assert_eq!(next_json(&mut tab).await["code"], "ROOM_FULL");
+    assert_eq!(close_code(&mut tab).await, Some(1008));
 
     // Unknown types, bad JSON, bad text: BAD_MESSAGE, the connection stays.
     for bad in [

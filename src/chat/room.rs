@@ -215,6 +215,11 @@ impl Room {
     }
 
     fn join(&mut self, member: Member) -> JoinOutcome {
+        // Members are connections: every tab costs the room a queue and a
+        // share of each broadcast, so every tab counts against the cap.
+        if self.conns.len() >= self.cfg.max_room_members {
+            return JoinOutcome::Full;
+        }
         let returning = match self.users.get_mut(&member.user_id) {
             Some(user) => {
                 user.conns += 1;
@@ -222,9 +227,6 @@ impl Room {
                 true
             }
             None => {
-                if self.users.len() >= self.cfg.max_room_members {
-                    return JoinOutcome::Full;
-                }
                 self.users.insert(
                     member.user_id.clone(),
                     User {
