@@ -543,3 +543,21 @@ async fn native_mode_without_a_backend_closes_with_an_error() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_silent_client_gives_up_its_place() {
+    let (sim, sc) = rig("stream: {ping_interval_s: 1}\nchat: {leave_grace_s: 0}\n").await;
+    let (mut b, _, _) = join(sc.client_addr, 1, "bob", "r").await;
+    // Alice joins, then never reads again: her client answers no pings.
+    let (_silent, _, _) = join(sc.client_addr, 1, "alice", "r").await;
+    assert_eq!(next_json(&mut b).await["status"], "online");
+    // Bob keeps reading (and so answering pings) until alice is dropped.
+    let m = next_json(&mut b).await;
+    assert_eq!(
+        (&m["userId"], &m["status"]),
+        (&json!("alice"), &json!("offline")),
+        "{m}"
+    );
+    sc.shutdown().await;
+    sim.shutdown().await;
+}

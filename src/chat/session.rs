@@ -21,6 +21,9 @@ use crate::hub::queue::QueueClosed;
 use crate::hub::{Frame, SessionQueue};
 use crate::protocol::close;
 
+/// Ping intervals without a word from the client before it is dropped.
+const SILENT_INTERVALS: u32 = 3;
+
 /// How long a last message before a close may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -181,6 +184,12 @@ pub async fn run<S>(
         let now = (crate::clock::unix_millis() / 1000) as u64;
         tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
     });
+    // Liveness: a WebSocket Ping every `stream.ping_interval_s`; a client
+    // that sent nothing (not even a Pong) for three intervals is gone, and
+    // its place in the room (presence, member cap) is given up.
+    let ping_every = cfg.stream.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_heard = tokio::time::Instant::now();
     let mut batch: Vec<Frame> = Vec::new();
     loop {
         if queue.take(&mut batch) == Err(QueueClosed::Overflow) {
@@ -218,7 +227,19 @@ pub async fn run<S>(
         }
         tokio::select! {
             _ = queue.notified() => {}
-            incoming = ws.next() => match incoming {
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_every * SILENT_INTERVALS {
+                    tracing::info!(org = user.org, conn, "chat client silent; dropping");
+                    close_with(&mut ws, close::GOING_AWAY, "no answer to pings").await;
+                    break;
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = ws.next() => {
+                last_heard = tokio::time::Instant::now();
+                match incoming {
                 None | Some(Err(_)) => break,
                 Some(Ok(Message::Close(_))) => {
                     let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
@@ -249,7 +270,8 @@ pub async fn run<S>(
                     )));
                 }
                 Some(Ok(_)) => {}
-            },
+                }
+            }
             _ = sleep_until_opt(expiry) => {
                 close_with(&mut ws, close::TOKEN_EXPIRED, "token expired").await;
                 break;
