@@ -206,7 +206,7 @@ impl Room {
                         text,
                         client_msg_id,
                     } => self.chat(conn, user_id, text, client_msg_id),
-                    ClientMessage::Typing => self.typing(&user_id),
+                    ClientMessage::Typing => self.typing(conn, &user_id),
                     ClientMessage::Presence(status) => self.presence(&user_id, status),
                     ClientMessage::Ack(message_id) => self.ack(conn, user_id, message_id),
                 }
@@ -327,7 +327,9 @@ impl Room {
         self.conns.get(&conn).map(|c| c.token.clone())
     }
 
-    fn typing(&mut self, user_id: &Arc<str>) {
+    /// Typing goes to every connection but the one typing (a user's other
+    /// tabs included: the client filters its own user if it wants to).
+    fn typing(&mut self, conn: ConnId, user_id: &Arc<str>) {
         let Some(user) = self.users.get_mut(user_id) else {
             return;
         };
@@ -335,7 +337,7 @@ impl Room {
             return;
         }
         let frame = protocol::typing(user_id, &user.name);
-        self.broadcast(frame, Some(user_id));
+        self.broadcast(frame, Some(conn));
     }
 
     fn presence(&mut self, user_id: &Arc<str>, status: Status) {
@@ -461,11 +463,11 @@ impl Room {
         self.receipts.retain(|_, slot| !slot.is_idle(now));
     }
 
-    /// Pushes one frame to every connection, except those of `except`.
-    fn broadcast(&self, text: String, except: Option<&Arc<str>>) {
+    /// Pushes one frame to every connection, except `except`.
+    fn broadcast(&self, text: String, except: Option<ConnId>) {
         let frame = Frame::control(text);
-        for c in self.conns.values() {
-            if except.is_some_and(|u| *u == c.user) {
+        for (id, c) in &self.conns {
+            if except == Some(*id) {
                 continue;
             }
             c.queue.push(frame.clone());
