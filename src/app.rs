@@ -198,6 +198,12 @@ impl Sidecar {
             drain: drain.clone(),
             tls: tls.is_some(),
             uploads,
+            chat: crate::chat::ChatService::new(
+                config.clone(),
+                flags.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            ),
         });
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin {

@@ -55,6 +55,10 @@ pub struct Identity {
     pub org_id: OrgId,
     /// Expiry in Unix seconds, when the token has one (saturated at `u64::MAX`).
     pub expires_at: Option<u64>,
+    /// The `auth.user_claim` (a string or number), when present.
+    pub user_id: Option<String>,
+    /// The `auth.name_claim`, else the user id.
+    pub user_name: Option<String>,
 }
 
 /// Verifies tokens against the configured keys.
@@ -67,6 +71,8 @@ pub struct Verifier {
     audience: Vec<String>,
     leeway_s: u64,
     require_exp: bool,
+    user_claim: String,
+    name_claim: String,
 }
 
 impl Verifier {
@@ -94,6 +100,8 @@ impl Verifier {
             audience: cfg.audience.clone(),
             leeway_s: cfg.leeway.as_secs(),
             require_exp: cfg.require_exp,
+            user_claim: cfg.user_claim.clone(),
+            name_claim: cfg.name_claim.clone(),
         })
     }
 
@@ -233,7 +241,19 @@ impl Verifier {
             _ => None,
         }
         .ok_or_else(|| AuthError::NoOrg(self.org_claim.clone()))?;
-        Ok(Identity { org_id, expires_at })
+        let text_claim = |name: &str| match claims.get(name) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let user_id = text_claim(&self.user_claim);
+        let user_name = text_claim(&self.name_claim).or_else(|| user_id.clone());
+        Ok(Identity {
+            org_id,
+            expires_at,
+            user_id,
+            user_name,
+        })
     }
 }
 

@@ -96,6 +96,10 @@ pub struct AuthConfig {
     pub jwt_public_key_file: Option<PathBuf>,
     pub org_claim: String,
     pub admin_token: Option<String>,
+    /// The claim naming the user (chat, CONTRACT 8).
+    pub user_claim: String,
+    /// The claim with the user's display name; the user id when absent.
+    pub name_claim: String,
     /// JWKS document of the identity provider (http or https).
     pub jwks_url: Option<url::Url>,
     /// How often the JWKS is fetched again.
@@ -122,6 +126,8 @@ impl Default for AuthConfig {
             jwt_public_key_file: None,
             org_claim: "orgId".into(),
             admin_token: None,
+            user_claim: "sub".into(),
+            name_claim: "name".into(),
             jwks_url: None,
             jwks_refresh: Duration::from_secs(DEFAULT_JWKS_REFRESH_S),
             jwks_timeout: Duration::from_secs(DEFAULT_JWKS_TIMEOUT_S),
@@ -182,6 +188,35 @@ pub struct FlagsConfig {
     pub overrides_file: Option<PathBuf>,
 }
 
+/// Chat rooms (CONTRACT 8): the backend's store endpoints and the rooms' bounds.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// `GET {history_path}?roomId=R&limit=N` on join.
+    pub history_path: String,
+    /// Messages asked for on join.
+    pub history_limit: u64,
+    /// `POST {messages_path}` stores one message.
+    pub messages_path: String,
+    /// `POST {receipts_path}` stores a user's latest read receipt.
+    pub receipts_path: String,
+    /// How long a user whose last connection left stays online.
+    pub leave_grace: Duration,
+    /// At most one receipt POST per user and room per this interval.
+    pub receipt_flush: Duration,
+    /// Connections in one room at once (every tab counts); the next gets `ROOM_FULL`.
+    pub max_room_members: usize,
+    /// Chat messages one user may send per second in a room.
+    pub max_messages_per_s: usize,
+    /// How long one backend request (history, message, receipt) may take.
+    pub backend_timeout: Duration,
+    /// Largest backend answer read (a history page).
+    pub max_response_bytes: usize,
+    /// Send queue of one chat connection, in bytes; past it the client is closed with 1013.
+    pub max_queue_bytes: usize,
+    /// Messages waiting in one room's inbox; senders wait when it is full.
+    pub room_inbox: usize,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -206,6 +241,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Document uploads (CONTRACT 7).
     pub uploads: UploadsConfig,
+    /// Chat rooms (CONTRACT 8).
+    pub chat: ChatConfig,
 }
 
 impl Config {
@@ -306,6 +343,7 @@ struct RawConfig {
     passthrough: RawPassthrough,
     limits: RawLimits,
     uploads: RawUploads,
+    chat: RawChat,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,6 +371,8 @@ struct RawAuth {
     jwt_public_key_file: Option<String>,
     org_claim: Option<String>,
     admin_token: Option<String>,
+    user_claim: Option<String>,
+    name_claim: Option<String>,
     jwks_url: Option<String>,
     jwks_refresh_s: Option<u64>,
     jwks_timeout_s: Option<u64>,
@@ -400,6 +440,23 @@ struct RawLegacy {
     cursor_field: Option<String>,
     facade_hold_s: Option<u64>,
     facade_max_held: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawChat {
+    history_path: Option<String>,
+    history_limit: Option<u64>,
+    messages_path: Option<String>,
+    receipts_path: Option<String>,
+    leave_grace_s: Option<u64>,
+    receipt_flush_ms: Option<u64>,
+    max_room_members: Option<u64>,
+    max_messages_per_s: Option<u64>,
+    backend_timeout_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
+    max_queue_bytes: Option<u64>,
+    room_inbox: Option<u64>,
 }
 
 /// The ten services of CONTRACT section 6, in its order.
@@ -586,6 +643,8 @@ impl RawConfig {
             );
         }
         let org_claim = p.name("auth.org_claim", self.auth.org_claim.as_deref(), "orgId");
+        let user_claim = p.name("auth.user_claim", self.auth.user_claim.as_deref(), "sub");
+        let name_claim = p.name("auth.name_claim", self.auth.name_claim.as_deref(), "name");
         let admin_token = self
             .auth
             .admin_token
@@ -815,6 +874,79 @@ impl RawConfig {
 
         let uploads = self.uploads.validate(&mut p);
 
+        let c = &self.chat;
+        let chat = ChatConfig {
+            history_path: p.path(
+                "chat.history_path",
+                c.history_path
+                    .as_deref()
+                    .unwrap_or("/collaboration/chat/history"),
+            ),
+            history_limit: p.range("chat.history_limit", c.history_limit, 50, 0, 10_000),
+            messages_path: p.path(
+                "chat.messages_path",
+                c.messages_path
+                    .as_deref()
+                    .unwrap_or("/collaboration/chat/messages"),
+            ),
+            receipts_path: p.path(
+                "chat.receipts_path",
+                c.receipts_path
+                    .as_deref()
+                    .unwrap_or("/collaboration/chat/receipts"),
+            ),
+            leave_grace: Duration::from_secs(p.range(
+                "chat.leave_grace_s",
+                c.leave_grace_s,
+                5,
+                0,
+                3600,
+            )),
+            receipt_flush: Duration::from_millis(p.range(
+                "chat.receipt_flush_ms",
+                c.receipt_flush_ms,
+                1000,
+                0,
+                3_600_000,
+            )),
+            max_room_members: p.range(
+                "chat.max_room_members",
+                c.max_room_members,
+                1000,
+                1,
+                1_000_000,
+            ) as usize,
+            max_messages_per_s: p.range(
+                "chat.max_messages_per_s",
+                c.max_messages_per_s,
+                5,
+                1,
+                10_000,
+            ) as usize,
+            backend_timeout: Duration::from_millis(p.range(
+                "chat.backend_timeout_ms",
+                c.backend_timeout_ms,
+                5000,
+                10,
+                600_000,
+            )),
+            max_response_bytes: p.range(
+                "chat.max_response_bytes",
+                c.max_response_bytes,
+                4 << 20,
+                1024,
+                1 << 30,
+            ) as usize,
+            max_queue_bytes: p.range(
+                "chat.max_queue_bytes",
+                c.max_queue_bytes,
+                1_048_576,
+                16 * 1024,
+                1 << 30,
+            ) as usize,
+            room_inbox: p.range("chat.room_inbox", c.room_inbox, 1024, 16, 1_000_000) as usize,
+        };
+
         if !p.0.is_empty() {
             return Err(p.0);
         }
@@ -835,6 +967,8 @@ impl RawConfig {
                 jwt_public_key_file,
                 org_claim,
                 admin_token,
+                user_claim,
+                name_claim,
                 jwks_url,
                 jwks_refresh,
                 jwks_timeout,
@@ -853,6 +987,7 @@ impl RawConfig {
             passthrough,
             limits,
             uploads,
+            chat,
         })
     }
 }
@@ -1387,6 +1522,49 @@ services:
         assert_eq!(c.auth.admin_token.as_deref(), Some("tok"));
         let c = Config::from_yaml("x.yaml", "auth: {jwt_secret: file}\n", &env).unwrap();
         assert_eq!(c.auth.jwt_secret.as_deref(), Some("file"));
+    }
+
+    #[test]
+    fn chat_keys_default_and_reject_bad_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c.auth.user_claim, "sub");
+        assert_eq!(c.auth.name_claim, "name");
+        assert_eq!(c.chat.history_path, "/collaboration/chat/history");
+        assert_eq!(c.chat.history_limit, 50);
+        assert_eq!(c.chat.messages_path, "/collaboration/chat/messages");
+        assert_eq!(c.chat.receipts_path, "/collaboration/chat/receipts");
+        assert_eq!(c.chat.leave_grace, Duration::from_secs(5));
+        assert_eq!(c.chat.receipt_flush, Duration::from_millis(1000));
+        assert_eq!(c.chat.max_room_members, 1000);
+        assert_eq!(c.chat.max_messages_per_s, 5);
+        let c = parse("auth: {user_claim: uid, name_claim: display}\nchat: {history_limit: 10, leave_grace_s: 0}\n").unwrap();
+        assert_eq!(
+            (c.auth.user_claim.as_str(), c.auth.name_claim.as_str()),
+            ("uid", "display")
+        );
+        assert_eq!(c.chat.history_limit, 10);
+        assert_eq!(c.chat.leave_grace, Duration::ZERO);
+        let joined = problems(
+            "auth: {user_claim: \"\"}\nchat: {messages_path: nope, max_room_members: 0, max_messages_per_s: 0, room_inbox: 1, colour: red}\n",
+        )
+        .join("\n");
+        assert!(joined.contains("colour"), "{joined}");
+        let joined = problems(
+            "auth: {user_claim: \"\"}\nchat: {messages_path: nope, max_room_members: 0, max_messages_per_s: 0, room_inbox: 1}\n",
+        )
+        .join("\n");
+        for key in [
+            "auth.user_claim",
+            "chat.messages_path",
+            "chat.max_room_members",
+            "chat.max_messages_per_s",
+            "chat.room_inbox",
+        ] {
+            assert!(
+                joined.contains(&format!("edge.yaml: {key}:")),
+                "missing {key} in\n{joined}"
+            );
+        }
     }
 
     #[test]

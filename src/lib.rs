@@ -17,6 +17,7 @@ pub mod app;
 pub mod assets;
 pub mod auth;
 pub mod bench;
+pub mod chat;
 pub mod cli_output;
 pub mod clock;
 pub mod config;

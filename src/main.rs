@@ -131,9 +131,12 @@ enum Command {
         /// Publish rates for the fan-out run.
         #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000")]
         fanout_rates: Vec<u32>,
-        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), u (uploads; not in the default).
+        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), r (chat room), u (uploads); r and u are not in the default.
         #[arg(long, default_value = "abcdef")]
         scenarios: String,
+        /// Members of the chat room (scenario f).
+        #[arg(long, default_value_t = 1000)]
+        chat_members: usize,
     },
     /// A benchmark client process (started by `bench`).
     #[command(hide = true)]
@@ -446,6 +449,7 @@ fn main() -> ExitCode {
                 flip_orgs,
                 fanout_rates,
                 scenarios,
+                chat_members,
             } => {
                 let opts = bench::BenchOptions {
                     clients,
@@ -456,6 +460,7 @@ fn main() -> ExitCode {
                     flip_orgs,
                     fanout_rates,
                     scenarios,
+                    chat_members,
                 };
                 let table = bench::run(opts).await?;
                 cli_output::line(&table.to_string());

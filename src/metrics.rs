@@ -99,6 +99,16 @@ pub fn register_upload_zeroes() {
     metrics::counter!(UPLOADS_RECEIVED_BYTES).increment(0);
     metrics::counter!(UPLOADS_EXPIRED).increment(0);
 }
+/// Gauge by `mode` (hosted, native): open chat connections.
+pub const CHAT_ACTIVE_CONNECTIONS: &str = "chat_active_connections";
+/// Gauge: hosted chat rooms alive.
+pub const CHAT_ROOMS: &str = "chat_rooms";
+/// Counter by `result` (saved, failed, rate_limited): chat messages sent by clients.
+pub const CHAT_MESSAGES: &str = "chat_messages_total";
+/// Counter by `endpoint` (history, messages, receipts) and `status`: chat store requests.
+pub const CHAT_BACKEND_REQUESTS: &str = "chat_backend_requests_total";
+/// Counter: native chat relays the backend refused or did not answer.
+pub const CHAT_RELAY_FAILURES: &str = "chat_relay_failures_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -177,6 +187,17 @@ fn describe() {
     metrics::describe_counter!(
         JWKS_KEYS_REFUSED,
         "JWKS keys skipped as unusable, by reason"
+    );
+    metrics::describe_gauge!(CHAT_ACTIVE_CONNECTIONS, "Open chat connections by mode");
+    metrics::describe_gauge!(CHAT_ROOMS, "Hosted chat rooms alive");
+    metrics::describe_counter!(CHAT_MESSAGES, "Chat messages sent by clients, by result");
+    metrics::describe_counter!(
+        CHAT_BACKEND_REQUESTS,
+        "Chat store requests to the backend by endpoint and status"
+    );
+    metrics::describe_counter!(
+        CHAT_RELAY_FAILURES,
+        "Native chat relays the backend refused or did not answer"
     );
 }
 

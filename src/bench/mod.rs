@@ -6,6 +6,7 @@
 //! `bench-worker` child processes (a process here holds at most 20,000
 //! file descriptors), spread over several 127.0.0.x source addresses.
 
+mod chat;
 mod facade;
 pub mod histogram;
 mod uploads;
@@ -43,8 +44,10 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-f, u).
+    /// Letters of the scenarios to run (a-f, r, u).
     pub scenarios: String,
+    /// Members of the chat room (scenario f).
+    pub chat_members: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -730,6 +733,10 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
         eprintln!("bench: u. document upload ...");
         uploads::run(&mut rows).await?;
         uploads::concurrent_memory(&exe, &mut rows).await?;
+    }
+    if has('r') {
+        eprintln!("bench: r. chat room ...");
+        chat::chat_room(&exe, &o, &mut rows).await?;
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);

@@ -53,6 +53,8 @@ pub struct Gateway {
     pub tls: bool,
     /// Document uploads (`/v2/documents/upload/stream`).
     pub uploads: Arc<crate::uploads::Uploads>,
+    /// `/v2/collaboration/chat/stream` (CONTRACT 8).
+    pub chat: Arc<crate::chat::ChatService>,
 }
 
 impl Gateway {
@@ -73,6 +75,14 @@ impl Gateway {
             crate::assets::client_js(req.method(), req.headers())
         } else if req.uri().path() == crate::uploads::UPLOAD_PATH {
             self.uploads.clone().handle(req).await
+        } else if req.uri().path() == crate::chat::CHAT_PATH {
+            crate::chat::endpoint::upgrade(
+                self.chat.clone(),
+                &self.verifier,
+                &self.stream_slots,
+                req,
+            )
+            .await
         } else {
             self.passthrough.forward(req, peer, self.tls).await
         }

@@ -5,6 +5,7 @@
 //! (`writes`), and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
 
+mod chat;
 mod generator;
 pub mod jwks;
 mod native;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use chat::{ChatCounters, ChatStore};
 pub use generator::GeneratorConfig;
 pub use state::{Fault, SimState};
 pub use uploads::{StoredFile, UploadStore, checksum};
@@ -75,6 +77,8 @@ pub struct Simulator {
     pub state: Arc<SimState>,
     /// The document upload endpoints' state.
     pub uploads: Arc<UploadStore>,
+    /// Chat history, messages, receipts and the native chat stream.
+    pub chat: Arc<ChatStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -87,6 +91,7 @@ struct Ctx {
     /// Ids of the entities the write endpoints create.
     next_entity: std::sync::atomic::AtomicU64,
     uploads: Arc<UploadStore>,
+    chat: Arc<ChatStore>,
 }
 
 impl Simulator {
@@ -110,6 +115,7 @@ impl Simulator {
             )));
         }
         let uploads = Arc::new(UploadStore::default());
+        let chat = Arc::new(ChatStore::default());
         let ctx = Arc::new(Ctx {
             cfg,
             state: state.clone(),
@@ -117,6 +123,7 @@ impl Simulator {
             shutdown: shutdown.clone(),
             next_entity: std::sync::atomic::AtomicU64::new(1),
             uploads: uploads.clone(),
+            chat: chat.clone(),
         });
         let limits = ServerLimits {
             max_connections: 30_000,
@@ -133,6 +140,7 @@ impl Simulator {
             addr,
             state,
             uploads,
+            chat,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -183,6 +191,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == uploads::NATIVE_PATH {
         return uploads::native(ctx.clone(), req).await;
+    }
+    if chat::serves(&path) {
+        return chat::handle(ctx, req, &path).await;
     }
     if path.starts_with("/_sim/") {
         return control(&ctx, req, &path).await;

@@ -42,7 +42,7 @@ pub(super) async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<B
 type ServerWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Completes a WebSocket upgrade and runs `serve` on the socket in a task.
-fn accept<F, Fut>(mut req: Request<Incoming>, serve: F) -> Response<Body>
+pub(super) fn accept<F, Fut>(mut req: Request<Incoming>, serve: F) -> Response<Body>
 where
     F: FnOnce(ServerWs) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -66,7 +66,7 @@ where
     crate::http_server::switching_protocols(&key)
 }
 
-async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+pub(super) async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     code: u16,
     why: &str,

@@ -1,0 +1,71 @@
+//! Collaboration chat (CONTRACT 8): `/v2/collaboration/chat/stream`.
+//!
+//! With `COLLAB_CHAT_NATIVE=false` (default) the sidecar hosts the rooms:
+//! [`endpoint`] upgrades and identifies the user from the token,
+//! [`session`] runs one connection, [`registry`] finds the (org, roomId)
+//! room, [`room`] is the room's actor (presence, typing, rate limits,
+//! fan-out), [`receipts`] and [`throttle`] its per-user state, and
+//! [`store`] the backend's three HTTP endpoints that keep the messages.
+//! With `true`, [`relay`] passes each connection through to the backend's
+//! native chat stream.
+
+pub mod endpoint;
+pub mod protocol;
+pub mod receipts;
+pub mod registry;
+pub mod relay;
+pub mod room;
+#[cfg(test)]
+mod room_tests;
+pub mod session;
+pub mod store;
+pub mod throttle;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::flags::FlagStore;
+use crate::metrics::Stats;
+
+/// The chat stream's path, on the sidecar and on the backend.
+pub const CHAT_PATH: &str = "/v2/collaboration/chat/stream";
+
+/// What chat connections share.
+pub struct ChatService {
+    pub config: Arc<Config>,
+    pub flags: Arc<FlagStore>,
+    pub stats: Arc<Stats>,
+    pub rooms: Arc<registry::RoomRegistry>,
+    pub store: Arc<store::BackendStore>,
+    pub shutdown: watch::Receiver<bool>,
+    next_conn: AtomicU64,
+}
+
+impl ChatService {
+    pub fn new(
+        config: Arc<Config>,
+        flags: Arc<FlagStore>,
+        stats: Arc<Stats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<ChatService> {
+        let store = Arc::new(store::BackendStore::new(&config));
+        let rooms =
+            registry::RoomRegistry::new(config.chat.clone(), store.clone(), shutdown.clone());
+        Arc::new(ChatService {
+            config,
+            flags,
+            stats,
+            rooms,
+            store,
+            shutdown,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    fn next_conn_id(&self) -> room::ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,490 @@
+//! One hosted chat room as an actor: a task that owns the room's members,
+//! presence, throttles and receipt slots, fed through a bounded inbox.
+//!
+//! Nothing here holds a lock across an await: the room pushes serialised
+//! frames into each connection's byte-bounded [`SessionQueue`] (never
+//! waiting), backend calls run as jobs in the room's own `JoinSet` (so a
+//! slow backend never stalls typing or presence, and the jobs die with the
+//! room), and timers (leave grace, receipt flushes) sit in one heap.
+//!
+//! A message is broadcast only after the backend saved it; a failed or slow
+//! save is told to its sender alone (`SEND_FAILED`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::protocol::{self, ChatErrorCode, ClientMessage, MemberView, Status};
+use super::receipts::{Next, Receipt, ReceiptSlot};
+use super::registry::{RoomKey, RoomRegistry};
+use super::store::{BackendStore, StoreError};
+use super::throttle::{SendWindow, TypingThrottle};
+use crate::config::ChatConfig;
+use crate::hub::{Frame, SessionQueue};
+use crate::metrics as m;
+
+/// A chat connection's id, unique in the process.
+pub type ConnId = u64;
+
+/// A connection asking to join.
+#[derive(Clone)]
+pub struct Member {
+    pub conn: ConnId,
+    pub user_id: Arc<str>,
+    pub user_name: Arc<str>,
+    /// The connection's token: backend calls for this user use it.
+    pub token: Arc<str>,
+    pub queue: Arc<SessionQueue>,
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined,
+    /// `chat.max_room_members` users are in the room.
+    Full,
+    /// The room was retiring; join the registry's new one.
+    Retired,
+}
+
+/// What a room's inbox carries.
+pub enum RoomMsg {
+    Join {
+        member: Member,
+        reply: oneshot::Sender<JoinOutcome>,
+    },
+    Leave(ConnId),
+    Client {
+        conn: ConnId,
+        msg: ClientMessage,
+    },
+}
+
+/// A backend call finished.
+enum JobDone {
+    Saved {
+        conn: ConnId,
+        user_id: Arc<str>,
+        user_name: Arc<str>,
+        text: String,
+        client_msg_id: String,
+        result: Result<Map<String, Value>, StoreError>,
+    },
+    Receipt {
+        user_id: Arc<str>,
+        result: Result<(), StoreError>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The leave grace of this user ended.
+    Offline(Arc<str>),
+    /// This user's coalesced receipt may be stored.
+    Receipt(Arc<str>),
+}
+
+struct Conn {
+    user: Arc<str>,
+    token: Arc<str>,
+    queue: Arc<SessionQueue>,
+}
+
+struct User {
+    name: Arc<str>,
+    conns: usize,
+    status: Status,
+    /// Set while the user has no connection: when `offline` is due.
+    offline_at: Option<Instant>,
+    sends: SendWindow,
+    typing: TypingThrottle,
+}
+
+pub(super) struct Room {
+    key: RoomKey,
+    id: u64,
+    cfg: ChatConfig,
+    store: Arc<BackendStore>,
+    registry: Arc<RoomRegistry>,
+    conns: HashMap<ConnId, Conn>,
+    users: HashMap<Arc<str>, User>,
+    receipts: HashMap<Arc<str>, ReceiptSlot>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    jobs: JoinSet<JobDone>,
+}
+
+impl Room {
+    pub(super) fn new(
+        key: RoomKey,
+        id: u64,
+        cfg: ChatConfig,
+        store: Arc<BackendStore>,
+        registry: Arc<RoomRegistry>,
+    ) -> Room {
+        Room {
+            key,
+            id,
+            cfg,
+            store,
+            registry,
+            conns: HashMap::new(),
+            users: HashMap::new(),
+            receipts: HashMap::new(),
+            timers: BinaryHeap::new(),
+            jobs: JoinSet::new(),
+        }
+    }
+
+    /// Serves the inbox until the room is empty (then retires it from the
+    /// registry) or the sidecar shuts down.
+    pub(super) async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<RoomMsg>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        ::metrics::gauge!(m::CHAT_ROOMS).increment(1.0);
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    if let Ok(done) = done {
+                        self.job_done(done);
+                    }
+                }
+                _ = sleep_until_opt(next_timer) => self.fire_timers(),
+                _ = shutdown.changed() => break,
+            }
+            if self.is_idle() {
+                self.registry.retire(&self.key, self.id);
+                // No new sender can find this room now; joins already in the
+                // inbox are told to go to the new room.
+                inbox.close();
+                while let Some(msg) = inbox.recv().await {
+                    if let RoomMsg::Join { reply, .. } = msg {
+                        let _ = reply.send(JoinOutcome::Retired);
+                    }
+                }
+                break;
+            }
+        }
+        ::metrics::gauge!(m::CHAT_ROOMS).decrement(1.0);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.conns.is_empty()
+            && self.users.is_empty()
+            && self.jobs.is_empty()
+            && self.receipts.values().all(|r| !r.is_busy())
+    }
+
+    fn handle(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Join { member, reply } => {
+                let conn = member.conn;
+                let outcome = self.join(member);
+                // A session that went away while joining never leaves.
+                if reply.send(outcome).is_err() && outcome == JoinOutcome::Joined {
+                    self.leave(conn);
+                }
+            }
+            RoomMsg::Leave(conn) => self.leave(conn),
+            RoomMsg::Client { conn, msg } => {
+                let Some(user_id) = self.conns.get(&conn).map(|c| c.user.clone()) else {
+                    return;
+                };
+                match msg {
+                    ClientMessage::Chat {
+                        text,
+                        client_msg_id,
+                    } => self.chat(conn, user_id, text, client_msg_id),
+                    ClientMessage::Typing => self.typing(conn, &user_id),
+                    ClientMessage::Presence(status) => self.presence(&user_id, status),
+                    ClientMessage::Ack(message_id) => self.ack(conn, user_id, message_id),
+                }
+            }
+        }
+    }
+
+    fn join(&mut self, member: Member) -> JoinOutcome {
+        // Members are connections: every tab costs the room a queue and a
+        // share of each broadcast, so every tab counts against the cap.
+        if self.conns.len() >= self.cfg.max_room_members {
+            return JoinOutcome::Full;
+        }
+        let returning = match self.users.get_mut(&member.user_id) {
+            Some(user) => {
+                user.conns += 1;
+                user.offline_at = None;
+                true
+            }
+            None => {
+                self.users.insert(
+                    member.user_id.clone(),
+                    User {
+                        name: member.user_name.clone(),
+                        conns: 1,
+                        status: Status::Online,
+                        offline_at: None,
+                        sends: SendWindow::default(),
+                        typing: TypingThrottle::default(),
+                    },
+                );
+                false
+            }
+        };
+        if !returning {
+            let frame = protocol::presence(&member.user_id, &member.user_name, Status::Online);
+            self.broadcast(frame, None);
+        }
+        self.conns.insert(
+            member.conn,
+            Conn {
+                user: member.user_id.clone(),
+                token: member.token.clone(),
+                queue: member.queue.clone(),
+            },
+        );
+        let members: Vec<MemberView<'_>> = self
+            .users
+            .iter()
+            .map(|(id, u)| MemberView {
+                user_id: id,
+                user_name: &u.name,
+                status: u.status,
+            })
+            .collect();
+        member
+            .queue
+            .push(Frame::control(protocol::presence_snapshot(&members)));
+        JoinOutcome::Joined
+    }
+
+    fn leave(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(user) = self.users.get_mut(&c.user) else {
+            return;
+        };
+        user.conns = user.conns.saturating_sub(1);
+        if user.conns == 0 {
+            let at = Instant::now() + self.cfg.leave_grace;
+            user.offline_at = Some(at);
+            self.timers.push(Reverse((at, Timer::Offline(c.user))));
+        }
+    }
+
+    fn chat(&mut self, conn: ConnId, user_id: Arc<str>, text: String, client_msg_id: String) {
+        let Some(token) = self.token_of(conn) else {
+            return;
+        };
+        let Some(user) = self.users.get_mut(&user_id) else {
+            return;
+        };
+        if !user
+            .sends
+            .try_send(Instant::now(), self.cfg.max_messages_per_s)
+        {
+            ::metrics::counter!(m::CHAT_MESSAGES, "result" => "rate_limited").increment(1);
+            let msg = format!(
+                "more than {} messages per second; not sent",
+                self.cfg.max_messages_per_s
+            );
+            self.tell(
+                conn,
+                protocol::error(ChatErrorCode::RateLimited, &msg, Some(&client_msg_id)),
+            );
+            return;
+        }
+        let user_name = user.name.clone();
+        let store = self.store.clone();
+        let room = self.key.room.clone();
+        self.jobs.spawn(async move {
+            let result = store
+                .save_message(&token, &room, &text, &client_msg_id)
+                .await;
+            JobDone::Saved {
+                conn,
+                user_id,
+                user_name,
+                text,
+                client_msg_id,
+                result,
+            }
+        });
+    }
+
+    fn token_of(&self, conn: ConnId) -> Option<Arc<str>> {
+        self.conns.get(&conn).map(|c| c.token.clone())
+    }
+
+    /// Typing goes to every connection but the one typing (a user's other
+    /// tabs included: the client filters its own user if it wants to).
+    fn typing(&mut self, conn: ConnId, user_id: &Arc<str>) {
+        let Some(user) = self.users.get_mut(user_id) else {
+            return;
+        };
+        if !user.typing.allow(Instant::now()) {
+            return;
+        }
+        let frame = protocol::typing(user_id, &user.name);
+        self.broadcast(frame, Some(conn));
+    }
+
+    fn presence(&mut self, user_id: &Arc<str>, status: Status) {
+        let Some(user) = self.users.get_mut(user_id) else {
+            return;
+        };
+        user.status = status;
+        let frame = protocol::presence(user_id, &user.name, status);
+        self.broadcast(frame, None);
+    }
+
+    fn ack(&mut self, conn: ConnId, user_id: Arc<str>, message_id: Value) {
+        self.broadcast(protocol::receipt(&user_id, &message_id), None);
+        let Some(token) = self.token_of(conn) else {
+            return;
+        };
+        let slot = self.receipts.entry(user_id.clone()).or_default();
+        let next = slot.ack(
+            Receipt { message_id, token },
+            Instant::now(),
+            self.cfg.receipt_flush,
+        );
+        self.receipt_next(user_id, next);
+    }
+
+    /// Acts on what a user's receipt slot asks for.
+    fn receipt_next(&mut self, user_id: Arc<str>, next: Next) {
+        match next {
+            Next::Store(r) => {
+                let store = self.store.clone();
+                let room = self.key.room.clone();
+                self.jobs.spawn(async move {
+                    let result = store.save_receipt(&r.token, &room, &r.message_id).await;
+                    JobDone::Receipt { user_id, result }
+                });
+            }
+            Next::WakeAt(at) => self.timers.push(Reverse((at, Timer::Receipt(user_id)))),
+            Next::Wait => {}
+        }
+    }
+
+    fn job_done(&mut self, done: JobDone) {
+        match done {
+            JobDone::Saved {
+                conn,
+                user_id,
+                user_name,
+                text,
+                client_msg_id,
+                result,
+            } => match result {
+                Ok(mut saved) => {
+                    ::metrics::counter!(m::CHAT_MESSAGES, "result" => "saved").increment(1);
+                    // The backend's saved message is what everyone sees;
+                    // fields it left out come from what the sidecar knows.
+                    saved.entry("userId").or_insert_with(|| json!(&*user_id));
+                    saved
+                        .entry("userName")
+                        .or_insert_with(|| json!(&*user_name));
+                    saved.entry("text").or_insert_with(|| json!(text));
+                    saved
+                        .entry("timestamp")
+                        .or_insert_with(|| json!(crate::clock::now_rfc3339()));
+                    self.broadcast(protocol::chat(saved, &client_msg_id), None);
+                }
+                Err(e) => {
+                    ::metrics::counter!(m::CHAT_MESSAGES, "result" => "failed").increment(1);
+                    tracing::info!(org = self.key.org, error = %e, "chat message not saved");
+                    let msg = format!("message not saved: {e}");
+                    self.tell(
+                        conn,
+                        protocol::error(ChatErrorCode::SendFailed, &msg, Some(&client_msg_id)),
+                    );
+                }
+            },
+            JobDone::Receipt { user_id, result } => {
+                if let Err(e) = result {
+                    tracing::info!(org = self.key.org, error = %e, "read receipt not stored");
+                }
+                let next = self
+                    .receipts
+                    .get_mut(&user_id)
+                    .map(|slot| slot.stored(Instant::now(), self.cfg.receipt_flush));
+                if let Some(next) = next {
+                    self.receipt_next(user_id, next);
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, timer))) = self.timers.pop() else {
+                break;
+            };
+            match timer {
+                Timer::Offline(user_id) => {
+                    let due = self
+                        .users
+                        .get(&user_id)
+                        .is_some_and(|u| u.conns == 0 && u.offline_at == Some(at));
+                    if due && let Some(user) = self.users.remove(&user_id) {
+                        let frame = protocol::presence(&user_id, &user.name, Status::Offline);
+                        self.broadcast(frame, None);
+                    }
+                }
+                Timer::Receipt(user_id) => {
+                    let interval = self.cfg.receipt_flush;
+                    let next = self
+                        .receipts
+                        .get_mut(&user_id)
+                        .map(|slot| slot.due(now, interval));
+                    if let Some(next) = next {
+                        self.receipt_next(user_id, next);
+                    }
+                }
+            }
+        }
+        self.receipts.retain(|_, slot| !slot.is_idle(now));
+    }
+
+    /// Pushes one frame to every connection, except `except`.
+    fn broadcast(&self, text: String, except: Option<ConnId>) {
+        let frame = Frame::control(text);
+        for (id, c) in &self.conns {
+            if except == Some(*id) {
+                continue;
+            }
+            c.queue.push(frame.clone());
+        }
+    }
+
+    /// Pushes one frame to one connection.
+    fn tell(&self, conn: ConnId, text: String) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.queue.push(Frame::control(text));
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
