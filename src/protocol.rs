@@ -19,6 +19,7 @@ pub enum ErrorCode {
     UnknownService,
     UpstreamError,
     UpstreamAuth,
+    EventTooLarge,
 }
 
 impl ErrorCode {
@@ -29,6 +30,7 @@ impl ErrorCode {
             ErrorCode::UnknownService => "UNKNOWN_SERVICE",
             ErrorCode::UpstreamError => "UPSTREAM_ERROR",
             ErrorCode::UpstreamAuth => "UPSTREAM_AUTH",
+            ErrorCode::EventTooLarge => "EVENT_TOO_LARGE",
         }
     }
 }
@@ -189,6 +191,15 @@ pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq:
         json_str(message),
         clock::now_rfc3339()
     )
+}
+
+/// Bytes an `event` message adds around its events, at most: the fixed
+/// fields, a 20-digit seq, the timestamp, the service name (service names
+/// need no JSON escaping) and the commas between events are counted by the
+/// batcher itself. Rounded up generously.
+pub fn event_envelope_bytes(service_name_len: usize) -> usize {
+    const FIXED: usize = 192;
+    FIXED.saturating_add(service_name_len)
 }
 
 /// An `event` message around already-serialised event objects.

@@ -126,7 +126,7 @@ impl Gateway {
             let ws = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 Role::Server,
-                Some(server_ws_config()),
+                Some(session::ws_config(&registry.context().config)),
             )
             .await;
             session::run(ws, identity, token, registry, shutdown).await;

@@ -15,7 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::Identity;
-use crate::hub::queue::QueueClosed;
+use crate::config::Config;
+use crate::hub::queue::{Outgoing, QueueClosed};
+use crate::hub::replay::batches;
 use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionQueue};
 use crate::metrics::{self as m, error_kind};
 use crate::protocol::{self, close};
@@ -154,7 +156,7 @@ pub async fn run<S>(
         let now = (crate::clock::unix_millis() / 1000) as u64;
         tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
     });
-    let mut batch: Vec<Frame> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     let mut delivered: u64 = 0;
     let end = 'serve: loop {
         match queue.take(&mut batch) {
@@ -179,7 +181,7 @@ pub async fn run<S>(
             // Write while watching for overflow, so a client that stopped
             // reading is cut off instead of pinning this task in a write.
             let written = {
-                let write = write_frames(&mut ws, &batch);
+                let write = write_items(&mut ws, &cfg, &batch);
                 tokio::pin!(write);
                 loop {
                     tokio::select! {
@@ -250,41 +252,93 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn write_frames<S>(
+/// The WebSocket settings of a client stream: the server defaults, with a
+/// write buffer that holds the largest message the sizes allow, so a legal
+/// message is never refused as `WriteBufferFull` (CONTRACT 2.1).
+pub fn ws_config(cfg: &Config) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    crate::gateway::server_ws_config().max_write_buffer_size(write_buffer_limit(cfg))
+}
+
+/// Room for one largest message plus a pending control frame (pong, close).
+pub fn write_buffer_limit(cfg: &Config) -> usize {
+    const CONTROL_SLACK: usize = 4096;
+    cfg.stream.max_message_bytes.saturating_add(CONTROL_SLACK)
+}
+
+/// Writes queued items; a replay is rendered into messages page by page.
+async fn write_items<S>(
     ws: &mut WebSocketStream<S>,
-    frames: &[Frame],
+    cfg: &Config,
+    items: &[Outgoing],
 ) -> Result<bool, tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    for f in frames {
-        ws.feed(Message::Text(f.text.clone())).await?;
+    for item in items {
+        match item {
+            Outgoing::Frame(f) => ws.feed(Message::Text(f.text.clone())).await?,
+            Outgoing::Replay(events) => {
+                let pages = batches(
+                    events,
+                    cfg.stream.batch_max_events,
+                    cfg.stream.batch_max_bytes,
+                );
+                for page in pages {
+                    let Some(first) = page.first() else { continue };
+                    let name = &cfg.services[first.service as usize].name;
+                    if let Some(f) = Frame::events(page, name, "replay", false) {
+                        ws.feed(Message::Text(f.text)).await?;
+                    }
+                }
+            }
+        }
     }
     ws.flush().await?;
     Ok(true)
 }
 
+/// Counts what was written: every event in the totals, live events only
+/// in the latency (a replayed event's age says nothing about delivery).
 fn record_delivery(
     stats: &crate::metrics::Stats,
     services: &[crate::config::ServiceConfig],
-    frames: &[Frame],
+    items: &[Outgoing],
     delivered: &mut u64,
 ) {
     let now = crate::clock::unix_millis();
-    for f in frames {
-        if let Some(d) = &f.delivery {
-            let n = d.origins_ms.len() as u64;
-            *delivered += n;
-            let mut sum = 0f64;
-            let histogram = ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
-            for &o in d.origins_ms.iter() {
-                let lat = (now - o).max(0) as f64;
-                sum += lat;
-                histogram.record(lat / 1000.0);
+    for item in items {
+        let (service, count, live) = match item {
+            Outgoing::Frame(Frame {
+                delivery: Some(d), ..
+            }) => (d.service, d.origins_ms.len() as u64, Some(d)),
+            Outgoing::Frame(_) => continue,
+            Outgoing::Replay(events) => {
+                for e in events {
+                    *delivered += 1;
+                    let name = &services[e.service as usize].name;
+                    stats.count_delivered(name, 1);
+                    ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone())
+                        .increment(1);
+                }
+                continue;
             }
-            let name = &services[d.service as usize].name;
-            stats.record_delivery(name, n, sum / n.max(1) as f64);
-            ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(n);
+        };
+        *delivered += count;
+        let name = &services[service as usize].name;
+        ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(count);
+        match live.filter(|d| d.live) {
+            Some(d) => {
+                let histogram =
+                    ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
+                let mut sum = 0f64;
+                for &o in d.origins_ms.iter() {
+                    let lat = now.saturating_sub(o).max(0) as f64;
+                    sum += lat;
+                    histogram.record(lat / 1000.0);
+                }
+                stats.record_delivery(name, count, sum / count.max(1) as f64);
+            }
+            None => stats.count_delivered(name, count),
         }
     }
 }

@@ -14,6 +14,7 @@
 mod dedup;
 mod org;
 pub mod queue;
+pub mod replay;
 #[cfg(test)]
 mod switching_tests;
 pub mod tokens;

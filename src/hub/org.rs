@@ -7,16 +7,16 @@
 //! flags move the org: start the new source, and stop the old one only when
 //! the new one is ready, de-duplicating the overlap by eventId.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::dedup::RecentIds;
-use super::queue::{Delivery, Frame, SessionQueue};
+use super::queue::{Frame, SessionQueue};
+use super::replay::{ReplayWindow, Stored, ViewKey, batches};
 use super::tokens::TokenPool;
 use super::{
     HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, SessionId, SourceId,
@@ -26,37 +26,13 @@ use crate::auth::OrgId;
 use crate::config::Config;
 use crate::flags::{Mode, Snapshot, decide, decide_org};
 use crate::metrics::{self as m, error_kind};
-use crate::protocol::{self, ErrorCode, PropertyKey};
+use crate::protocol::{self, ErrorCode};
 use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, TokenChoice};
 
 /// Messages handled per wake-up before the hub looks at its timers again.
 const DRAIN_LIMIT: usize = 256;
 /// At most one `error` message per service in this interval.
 const ERROR_REPEAT: Duration = Duration::from_secs(5);
-
-struct Stored {
-    seq: u64,
-    service: u16,
-    raw: Box<RawValue>,
-    property: Option<PropertyKey>,
-    origin_ms: i64,
-}
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct ViewKey {
-    services: Vec<u16>,
-    property: Option<PropertyKey>,
-}
-
-impl ViewKey {
-    fn wants(&self, e: &Stored) -> bool {
-        self.services.binary_search(&e.service).is_ok()
-            && match (&self.property, &e.property) {
-                (Some(want), Some(has)) => want == has,
-                _ => true,
-            }
-    }
-}
 
 struct Member {
     queue: Arc<SessionQueue>,
@@ -102,7 +78,7 @@ pub(super) struct OrgHub {
     flag_rx: watch::Receiver<Arc<Snapshot>>,
     base_seq: u64,
     seq: u64,
-    replay: VecDeque<Arc<Stored>>,
+    replay: ReplayWindow,
     recent: RecentIds,
     members: HashMap<SessionId, Member>,
     views: HashMap<ViewKey, Vec<(SessionId, Arc<SessionQueue>)>>,
@@ -133,6 +109,7 @@ impl OrgHub {
         // so a lastSeq from an earlier run, an earlier hub of this org or
         // another replica is never mistaken for a position in this one.
         let base_seq = (crate::clock::unix_millis().max(0) as u64) * 1000;
+        let replay = ReplayWindow::new(cfg.stream.replay_events, cfg.stream.replay_bytes);
         OrgHub {
             org,
             slots: (0..cfg.services.len()).map(|_| Slot::default()).collect(),
@@ -147,7 +124,7 @@ impl OrgHub {
             flag_rx,
             base_seq,
             seq: base_seq,
-            replay: VecDeque::new(),
+            replay,
             members: HashMap::new(),
             views: HashMap::new(),
             sources: HashMap::new(),
@@ -383,46 +360,23 @@ impl OrgHub {
 
     /// True when every event after `n` of this hub is still in the window.
     fn can_resume(&self, n: u64) -> bool {
-        if n < self.base_seq || n > self.seq {
-            return false;
-        }
-        match self.replay.front() {
-            Some(first) => first.seq <= n + 1,
-            None => n == self.seq,
-        }
+        n >= self.base_seq && n <= self.seq && self.replay.covers(n, self.seq)
     }
 
+    /// Queues the window's events after `after` for a resuming client; the
+    /// connection renders them into messages as it writes.
     fn replay_to(&self, q: &SessionQueue, view: &ViewKey, after: u64) {
-        let start = self.replay.partition_point(|e| e.seq <= after);
-        let mut run: Vec<&Arc<Stored>> = Vec::new();
-        for e in self.replay.range(start..).filter(|e| view.wants(e)) {
-            if run.last().is_some_and(|l| l.service != e.service)
-                || run.len() >= self.cfg.stream.batch_max_events
-            {
-                q.push(self.event_frame(&run));
-                run.clear();
-            }
-            run.push(e);
-        }
-        if !run.is_empty() {
-            q.push(self.event_frame(&run));
-        }
+        let read = self
+            .replay
+            .read(view, after, usize::MAX, usize::MAX, self.seq);
+        q.push_replay(read.events);
     }
 
-    /// One `event` message of events of one service.
-    fn event_frame(&self, events: &[&Arc<Stored>]) -> Frame {
-        let last = events[events.len() - 1];
-        let name = &self.cfg.services[last.service as usize].name;
-        Frame {
-            text: protocol::event_message(name, events.iter().map(|e| &*e.raw), last.seq).into(),
-            delivery: Some(Delivery {
-                service: last.service,
-                mode: self.slots[last.service as usize]
-                    .serving
-                    .map_or("poll", Mode::as_str),
-                origins_ms: events.iter().map(|e| e.origin_ms).collect(),
-            }),
-        }
+    /// One live `event` message of events of one service.
+    fn event_frame(&self, events: &[&Arc<Stored>]) -> Option<Frame> {
+        let service = events.last()?.service as usize;
+        let mode = self.slots[service].serving.map_or("poll", Mode::as_str);
+        Frame::events(events, &self.cfg.services[service].name, mode, true)
     }
 
     fn broadcast(&self, frame: Frame) {
@@ -468,6 +422,7 @@ impl OrgHub {
         if cursor.is_some() {
             slot.cursor = cursor;
         }
+        let mut too_large: Vec<(Box<str>, usize)> = Vec::new();
         // Any source's events are accepted, even from one being retired:
         // they may predate what its replacement covers. Duplicates go.
         for ev in events {
@@ -478,7 +433,15 @@ impl OrgHub {
                 ::metrics::counter!(m::CROSS_ORG_DROPPED).increment(1);
                 continue;
             }
-            if self.recent.insert(&ev.id) {
+            if !self.recent.insert(&ev.id) {
+                continue;
+            }
+            let size = ev.raw.get().len();
+            if size > self.cfg.stream.max_event_bytes {
+                too_large.push((ev.id, size));
+                continue;
+            }
+            {
                 if slot.pending.is_empty() {
                     slot.pending_since = Some(Instant::now());
                 }
@@ -488,6 +451,35 @@ impl OrgHub {
         if slot.last_error_sent.is_some() && !slot.pending.is_empty() {
             // Events flowing again announce the recovery.
             slot.last_error_sent = None;
+        }
+        for (id, size) in too_large {
+            self.report_too_large(service, &id, size);
+        }
+    }
+
+    /// An event over `stream.max_event_bytes` is never delivered nor kept
+    /// for replay: it is counted, logged, and reported to the service's
+    /// clients (each such event once, whatever the error rate limit).
+    fn report_too_large(&mut self, service: u16, id: &str, size: usize) {
+        let max = self.cfg.stream.max_event_bytes;
+        let name = &self.cfg.services[service as usize].name;
+        tracing::warn!(org = self.org, service = %name, event_id = %id, bytes = size, max_event_bytes = max,
+            "dropped an event larger than stream.max_event_bytes");
+        self.ctx.stats.count_error(error_kind::EVENT_TOO_LARGE);
+        ::metrics::counter!(m::EVENTS_TOO_LARGE, "service" => name.clone()).increment(1);
+        let message = format!(
+            "event {id:?} ({size} bytes) is larger than the limit of {max} bytes and was dropped"
+        );
+        let frame = Frame::control(protocol::error_message(
+            Some(name),
+            ErrorCode::EventTooLarge,
+            &message,
+            self.seq,
+        ));
+        for m in self.members.values() {
+            if m.view.services.binary_search(&service).is_ok() {
+                m.queue.push(frame.clone());
+            }
         }
     }
 
@@ -525,20 +517,19 @@ impl OrgHub {
                 origin_ms: ev.origin_ms,
             }));
         }
-        let limit = self.cfg.stream.replay_events;
         for e in &stored {
-            self.replay.push_back(e.clone());
+            self.replay.push(e.clone());
         }
-        while self.replay.len() > limit {
-            self.replay.pop_front();
-        }
-        for chunk in stored.chunks(self.cfg.stream.batch_max_events) {
-            for (view, members) in &self.views {
-                let selected: Vec<&Arc<Stored>> = chunk.iter().filter(|e| view.wants(e)).collect();
-                if selected.is_empty() {
+        let limits = (
+            self.cfg.stream.batch_max_events,
+            self.cfg.stream.batch_max_bytes,
+        );
+        for (view, members) in &self.views {
+            let selected: Vec<&Arc<Stored>> = stored.iter().filter(|e| view.wants(e)).collect();
+            for batch in batches(&selected, limits.0, limits.1) {
+                let Some(frame) = self.event_frame(batch) else {
                     continue;
-                }
-                let frame = self.event_frame(&selected);
+                };
                 for (_, q) in members {
                     q.push(frame.clone());
                 }

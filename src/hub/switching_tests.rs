@@ -238,7 +238,10 @@ fn drain(q: &SessionQueue) -> Vec<serde_json::Value> {
     q.take(&mut frames).unwrap();
     frames
         .iter()
-        .map(|f| serde_json::from_str(f.text.as_str()).unwrap())
+        .map(|f| match f {
+            super::queue::Outgoing::Frame(f) => serde_json::from_str(f.text.as_str()).unwrap(),
+            super::queue::Outgoing::Replay(_) => panic!("no replays in these tests"),
+        })
         .collect()
 }
 

@@ -31,6 +31,18 @@ pub fn client_ws_config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
+/// The native link's WebSocket settings: it reads messages of the same
+/// protocol, so it accepts at least twice the largest message this
+/// sidecar's sizes allow (an oversized event must arrive to be reported as
+/// `EVENT_TOO_LARGE` rather than break the link), and 16 MiB at least.
+fn link_ws_config(cfg: &crate::config::Config) -> WebSocketConfig {
+    const FLOOR: usize = 16 << 20;
+    let limit = cfg.stream.max_message_bytes.saturating_mul(2).max(FLOOR);
+    client_ws_config()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+}
+
 /// The native stream URL: the base URL with a ws scheme.
 pub fn native_url(up: &Upstream) -> String {
     let base = &up.config.upstream.base_url;
@@ -109,7 +121,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
             request.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
         let connect =
-            tokio_tungstenite::connect_async_with_config(request, Some(client_ws_config()), true);
+            tokio_tungstenite::connect_async_with_config(request, Some(link_ws_config(&cfg)), true);
         let connected = tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r,
             _ = &mut stop => return,

@@ -1,0 +1,163 @@
+//! Trustworthy delivery, end to end: byte-bounded messages, oversized
+//! events, resume across an absence (CONTRACT 2.1, 2.2).
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn ids(v: &[String]) -> HashSet<String> {
+    v.iter().cloned().collect()
+}
+
+fn padded(bytes: usize) -> Value {
+    json!({ "pad": "x".repeat(bytes) })
+}
+
+/// Every event message respects the byte bound, or carries one event.
+fn assert_byte_bounded(msgs: &[Value], max_bytes: usize) {
+    for m in msgs.iter().filter(|m| m["type"] == "event") {
+        let events = m["events"].as_array().unwrap();
+        let bytes: usize = events.iter().map(|e| e.to_string().len() + 1).sum();
+        assert!(
+            events.len() == 1 || bytes <= max_bytes,
+            "a message of {} events carries {bytes} bytes",
+            events.len()
+        );
+    }
+}
+
+/// Issue 16 item 1: 100 events of 8 KB (a batch far above 256 KiB) reach a
+/// reading client, in messages of at most `batch_max_bytes`, in both modes.
+#[tokio::test]
+async fn a_large_burst_reaches_a_reading_client_in_both_modes() {
+    let (sim, sc) = rig("").await;
+    set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=2").await;
+    let (mut polled, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    let (mut native, ack) = subscribe(sc.client_addr, 2, hello(&["finance"])).await;
+    assert_eq!(ack["mode"], "native");
+    pollers(&sim, 1).await;
+    eventually("one native link", || async {
+        sim.state.stats_json()["nativeActive"] == 1
+    })
+    .await;
+    for (org, ws) in [(1u64, &mut polled), (2, &mut native)] {
+        let burst = sim
+            .state
+            .publish(org, "finance", (0..100).map(|_| padded(8 * 1024)).collect());
+        let (got, msgs) = collect_ids(ws, &ids(&burst)).await;
+        assert_eq!(got, burst, "org {org}: every event once, in order");
+        assert_byte_bounded(&msgs, 65_536);
+    }
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
+fn small_events_config(backend: &str) -> realtime_edge::config::Config {
+    config(
+        backend,
+        "stream: {batch_window_ms: 20, hub_linger_ms: 500, max_event_bytes: 4096, batch_max_bytes: 4096, max_queue_bytes: 65536}\n",
+    )
+}
+
+/// Issue 16 item 2: an event over `max_event_bytes` is reported with
+/// `EVENT_TOO_LARGE` naming it, never delivered, never replayed; the
+/// stream goes on and a resume across it is not closed.
+#[tokio::test]
+async fn an_oversized_event_is_reported_and_never_replayed() {
+    let sim = start_sim(std::time::Duration::from_secs(25)).await;
+    let sc = start_sidecar(small_events_config(&sim.base_url())).await;
+    let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    pollers(&sim, 1).await;
+    let before = sim.state.publish(1, "finance", vec![json!({})]);
+    let (_, msgs) = collect_ids(&mut ws, &ids(&before)).await;
+    let last_seq = msgs.last().unwrap()["seq"].as_u64().unwrap();
+
+    let big = sim.state.publish(
+        1,
+        "finance",
+        vec![json!({"eventId": "huge-1", "pad": "x".repeat(8192)})],
+    );
+    assert_eq!(big, ["huge-1"]);
+    let err = next_non_ping(&mut ws).await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["code"], "EVENT_TOO_LARGE");
+    assert_eq!(err["service"], "finance");
+    assert!(err["message"].as_str().unwrap().contains("huge-1"), "{err}");
+    let after = sim.state.publish(1, "finance", vec![json!({})]);
+    let (got, _) = collect_ids(&mut ws, &ids(&after)).await;
+    assert_eq!(got, after, "the stream goes on");
+
+    let (mut back, ack) = subscribe(
+        sc.client_addr,
+        1,
+        json!({"services": ["finance"], "version": 1, "lastSeq": last_seq}),
+    )
+    .await;
+    assert_eq!(ack["resumed"], true, "{ack}");
+    let (got, _) = collect_ids(&mut back, &ids(&after)).await;
+    assert_eq!(got, after, "the replay skips the oversized event");
+    let m = sidecar_metrics(&sc).await;
+    assert!(m["errorCount"].as_u64().unwrap() >= 1, "{m}");
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// A resume whose replay is larger than the client's queue still arrives
+/// whole: the replay is not counted against `max_queue_bytes`.
+#[tokio::test]
+async fn a_replay_larger_than_the_queue_arrives_whole() {
+    let sim = start_sim(std::time::Duration::from_secs(25)).await;
+    let sc = start_sidecar(small_events_config(&sim.base_url())).await;
+    let (mut keeper, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    pollers(&sim, 1).await;
+    let first = sim.state.publish(1, "finance", vec![json!({})]);
+    let (_, msgs) = collect_ids(&mut keeper, &ids(&first)).await;
+    let last_seq = msgs.last().unwrap()["seq"].as_u64().unwrap();
+    // 40 events of 3 KB: about twice the 64 KiB queue.
+    let mut missed = Vec::new();
+    for _ in 0..4 {
+        let part = sim
+            .state
+            .publish(1, "finance", (0..10).map(|_| padded(3000)).collect());
+        // Once the keeper has them, the hub has them.
+        collect_ids(&mut keeper, &ids(&part)).await;
+        missed.extend(part);
+    }
+    let (mut back, ack) = subscribe(
+        sc.client_addr,
+        1,
+        json!({"services": ["finance"], "version": 1, "lastSeq": last_seq}),
+    )
+    .await;
+    assert_eq!(ack["resumed"], true);
+    let (got, msgs) = collect_ids(&mut back, &ids(&missed)).await;
+    assert_eq!(got, missed);
+    assert_byte_bounded(&msgs, 4096);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[test]
+fn the_queue_must_hold_the_largest_event() {
+    let err = realtime_edge::config::Config::from_yaml(
+        "edge.yaml",
+        "stream: {max_event_bytes: 1048576, max_queue_bytes: 1048576}\n",
+        &realtime_edge::config::EnvSecrets::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("edge.yaml"), "{err}");
+    assert!(err.contains("stream.max_queue_bytes"), "{err}");
+    assert!(err.contains("max_event_bytes"), "{err}");
+    let err = realtime_edge::config::Config::from_yaml(
+        "edge.yaml",
+        "stream: {max_event_bytes: 4096, replay_bytes: 1000}\n",
+        &realtime_edge::config::EnvSecrets::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("stream.replay_bytes"), "{err}");
+}
