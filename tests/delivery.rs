@@ -161,3 +161,91 @@ fn the_queue_must_hold_the_largest_event() {
     .to_string();
     assert!(err.contains("stream.replay_bytes"), "{err}");
 }
+
+fn last_event_seq(msgs: &[Value]) -> u64 {
+    msgs.iter()
+        .filter(|m| m["type"] == "event")
+        .filter_map(|m| m["seq"].as_u64())
+        .max()
+        .unwrap()
+}
+
+/// Issue 16 items 7 and 8: once an org's last client is gone its pollers
+/// stop (no token-less polling, no error counted), and a client back
+/// within `resume_ttl_s` resumes and receives what was published while
+/// nobody was connected.
+#[tokio::test]
+async fn resume_after_an_absence_delivers_what_was_published_meanwhile() {
+    let (sim, sc) = rig("").await;
+    let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance", "staff"])).await;
+    pollers(&sim, 2).await;
+    // Each poller gets an answer, hence a cursor to restart from (a V1
+    // request without a cursor only sees events published after it).
+    let mut first = sim.state.publish(1, "finance", vec![json!({})]);
+    first.extend(sim.state.publish(1, "staff", vec![json!({})]));
+    let (_, msgs) = collect_ids(&mut ws, &ids(&first)).await;
+    let last_seq = last_event_seq(&msgs);
+    drop(ws);
+    // No client: the pollers stop, with nothing counted as an error.
+    pollers(&sim, 0).await;
+    eventually("the stream is gone", || async {
+        sidecar_metrics(&sc).await["activeConnections"] == 0
+    })
+    .await;
+    let errors_before = sidecar_metrics(&sc).await["errorCount"].clone();
+
+    let mut missed = sim.state.publish(1, "finance", vec![json!({}), json!({})]);
+    missed.extend(sim.state.publish(1, "staff", vec![json!({})]));
+    let (mut back, ack) = subscribe(
+        sc.client_addr,
+        1,
+        json!({"services": ["finance", "staff"], "version": 1, "lastSeq": last_seq}),
+    )
+    .await;
+    assert_eq!(ack["resumed"], true, "{ack}");
+    let (got, _) = collect_ids(&mut back, &ids(&missed)).await;
+    assert_eq!(ids(&got), ids(&missed));
+    assert_eq!(got.len(), missed.len(), "no duplicates: {got:?}");
+    let live = sim.state.publish(1, "staff", vec![json!({})]);
+    let (got, _) = collect_ids(&mut back, &ids(&live)).await;
+    assert_eq!(got, live);
+    assert_eq!(
+        sidecar_metrics(&sc).await["errorCount"],
+        errors_before,
+        "an idle org's pollers report no errors"
+    );
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Issue 16 item 5: a cursor the backend no longer honours does not stop
+/// the service: the poller restarts without it and reports it once.
+#[tokio::test]
+async fn a_dead_cursor_restarts_the_poller_fresh() {
+    let (sim, sc) = rig("").await;
+    let (mut ws, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    pollers(&sim, 1).await;
+    let first = sim.state.publish(1, "finance", vec![json!({})]);
+    collect_ids(&mut ws, &ids(&first)).await;
+    // The poller now holds a cursor; the next request carrying it gets 410.
+    sim.state
+        .set_fault("finance", realtime_edge::sim::Fault::StaleCursor);
+    // Whether the poller is parked with its cursor or about to send it, the
+    // next request carrying the cursor is refused.
+    sim.state.publish(1, "finance", vec![json!({})]);
+    let err = loop {
+        let m = next_non_ping(&mut ws).await;
+        if m["type"] == "error" {
+            break m;
+        }
+    };
+    assert_eq!(err["code"], "UPSTREAM_ERROR", "{err}");
+    assert!(err["message"].as_str().unwrap().contains("410"), "{err}");
+    // A fresh poll is parked again; later events flow.
+    pollers(&sim, 1).await;
+    let after = sim.state.publish(1, "finance", vec![json!({})]);
+    let (got, _) = collect_ids(&mut ws, &ids(&after)).await;
+    assert_eq!(got, after);
+    sc.shutdown().await;
+    sim.shutdown().await;
+}

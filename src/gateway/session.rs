@@ -307,10 +307,10 @@ fn record_delivery(
 ) {
     let now = crate::clock::unix_millis();
     for item in items {
-        let (service, count, live) = match item {
+        let d = match item {
             Outgoing::Frame(Frame {
                 delivery: Some(d), ..
-            }) => (d.service, d.origins_ms.len() as u64, Some(d)),
+            }) => d,
             Outgoing::Frame(_) => continue,
             Outgoing::Replay(events) => {
                 for e in events {
@@ -323,22 +323,20 @@ fn record_delivery(
                 continue;
             }
         };
-        *delivered += count;
-        let name = &services[service as usize].name;
-        ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(count);
-        match live.filter(|d| d.live) {
-            Some(d) => {
-                let histogram =
-                    ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
-                let mut sum = 0f64;
-                for &o in d.origins_ms.iter() {
-                    let lat = now.saturating_sub(o).max(0) as f64;
-                    sum += lat;
-                    histogram.record(lat / 1000.0);
-                }
-                stats.record_delivery(name, count, sum / count.max(1) as f64);
+        *delivered += d.count;
+        let name = &services[d.service as usize].name;
+        ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(d.count);
+        let live = d.live_origins_ms.len() as u64;
+        stats.count_delivered(name, d.count - live);
+        if live > 0 {
+            let histogram = ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
+            let mut sum = 0f64;
+            for &o in d.live_origins_ms.iter() {
+                let lat = now.saturating_sub(o).max(0) as f64;
+                sum += lat;
+                histogram.record(lat / 1000.0);
             }
-            None => stats.count_delivered(name, count),
+            stats.record_delivery(name, live, sum / live as f64);
         }
     }
 }

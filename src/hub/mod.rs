@@ -48,6 +48,8 @@ pub struct IncomingEvent {
     pub property: Option<PropertyKey>,
     /// The event's own timestamp (epoch ms), or its arrival when it has none.
     pub origin_ms: i64,
+    /// Cleared by the hub for events a source caught up on after an absence.
+    pub live: bool,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +99,7 @@ impl IncomingEvent {
             org,
             property: meta.property_id.as_ref().and_then(PropertyKey::from_json),
             origin_ms,
+            live: true,
         })
     }
 }

@@ -49,8 +49,12 @@ struct Slot {
     pending: Vec<IncomingEvent>,
     /// When the oldest pending event arrived.
     pending_since: Option<Instant>,
-    /// The newest V1 cursor, so a new poller continues where the last stopped.
+    /// The newest V1 cursor, so a poller restarted after an absence
+    /// continues where the last one stopped.
     cursor: Option<String>,
+    /// A poller restarted from `cursor`: its first answer is a catch-up
+    /// (events from the absence), not live delivery.
+    catching_up: Option<SourceId>,
     last_error_sent: Option<Instant>,
     serving: Option<Mode>,
 }
@@ -181,10 +185,12 @@ impl OrgHub {
             if fallback_due != self.in_fallback || self.slot_linger_due(now) {
                 self.reconcile();
             }
+            // An org with no client keeps its positions, replay window and
+            // cursors for resume_ttl, so a client back within it resumes.
             if self.members.is_empty()
                 && self
                     .empty_since
-                    .is_some_and(|t| now >= t + self.cfg.stream.hub_linger)
+                    .is_some_and(|t| now >= t + self.cfg.stream.resume_ttl)
                 && self.registry.retire(self.org, &self.inbox, &self.me)
             {
                 self.stop_all();
@@ -222,7 +228,7 @@ impl OrgHub {
         if self.members.is_empty()
             && let Some(t) = self.empty_since
         {
-            d = d.min(t + self.cfg.stream.hub_linger);
+            d = d.min(t + self.cfg.stream.resume_ttl);
         }
         d
     }
@@ -407,7 +413,7 @@ impl OrgHub {
 
     fn accept_events(
         &mut self,
-        _source: SourceId,
+        source: SourceId,
         service: u16,
         events: Vec<IncomingEvent>,
         cursor: Option<String>,
@@ -422,10 +428,15 @@ impl OrgHub {
         if cursor.is_some() {
             slot.cursor = cursor;
         }
+        let live = slot.catching_up != Some(source);
+        if !live {
+            slot.catching_up = None;
+        }
         let mut too_large: Vec<(Box<str>, usize)> = Vec::new();
         // Any source's events are accepted, even from one being retired:
         // they may predate what its replacement covers. Duplicates go.
-        for ev in events {
+        for mut ev in events {
+            ev.live = live;
             if ev.org != Some(self.org) {
                 tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
                     "dropped an event of another org (or without orgId) from the backend");
@@ -515,6 +526,7 @@ impl OrgHub {
                 raw: ev.raw,
                 property: ev.property,
                 origin_ms: ev.origin_ms,
+                live: ev.live,
             }));
         }
         for e in &stored {
@@ -604,12 +616,18 @@ impl OrgHub {
         }
     }
 
+    /// Whether service `s` needs a source: while it has subscribers, and
+    /// for `hub_linger` after its last one left if the org still has
+    /// clients (their tokens keep the source going). With no client left
+    /// the sources stop at once: a source without a token could only fail.
+    /// Positions and cursors stay for `resume_ttl` (see [`OrgHub::run`]).
     fn active(&self, s: usize, now: Instant) -> bool {
         let slot = &self.slots[s];
         slot.subscribers > 0
-            || slot
-                .idle_since
-                .is_some_and(|t| now < t + self.cfg.stream.hub_linger)
+            || (!self.members.is_empty()
+                && slot
+                    .idle_since
+                    .is_some_and(|t| now < t + self.cfg.stream.hub_linger))
     }
 
     /// Brings the running sources in line with the flags and subscribers.
@@ -770,8 +788,10 @@ impl OrgHub {
             }
             if serve[s].is_none() && self.slots[s].subscribers == 0 {
                 self.slots[s].idle_since = None;
-                self.slots[s].pending.clear();
-                self.slots[s].pending_since = None;
+                // What arrived keeps its place in the window for a resume.
+                if self.slots[s].pending_since.is_some() {
+                    self.flush(s as u16);
+                }
             }
         }
         if switched {
@@ -841,8 +861,12 @@ impl OrgHub {
         let id = self.alloc_source();
         let cursor = self.slots[service as usize].cursor.clone();
         // A poller that starts from a known cursor covers everything since
-        // its predecessor; it is ready at once.
+        // its predecessor; it is ready at once, and its first answer catches
+        // up on the absence.
         let ready = cursor.is_some();
+        if ready {
+            self.slots[service as usize].catching_up = Some(id);
+        }
         let spec = PollerSpec {
             org: self.org,
             service,

@@ -34,9 +34,12 @@ pub struct Delivery {
     pub service: u16,
     /// The source that served the events ("poll" or "native").
     pub mode: &'static str,
-    pub origins_ms: Arc<[i64]>,
-    /// False for replayed events: only live deliveries count in the latency.
-    pub live: bool,
+    /// Events in the message.
+    pub count: u64,
+    /// The origin times of the live events among them: replayed events and
+    /// events a source caught up on after an absence are not live, and only
+    /// live deliveries count in the latency.
+    pub live_origins_ms: Arc<[i64]>,
 }
 
 impl Frame {
@@ -48,7 +51,8 @@ impl Frame {
     }
 
     /// One `event` message of events of one service (the last one's
-    /// position is the message's `seq`). `events` must not be empty.
+    /// position is the message's `seq`); None for no events. `live` is
+    /// false for a replay.
     pub fn events<T: AsRef<Stored>>(
         events: &[T],
         service_name: &str,
@@ -66,8 +70,13 @@ impl Frame {
             delivery: Some(Delivery {
                 service: last.service,
                 mode,
-                origins_ms: events.iter().map(|e| e.as_ref().origin_ms).collect(),
-                live,
+                count: events.len() as u64,
+                live_origins_ms: events
+                    .iter()
+                    .map(AsRef::as_ref)
+                    .filter(|e| live && e.live)
+                    .map(|e| e.origin_ms)
+                    .collect(),
             }),
         })
     }

@@ -27,6 +27,9 @@ pub struct Stored {
     pub property: Option<PropertyKey>,
     /// The event's origin time (epoch ms), for the latency of live deliveries.
     pub origin_ms: i64,
+    /// False for events a source caught up on after an absence (their age
+    /// is not a delivery latency).
+    pub live: bool,
 }
 
 impl Stored {
@@ -181,6 +184,7 @@ mod tests {
             raw: RawValue::from_string(text).unwrap(),
             property: None,
             origin_ms: 0,
+            live: true,
         })
     }
 

@@ -232,6 +232,11 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
     };
     match state.fault(service) {
         Fault::None => {}
+        Fault::StaleCursor if since.is_some() => {
+            state.set_fault(service, Fault::None);
+            return json_error(StatusCode::GONE, "cursor no longer honoured");
+        }
+        Fault::StaleCursor => {}
         Fault::Status(code) => {
             return json_error(
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

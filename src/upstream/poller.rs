@@ -34,6 +34,20 @@ enum PollError {
     Timeout(u64),
     #[error("backend answer is not a V1 poll body: {0}")]
     Garbage(String),
+    #[error("backend answer is larger than the {0}-byte limit")]
+    TooLarge(usize),
+}
+
+impl PollError {
+    /// Whether the cursor the request carried may be the cause: the answer
+    /// to a stale cursor can exceed the body limit, and a backend may
+    /// refuse a cursor it no longer honours with 400, 404, 410 or 422.
+    fn blames_cursor(&self) -> bool {
+        matches!(
+            self,
+            PollError::TooLarge(_) | PollError::Status(400 | 404 | 410 | 422)
+        )
+    }
 }
 
 struct Answer {
@@ -136,15 +150,33 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     }
                 }
             }
+            // No client of the org is left to lend a token: the hub stops
+            // such pollers; until then this is idleness, not a failure.
+            Err(PollError::NoToken) => {
+                tracing::debug!(org = spec.org, service = %service.name, "V1 poller idle: no live connection token");
+                if !backoff.wait(&mut stop).await {
+                    return;
+                }
+            }
             Err(e) => {
-                let auth = matches!(e, PollError::Refused(_) | PollError::NoToken);
-                tracing::warn!(org = spec.org, service = %service.name, error = %e, "V1 poll failed");
+                let auth = matches!(e, PollError::Refused(_));
+                // A cursor the backend cannot answer (or no longer honours)
+                // would fail forever: start over without one, once reported.
+                let message = if cursor.is_some() && e.blames_cursor() {
+                    cursor = None;
+                    format!(
+                        "{e}; polling restarts from new events (events since the last answer may be missing)"
+                    )
+                } else {
+                    e.to_string()
+                };
+                tracing::warn!(org = spec.org, service = %service.name, error = %message, "V1 poll failed");
                 let status = HubMsg::Status {
                     source: spec.source,
                     status: SourceStatus::Failed {
                         service: Some(spec.service),
                         auth,
-                        message: e.to_string(),
+                        message,
                     },
                 };
                 if spec.hub.send(status).await.is_err() {
@@ -191,7 +223,15 @@ async fn poll_once(
         let body = Limited::new(resp.into_body(), MAX_POLL_BODY)
             .collect()
             .await
-            .map_err(|e| PollError::Transport(e.to_string()))?
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    PollError::TooLarge(MAX_POLL_BODY)
+                } else {
+                    PollError::Transport(e.to_string())
+                }
+            })?
             .to_bytes();
         parse_answer(&body, &cfg.legacy.events_field, &cfg.legacy.cursor_field)
     };
