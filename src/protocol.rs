@@ -10,6 +10,9 @@ use crate::clock;
 
 /// The only protocol version.
 pub const PROTOCOL_VERSION: u64 = 1;
+/// Most service names one handshake may list (a deployment has ten): a
+/// longer list is refused before any name is looked at.
+pub const MAX_HANDSHAKE_SERVICES: usize = 64;
 
 /// Machine-readable codes of `error` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +42,10 @@ impl ErrorCode {
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const TOKEN_EXPIRED: u16 = 4001;
@@ -99,6 +105,12 @@ pub fn parse_handshake(text: &str) -> Result<Handshake, HandshakeError> {
         Some(v) => return Err(HandshakeError::UnsupportedVersion(v.to_string())),
     }
     let services = match obj.get("services") {
+        Some(serde_json::Value::Array(list)) if list.len() > MAX_HANDSHAKE_SERVICES => {
+            return Err(HandshakeError::Bad(format!(
+                "services lists {} names; at most {MAX_HANDSHAKE_SERVICES} are accepted",
+                list.len()
+            )));
+        }
         Some(serde_json::Value::Array(list)) => {
             let mut out: Vec<String> = Vec::with_capacity(list.len());
             for s in list {
@@ -276,6 +288,13 @@ mod tests {
             ),
             (
                 r#"{"services":["a"],"filters":[]}"#,
+                ErrorCode::BadHandshake,
+            ),
+            (
+                &format!(
+                    r#"{{"services":{}}}"#,
+                    serde_json::json!(vec!["x"; MAX_HANDSHAKE_SERVICES + 1])
+                ),
                 ErrorCode::BadHandshake,
             ),
         ] {

@@ -1,14 +1,16 @@
 //! One client's stream after the upgrade: the handshake, joining the org's
 //! hub, then one loop that writes what the hub queued, reads what the
-//! client sends (close, pings), and closes with the right code on token
-//! expiry, overflow or shutdown.
+//! client sends (close, pongs), and closes with the right code on token
+//! expiry, overflow, silence or shutdown. A [`StreamGuard`] owns the
+//! stream's connection counts and its hub membership, so they are released
+//! however the stream ends (even by a panic).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -18,8 +20,8 @@ use crate::auth::Identity;
 use crate::config::Config;
 use crate::hub::queue::{Outgoing, QueueClosed};
 use crate::hub::replay::batches;
-use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionQueue};
-use crate::metrics::{self as m, error_kind};
+use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
+use crate::metrics::{self as m, Stats, error_kind};
 use crate::protocol::{self, close};
 
 /// How long a close handshake may take before the socket is dropped.
@@ -34,6 +36,7 @@ enum EndReason {
     Shutdown,
     Error,
     Handshake,
+    Timeout,
 }
 
 impl EndReason {
@@ -45,8 +48,62 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Error => "error",
             EndReason::Handshake => "handshake",
+            EndReason::Timeout => "timeout",
         }
     }
+}
+
+/// What one stream holds in process-wide state: its place in the connection
+/// counts and, once joined, its membership of the org's hub. Dropping the
+/// guard gives both back, on every path out of [`run`], a panic included.
+struct StreamGuard {
+    stats: Arc<Stats>,
+    member: Option<(mpsc::Sender<HubMsg>, SessionId)>,
+}
+
+impl StreamGuard {
+    fn new(stats: Arc<Stats>) -> StreamGuard {
+        stats
+            .active_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .total_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ::metrics::gauge!(m::ACTIVE_CONNECTIONS).increment(1.0);
+        ::metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
+        StreamGuard {
+            stats,
+            member: None,
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some((hub, session)) = self.member.take() {
+            // The hub's inbox is bounded; when it is full the leave waits
+            // in a task of its own rather than being lost.
+            if let Err(mpsc::error::TrySendError::Full(msg)) = hub.try_send(HubMsg::Leave(session))
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(async move {
+                    let _ = hub.send(msg).await;
+                });
+            }
+        }
+        self.stats
+            .active_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// When a token with expiry `exp` (epoch seconds) must be closed with
+/// 4001, as a point on the runtime's clock; `None` when it never expires
+/// or is so far away that the clock cannot represent it.
+fn expiry_deadline(exp: Option<u64>, now_unix_s: u64) -> Option<tokio::time::Instant> {
+    let remaining = Duration::from_secs(exp?.saturating_sub(now_unix_s));
+    tokio::time::Instant::now().checked_add(remaining)
 }
 
 pub async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
@@ -74,6 +131,7 @@ pub async fn run<S>(
     let cfg = ctx.config.clone();
     let stats = ctx.stats.clone();
     let org = identity.org_id;
+    let mut guard = StreamGuard::new(stats.clone());
 
     // ---- handshake --------------------------------------------------------
     // Control frames (a browser's or proxy's ping) may come first.
@@ -93,7 +151,17 @@ pub async fn run<S>(
                 count_close(EndReason::Handshake);
                 return;
             }
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Err(e))) => {
+                // A frame that breaks the WebSocket rules gets the close
+                // code RFC 6455 names for it (when the socket still takes one).
+                stats.count_error(error_kind::HANDSHAKE);
+                if let Some((code, why)) = violation_close(&e) {
+                    close_with(&mut ws, code, why).await;
+                }
+                count_close(EndReason::Handshake);
+                return;
+            }
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return,
             Ok(Some(Ok(Message::Text(t)))) => break t.to_string(),
             Ok(Some(Ok(Message::Binary(b)))) => break String::from_utf8_lossy(&b).into_owned(),
             Ok(Some(Ok(_))) => continue,
@@ -144,18 +212,19 @@ pub async fn run<S>(
             return;
         }
     };
+    guard.member = Some((hub, session));
     let service_names: Vec<&str> = services
         .iter()
         .map(|&s| cfg.services[s as usize].name.as_str())
         .collect();
-    tracing::info!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed, "subscribed");
+    tracing::debug!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed, "subscribed");
     let started = tokio::time::Instant::now();
 
     // ---- serve --------------------------------------------------------------
-    let expiry = identity.expires_at.map(|exp| {
-        let now = (crate::clock::unix_millis() / 1000) as u64;
-        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
-    });
+    let now_s = u64::try_from(crate::clock::unix_millis() / 1000).unwrap_or(0);
+    let expiry = expiry_deadline(identity.expires_at, now_s);
+    // Anything from the client (a message, a Pong) proves it is there.
+    let mut silent_until = tokio::time::Instant::now() + cfg.stream.client_timeout;
     let mut batch: Vec<Outgoing> = Vec::new();
     let mut delivered: u64 = 0;
     let end = 'serve: loop {
@@ -217,7 +286,8 @@ pub async fn run<S>(
             }
         }
         tokio::select! {
-            _ = queue.notified() => {}
+            // What the client sent first: it may be the Pong that keeps it.
+            biased;
             incoming = ws.next() => match incoming {
                 None | Some(Err(_)) => break 'serve EndReason::Normal,
                 Some(Ok(Message::Close(_))) => {
@@ -225,9 +295,17 @@ pub async fn run<S>(
                     break 'serve EndReason::Normal;
                 }
                 // Pings are answered by tungstenite; other messages after
-                // the handshake have no meaning and are ignored.
-                Some(Ok(_)) => {}
+                // the handshake have no meaning and are ignored. Each one
+                // shows the client is there.
+                Some(Ok(_)) => {
+                    silent_until = tokio::time::Instant::now() + cfg.stream.client_timeout;
+                }
             },
+            _ = queue.notified() => {}
+            _ = tokio::time::sleep_until(silent_until) => {
+                stats.count_error(error_kind::TIMEOUT);
+                break 'serve EndReason::Timeout;
+            }
             _ = sleep_until_opt(expiry) => {
                 stats.count_error(error_kind::AUTH);
                 close_with(&mut ws, close::TOKEN_EXPIRED, "token expired").await;
@@ -239,10 +317,11 @@ pub async fn run<S>(
             }
         }
     };
-    let _ = hub.send(HubMsg::Leave(session)).await;
+    // The guard leaves the hub and gives back the counts.
+    drop(guard);
     count_close(end);
-    tracing::info!(org, session, services = ?service_names, mode = reply.mode, duration_ms = started.elapsed().as_millis() as u64,
-        events = delivered, reason = end.as_str(), "disconnected");
+    tracing::info!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed,
+        duration_ms = started.elapsed().as_millis() as u64, events = delivered, reason = end.as_str(), "stream ended");
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -276,7 +355,14 @@ where
 {
     for item in items {
         match item {
-            Outgoing::Frame(f) => ws.feed(Message::Text(f.text.clone())).await?,
+            Outgoing::Frame(f) => {
+                ws.feed(Message::Text(f.text.clone())).await?;
+                // The keep-alive goes as a WebSocket Ping frame too (CONTRACT
+                // 2.2): the client's Pong proves the connection is not half-open.
+                if f.ws_ping {
+                    ws.feed(Message::Ping(Default::default())).await?;
+                }
+            }
             Outgoing::Replay(events) => {
                 let pages = batches(
                     events,
@@ -341,6 +427,33 @@ fn record_delivery(
     }
 }
 
+/// The close code for a frame that broke the WebSocket rules before the
+/// handshake: 1009 too big, 1007 not UTF-8, 1002 any other protocol error.
+fn violation_close(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => Some((close::TOO_BIG, "message too big")),
+        Error::Utf8(_) => Some((close::INVALID_DATA, "text is not valid UTF-8")),
+        Error::Protocol(_) => Some((close::PROTOCOL, "WebSocket protocol violation")),
+        _ => None,
+    }
+}
+
 fn count_close(reason: EndReason) {
     ::metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_far_expiry_is_no_deadline_and_does_not_panic() {
+        assert!(expiry_deadline(None, 0).is_none());
+        assert!(expiry_deadline(Some(u64::MAX), 0).is_none());
+        let soon = expiry_deadline(Some(110), 100).unwrap();
+        assert!(soon <= tokio::time::Instant::now() + Duration::from_secs(10));
+        // Already expired: due now.
+        assert!(expiry_deadline(Some(5), 100).unwrap() <= tokio::time::Instant::now());
+    }
 }

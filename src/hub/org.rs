@@ -179,7 +179,7 @@ impl OrgHub {
             self.flush_due(now, busy);
             if now >= self.next_ping {
                 self.next_ping = now + self.cfg.stream.ping_interval;
-                self.broadcast(Frame::control(protocol::ping_message(self.seq)));
+                self.broadcast(Frame::keepalive(protocol::ping_message(self.seq)));
             }
             let fallback_due = self.fallback_deadline().is_some_and(|d| now >= d);
             if fallback_due != self.in_fallback || self.slot_linger_due(now) {
@@ -288,11 +288,17 @@ impl OrgHub {
         q.push(Frame::control(protocol::ack_message(
             position, mode, resumed,
         )));
-        for name in &req.unknown_services {
+        // One error for all unknown names (the list is capped at the handshake).
+        if !req.unknown_services.is_empty() {
+            let names = &req.unknown_services;
+            let service = match names.as_slice() {
+                [only] => Some(only.as_str()),
+                _ => None,
+            };
             q.push(Frame::control(protocol::error_message(
-                Some(name),
+                service,
                 ErrorCode::UnknownService,
-                &format!("unknown service {name:?}"),
+                &format!("unknown services: {names:?}"),
                 position,
             )));
         }

@@ -27,6 +27,8 @@ pub struct Frame {
     /// For event messages: the service index and the origin time (epoch ms)
     /// of each event, for the latency measurement at write time.
     pub delivery: Option<Delivery>,
+    /// The keep-alive `ping` message: a WebSocket Ping frame follows it.
+    pub ws_ping: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +49,15 @@ impl Frame {
         Frame {
             text: text.into(),
             delivery: None,
+            ws_ping: false,
+        }
+    }
+
+    /// The periodic `ping` message, followed by a WebSocket Ping frame.
+    pub fn keepalive(text: String) -> Frame {
+        Frame {
+            ws_ping: true,
+            ..Frame::control(text)
         }
     }
 
@@ -61,6 +72,7 @@ impl Frame {
     ) -> Option<Frame> {
         let last = events.last()?.as_ref();
         Some(Frame {
+            ws_ping: false,
             text: protocol::event_message(
                 service_name,
                 events.iter().map(|e| &*e.as_ref().raw),
