@@ -15,6 +15,7 @@ mod dedup;
 mod org;
 pub mod queue;
 pub mod replay;
+mod switching;
 #[cfg(test)]
 mod switching_tests;
 pub mod tokens;
@@ -137,6 +138,10 @@ pub enum HubMsg {
         cursor: Option<String>,
         /// Native link: the upstream position of the last event.
         native_seq: Option<u64>,
+        /// V1 poller: when the request this answers was sent (switching
+        /// waits for an answer to a request sent after the new source was
+        /// ready). A poller reports every answer, even an empty one.
+        requested_at: Option<tokio::time::Instant>,
     },
     Status {
         source: SourceId,

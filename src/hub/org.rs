@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::dedup::RecentIds;
 use super::queue::{Frame, SessionQueue};
 use super::replay::{ReplayWindow, Stored, ViewKey, batches};
+use super::switching::{self, Handover};
 use super::tokens::TokenPool;
 use super::{
     HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, SessionId, SourceId,
@@ -68,6 +69,10 @@ enum SourceKind {
 struct Running {
     kind: SourceKind,
     ready: bool,
+    /// Since when the source has been ready (reset when it goes down).
+    ready_at: Option<Instant>,
+    /// A poller: when it sent the newest request it has an answer to.
+    answered_request_at: Option<Instant>,
     handle: SourceHandle,
 }
 
@@ -256,7 +261,11 @@ impl OrgHub {
                 events,
                 cursor,
                 native_seq,
-            } => self.accept_events(source, service, events, cursor, native_seq),
+                requested_at,
+            } => {
+                self.accept_events(source, service, events, cursor, native_seq);
+                self.note_answer(source, requested_at);
+            }
             HubMsg::Status { source, status } => self.source_status(source, status),
         }
     }
@@ -417,6 +426,25 @@ impl OrgHub {
 
     // ---- events -------------------------------------------------------------
 
+    /// Records how far a poller's coverage reaches; an answer of a retiring
+    /// poller may complete its handover.
+    fn note_answer(&mut self, source: SourceId, requested_at: Option<Instant>) {
+        let Some(at) = requested_at else { return };
+        let Some(r) = self.sources.get_mut(&source) else {
+            return;
+        };
+        r.answered_request_at = Some(r.answered_request_at.map_or(at, |o| o.max(at)));
+        let retiring = match r.kind {
+            SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _) => {
+                self.slots[s as usize].serving != Some(Mode::Poll)
+            }
+            SourceKind::Native(_) => false,
+        };
+        if retiring {
+            self.reconcile();
+        }
+    }
+
     fn accept_events(
         &mut self,
         source: SourceId,
@@ -425,13 +453,17 @@ impl OrgHub {
         cursor: Option<String>,
         native_seq: Option<u64>,
     ) {
-        if let Some(n) = native_seq {
+        // Positions to restart from are taken only from the source that
+        // serves: a retiring source's position is history, not a plan.
+        if let Some(n) = native_seq
+            && self.newest_native() == Some(source)
+        {
             self.native_seq = Some(self.native_seq.map_or(n, |o| o.max(n)));
         }
         let Some(slot) = self.slots.get_mut(service as usize) else {
             return;
         };
-        if cursor.is_some() {
+        if cursor.is_some() && slot.serving == Some(Mode::Poll) {
             slot.cursor = cursor;
         }
         let live = slot.catching_up != Some(source);
@@ -566,6 +598,7 @@ impl OrgHub {
             // stream is up: an older one being retired may drop meanwhile.
             SourceStatus::Ready => {
                 running.ready = true;
+                running.ready_at.get_or_insert_with(Instant::now);
                 let native = matches!(running.kind, SourceKind::Native(_));
                 if native && self.newest_native() == Some(source) {
                     if self.native_down_since.is_some() {
@@ -577,6 +610,7 @@ impl OrgHub {
             }
             SourceStatus::Down => {
                 running.ready = false;
+                running.ready_at = None;
                 let native = matches!(running.kind, SourceKind::Native(_));
                 if native
                     && self.newest_native() == Some(source)
@@ -737,19 +771,39 @@ impl OrgHub {
                     && matches!(&r.kind, SourceKind::Native(set) if set.binary_search(&s).is_ok())
             })
         };
-        let replacement_ready = |hub: &OrgHub, s: u16| -> bool {
-            match serve[s as usize] {
-                None => true,
-                Some(Mode::Poll) => poll_ready(hub, s),
-                Some(Mode::Native) => native_ready(hub, s),
-            }
+        let native_ready_at = |hub: &OrgHub, s: u16| -> Option<Instant> {
+            newest_native.and_then(|id| {
+                let r = &hub.sources[&id];
+                match &r.kind {
+                    SourceKind::Native(set) if set.binary_search(&s).is_ok() => r.ready_at,
+                    _ => None,
+                }
+            })
+        };
+        // Whether the source `old`, no longer wanted for service `s`, has
+        // handed over to what serves `s` now (see `switching`).
+        let handed_over = |hub: &OrgHub, s: u16, old: &Running| -> bool {
+            let old_is_poller = !matches!(old.kind, SourceKind::Native(_));
+            let handover = match serve[s as usize] {
+                None => Handover::Proven,
+                // A native link, or one poller kind replacing the other
+                // (leader flag): the new pollers' first answers decide.
+                Some(Mode::Poll) => switching::native_to_pollers(poll_ready(hub, s)),
+                Some(Mode::Native) if old_is_poller => {
+                    switching::poller_to_native(native_ready_at(hub, s), old.answered_request_at)
+                }
+                // A narrower link replaced by a wider one.
+                Some(Mode::Native) if native_ready(hub, s) => Handover::Proven,
+                Some(Mode::Native) => Handover::Starting,
+            };
+            handover == Handover::Proven
         };
         let mut to_stop = Vec::new();
         for (&id, r) in &self.sources {
             let stop = match &r.kind {
                 SourceKind::SharedPoller(s) => {
                     let wanted = serve[*s as usize] == Some(Mode::Poll) && flags.leader_enabled;
-                    !wanted && replacement_ready(self, *s)
+                    !wanted && handed_over(self, *s, r)
                 }
                 SourceKind::SessionPoller(s, sid) => {
                     let still_member = self
@@ -759,11 +813,11 @@ impl OrgHub {
                     let wanted = serve[*s as usize] == Some(Mode::Poll)
                         && !flags.leader_enabled
                         && still_member;
-                    !wanted && (!still_member || replacement_ready(self, *s))
+                    !wanted && (!still_member || handed_over(self, *s, r))
                 }
                 SourceKind::Native(set) => {
                     let wanted = Some(id) == newest_native;
-                    !wanted && set.iter().all(|&s| replacement_ready(self, s))
+                    !wanted && set.iter().all(|&s| handed_over(self, s, r))
                 }
             };
             if stop {
@@ -772,6 +826,14 @@ impl OrgHub {
         }
         for id in to_stop {
             if let Some(r) = self.sources.remove(&id) {
+                // A native link replaced by polling (clients still here):
+                // its position is history; a later link starts fresh.
+                if matches!(r.kind, SourceKind::Native(_))
+                    && native_want.is_empty()
+                    && !self.members.is_empty()
+                {
+                    self.native_seq = None;
+                }
                 r.handle.stop();
             }
         }
@@ -789,6 +851,11 @@ impl OrgHub {
                     tracing::info!(org = self.org, service = %self.cfg.services[s].name, from = from.as_str(), to = to.as_str(),
                         fallback = fallback && decided[s] == Some(Mode::Native), "mode switch");
                     ::metrics::counter!(m::MODE_SWITCHES, "to" => to.as_str()).increment(1);
+                }
+                // A cursor is history once native serves: a poller that
+                // starts after the native period starts fresh.
+                if was == Some(Mode::Poll) && serve[s] == Some(Mode::Native) {
+                    self.slots[s].cursor = None;
                 }
                 self.slots[s].serving = serve[s];
             }
@@ -894,6 +961,8 @@ impl OrgHub {
             Running {
                 kind,
                 ready,
+                ready_at: ready.then(Instant::now),
+                answered_request_at: None,
                 handle,
             },
         );
@@ -923,6 +992,8 @@ impl OrgHub {
             Running {
                 kind: SourceKind::Native(services),
                 ready: false,
+                ready_at: None,
+                answered_request_at: None,
                 handle,
             },
         );

@@ -253,6 +253,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                         events,
                         cursor: None,
                         native_seq: msg.seq,
+                        requested_at: None,
                     };
                     if spec.hub.send(batch).await.is_err() {
                         return;

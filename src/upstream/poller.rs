@@ -69,6 +69,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
     let mut ready_sent = cursor.is_some();
     let mut backoff = Backoff::default();
     let mut answered_fast = false;
+    let mut requested_at = None;
     loop {
         let token = match &spec.tokens {
             TokenChoice::Pool(pool) => pool.pick(),
@@ -87,6 +88,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     );
                 }
                 let started = tokio::time::Instant::now();
+                requested_at = Some(started);
                 let res = tokio::select! {
                     r = poll_once(&up, &service.name, &url, &token) => r,
                     _ = &mut stop => return,
@@ -119,17 +121,18 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                 if answer.cursor.is_some() {
                     cursor = answer.cursor.clone();
                 }
-                if !events.is_empty() || answer.cursor.is_some() {
-                    let msg = HubMsg::Events {
-                        source: spec.source,
-                        service: spec.service,
-                        events,
-                        cursor: answer.cursor,
-                        native_seq: None,
-                    };
-                    if spec.hub.send(msg).await.is_err() {
-                        return;
-                    }
+                // Every answer is reported, even an empty one: it tells the
+                // hub how far this poller's coverage reaches (switching).
+                let msg = HubMsg::Events {
+                    source: spec.source,
+                    service: spec.service,
+                    events,
+                    cursor: answer.cursor,
+                    native_seq: None,
+                    requested_at,
+                };
+                if spec.hub.send(msg).await.is_err() {
+                    return;
                 }
                 if !ready_sent {
                     ready_sent = true;
