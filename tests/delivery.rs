@@ -249,3 +249,62 @@ async fn a_dead_cursor_restarts_the_poller_fresh() {
     sc.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Issue 16 items 3 and 4: flips back and forth while V1 answers are slow
+/// and events keep coming lose nothing and duplicate nothing.
+#[tokio::test]
+async fn flips_under_slow_v1_answers_lose_and_duplicate_nothing() {
+    let (sim, sc) = rig("").await;
+    let (mut ws, _) = subscribe(sc.client_addr, 5, hello(&["finance"])).await;
+    pollers(&sim, 1).await;
+    // Slow answers from now on (the parked first request already covers
+    // everything after it arrived).
+    sim.state
+        .set_fault("finance", realtime_edge::sim::Fault::Slow(300));
+    // The publisher paces events (load, not synchronisation).
+    let state = sim.state.clone();
+    let publisher = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+        for _ in 0..150 {
+            tick.tick().await;
+            ids.extend(state.publish(5, "finance", vec![json!({})]));
+        }
+        ids
+    });
+    let mut got = Vec::new();
+    let mut flips = 0;
+    let mut native = false;
+    while !publisher.is_finished() {
+        // Flip every 25 events received.
+        if got.len() >= (flips + 1) * 25 && flips < 4 {
+            native = !native;
+            let form = if native {
+                "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=5"
+            } else {
+                "REALTIME_STREAMING_V2=false"
+            };
+            set_flags(&sc, form).await;
+            flips += 1;
+        }
+        let m = next_json(&mut ws).await;
+        if m["type"] == "event" {
+            for e in m["events"].as_array().unwrap() {
+                got.push(e["eventId"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let published = publisher.await.unwrap();
+    let rest: HashSet<String> = published
+        .iter()
+        .filter(|id| !got.contains(id))
+        .cloned()
+        .collect();
+    let (more, _) = collect_ids(&mut ws, &rest).await;
+    got.extend(more);
+    assert!(flips >= 2, "flipped {flips} times");
+    assert_eq!(ids(&got), ids(&published), "nothing lost");
+    assert_eq!(got.len(), published.len(), "nothing duplicated");
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
