@@ -7,9 +7,20 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 
-/// A refused token is tried again after this long: a backend that briefly
-/// refused everything must not leave the org without credentials for good.
-const REFUSAL_TTL: Duration = Duration::from_secs(60);
+/// A refused token is set aside for a while that starts at a few seconds
+/// and doubles with each further refusal, up to a minute: a backend that
+/// refused everything for a moment (an auth blip) gets the org's tokens
+/// back within seconds of recovering, and a token it keeps refusing costs
+/// at most one request a minute.
+const FIRST_REFUSAL_PAUSE: Duration = Duration::from_secs(2);
+const MAX_REFUSAL_PAUSE: Duration = Duration::from_secs(60);
+
+fn refusal_pause(refusals: u32) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(5);
+    FIRST_REFUSAL_PAUSE
+        .saturating_mul(1 << doublings)
+        .min(MAX_REFUSAL_PAUSE)
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -17,6 +28,8 @@ struct Entry {
     token: Arc<str>,
     expires_at: Option<u64>,
     refused_at: Option<Instant>,
+    /// Refusals in a row (reset when the token is accepted again).
+    refusals: u32,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +45,7 @@ impl TokenPool {
                 token,
                 expires_at,
                 refused_at: None,
+                refusals: 0,
             });
         }
     }
@@ -50,7 +64,8 @@ impl TokenPool {
         e.iter()
             .rev()
             .find(|x| {
-                x.refused_at.is_none_or(|t| t.elapsed() >= REFUSAL_TTL)
+                x.refused_at
+                    .is_none_or(|t| t.elapsed() >= refusal_pause(x.refusals))
                     && x.expires_at.is_none_or(|t| t > now)
             })
             .map(|x| x.token.clone())
@@ -69,6 +84,18 @@ impl TokenPool {
         if let Ok(mut e) = self.entries.lock() {
             for x in e.iter_mut().filter(|x| &*x.token == token) {
                 x.refused_at = Some(Instant::now());
+                x.refusals = x.refusals.saturating_add(1);
+            }
+        }
+    }
+
+    /// Marks a token the backend accepted: its next refusal starts the
+    /// pause from a few seconds again.
+    pub fn accepted(&self, token: &str) {
+        if let Ok(mut e) = self.entries.lock() {
+            for x in e.iter_mut().filter(|x| &*x.token == token) {
+                x.refused_at = None;
+                x.refusals = 0;
             }
         }
     }
@@ -92,5 +119,12 @@ mod tests {
         p.remove(1);
         assert!(p.pick().is_none());
         assert_eq!(p.of_session(3).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn refusal_pauses_start_at_seconds_and_are_capped() {
+        assert_eq!(refusal_pause(1), Duration::from_secs(2));
+        assert_eq!(refusal_pause(2), Duration::from_secs(4));
+        assert_eq!(refusal_pause(50), Duration::from_secs(60));
     }
 }

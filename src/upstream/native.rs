@@ -43,6 +43,32 @@ fn link_ws_config(cfg: &crate::config::Config) -> WebSocketConfig {
         .max_frame_size(Some(limit))
 }
 
+/// Malformed native messages are logged at most once per this interval,
+/// with the number passed over meanwhile.
+const MALFORMED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct MalformedLog {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl MalformedLog {
+    fn note(&mut self, org: crate::auth::OrgId, error: &serde_json::Error) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < MALFORMED_LOG_INTERVAL)
+        {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return;
+        }
+        tracing::warn!(org, error = %error, suppressed = self.suppressed, "ignored a malformed native stream message");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 /// The native stream URL: the base URL with a ws scheme.
 pub fn native_url(up: &Upstream) -> String {
     let base = &up.config.upstream.base_url;
@@ -81,6 +107,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
     let mut last_seq = spec.last_seq;
     let mut backoff = Backoff::default();
     let silence_limit = cfg.stream.ping_interval * SILENCE_LIMIT_FACTOR;
+    let mut malformed = MalformedLog::default();
     loop {
         let Some(token) = spec.tokens.pick() else {
             if !send(
@@ -187,6 +214,9 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         let _gauge = GaugeGuard::new(m::UPSTREAM_NATIVE_LINKS);
         let hello = protocol::handshake_json(&names, None, last_seq);
         if ws.send(Message::Text(hello.into())).await.is_err() {
+            if !backoff.wait(&mut stop).await {
+                return;
+            }
             continue;
         }
         let mut acked = false;
@@ -214,14 +244,20 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
             let msg: ServerMessage = match serde_json::from_str(&text) {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(org = spec.org, error = %e, "ignored a malformed native stream message");
+                    malformed.note(spec.org, &e);
                     continue;
                 }
             };
+            // The backoff is reset only once the link has carried something
+            // after its ack: a backend that acks and then fails at once
+            // (an oversized frame, say) is retried ever more slowly.
+            if acked && msg.kind != "ack" {
+                backoff.reset();
+            }
             match msg.kind.as_str() {
                 "ack" => {
                     acked = true;
-                    backoff.reset();
+                    spec.tokens.accepted(&token);
                     if msg.resumed != Some(true) && last_seq.is_some() {
                         tracing::info!(
                             org = spec.org,

@@ -18,6 +18,10 @@ use crate::metrics as m;
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(100);
 /// The pause after such an answer, which bounds the request rate.
 const EMPTY_POLL_PAUSE: Duration = Duration::from_secs(1);
+/// After a refusal another connection's token is tried at once, at most
+/// this many times in a row; then the poller backs off (an auth outage
+/// must not turn into one request per connection).
+const IMMEDIATE_TOKEN_RETRIES: u32 = 3;
 
 /// How one poll ended.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
     let mut backoff = Backoff::default();
     let mut answered_fast = false;
     let mut requested_at = None;
+    let mut refusals_in_row = 0u32;
     loop {
         let token = match &spec.tokens {
             TokenChoice::Pool(pool) => pool.pick(),
@@ -94,10 +99,12 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     _ = &mut stop => return,
                 };
                 answered_fast = started.elapsed() < MIN_EMPTY_POLL;
-                if let Err(PollError::Refused(_)) = &res
-                    && let TokenChoice::Pool(pool) = &spec.tokens
-                {
-                    pool.refuse(&token);
+                if let TokenChoice::Pool(pool) = &spec.tokens {
+                    match &res {
+                        Err(PollError::Refused(_)) => pool.refuse(&token),
+                        Ok(_) => pool.accepted(&token),
+                        Err(_) => {}
+                    }
                 }
                 res
             }
@@ -106,6 +113,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
         match outcome {
             Ok(answer) => {
                 backoff.reset();
+                refusals_in_row = 0;
                 let empty = answer.events.is_empty();
                 let now = crate::clock::unix_millis();
                 let mut events = Vec::with_capacity(answer.events.len());
@@ -185,8 +193,13 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                 if spec.hub.send(status).await.is_err() {
                     return;
                 }
-                // With another token at hand a refusal is retried at once.
+                // With another token at hand a refusal is retried at once,
+                // a few times in a row at most.
+                if matches!(e, PollError::Refused(_)) {
+                    refusals_in_row = refusals_in_row.saturating_add(1);
+                }
                 let retry_now = matches!(e, PollError::Refused(_))
+                    && refusals_in_row <= IMMEDIATE_TOKEN_RETRIES
                     && matches!(&spec.tokens, TokenChoice::Pool(p) if p.pick().is_some());
                 if !retry_now && !backoff.wait(&mut stop).await {
                     return;
