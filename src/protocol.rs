@@ -320,3 +320,72 @@ mod tests {
         }
     }
 }
+
+/// Proptest strategies for peer input (shared by the parsers' tests).
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Arbitrary JSON, biased towards the field names the parsers read.
+    pub fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<u64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::json!(f)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        "[a-z]{0,6}|eventId|orgId|timestamp|propertyId|events|cursor|seq|type|service|services|version|filters|lastSeq",
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text a client sends as its handshake gets a handshake or a
+        /// typed refusal, never a panic.
+        #[test]
+        fn any_handshake_text_parses_or_is_refused(text in ".{0,200}") {
+            let _ = parse_handshake(&text).map_err(|e| e.code());
+        }
+
+        #[test]
+        fn any_handshake_json_parses_or_is_refused(v in strategies::json_value()) {
+            match parse_handshake(&v.to_string()) {
+                Ok(h) => prop_assert!(!h.services.is_empty() && h.services.len() <= MAX_HANDSHAKE_SERVICES),
+                Err(e) => prop_assert!(matches!(e.code(), ErrorCode::BadHandshake | ErrorCode::UnsupportedVersion)),
+            }
+        }
+
+        /// Any message on the native stream parses or is refused; every
+        /// event in it is accepted or refused with a typed error.
+        #[test]
+        fn any_native_frame_is_read_without_panic(v in strategies::json_value()) {
+            let text = v.to_string();
+            if let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) {
+                for raw in msg.events.unwrap_or_default() {
+                    let _ = crate::hub::IncomingEvent::parse(raw.to_owned(), 0);
+                }
+            }
+        }
+    }
+}

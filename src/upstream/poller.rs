@@ -313,4 +313,20 @@ mod tests {
         assert!(parse_answer(br#"{"events":{}}"#, "events", "cursor").is_err());
         assert!(parse_answer(br#"[1]"#, "events", "cursor").is_err());
     }
+
+    proptest::proptest! {
+        /// Any V1 answer body is an answer or a typed error, never a panic.
+        #[test]
+        fn any_v1_body_parses_or_is_garbage(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_answer(&bytes, "events", "cursor");
+        }
+
+        #[test]
+        fn any_v1_json_parses_or_is_garbage(v in crate::protocol::strategies::json_value()) {
+            match parse_answer(v.to_string().as_bytes(), "events", "cursor") {
+                Ok(_) | Err(PollError::Garbage(_)) => {}
+                Err(other) => proptest::prop_assert!(false, "unexpected error {other}"),
+            }
+        }
+    }
 }
