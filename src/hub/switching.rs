@@ -6,7 +6,7 @@
 //! ```text
 //!  old poller ──► Starting ──(native ready at T)──► Overlapping{since: T}
 //!                     ──(answer to a request SENT at or after T)──► Proven: stop
-//!  old native ──► Starting ──(new poller's first answer)──► Proven: stop
+//!  old native ──► Starting ──(new pollers' first answers, link up)──► Proven: stop
 //! ```
 //!
 //! An answer that was in flight when the native link became ready is not
@@ -43,13 +43,37 @@ pub fn poller_to_native(
     }
 }
 
-/// The handover of an old native link to new pollers: proven once every
-/// one of them has had its first answer (`ready`).
-pub fn native_to_pollers(pollers_ready: bool) -> Handover {
-    if pollers_ready {
+/// What the new pollers of a service have shown of their coverage.
+#[derive(Debug, Clone, Copy)]
+pub struct PollerCoverage {
+    /// Every poller has had its first answer.
+    pub ready: bool,
+    /// When the earliest first request (among those answered) was sent.
+    pub first_request: Option<Instant>,
+    /// When the newest answered request was sent, the oldest among pollers.
+    pub latest_request: Option<Instant>,
+}
+
+/// The handover of an old native link, up since `native_up_since` (None:
+/// down, reconnecting), to new pollers. The link must have covered
+/// everything until the pollers' coverage starts: either it was up since
+/// before their first request, or (it dropped and came back, resuming with
+/// its `lastSeq`) they have answered a request sent after it came back. A
+/// link that is down is kept until it is back: what it missed is only in
+/// its resume.
+pub fn native_to_pollers(native_up_since: Option<Instant>, pollers: PollerCoverage) -> Handover {
+    let Some(up) = native_up_since else {
+        return Handover::Starting;
+    };
+    if !pollers.ready {
+        return Handover::Starting;
+    }
+    let covered_before = pollers.first_request.is_some_and(|first| up <= first);
+    let caught_up_since = pollers.latest_request.is_some_and(|latest| latest >= up);
+    if covered_before || caught_up_since {
         Handover::Proven
     } else {
-        Handover::Starting
+        Handover::Overlapping { since: up }
     }
 }
 
@@ -79,8 +103,33 @@ mod tests {
     }
 
     #[test]
-    fn a_native_link_stops_after_the_pollers_first_answer() {
-        assert_eq!(native_to_pollers(false), Handover::Starting);
-        assert_eq!(native_to_pollers(true), Handover::Proven);
+    fn a_native_link_stops_after_the_pollers_first_answer_while_up() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3);
+        let answered = PollerCoverage {
+            ready: true,
+            first_request: Some(later),
+            latest_request: Some(later),
+        };
+        let waiting = PollerCoverage {
+            ready: false,
+            first_request: None,
+            latest_request: None,
+        };
+        assert_eq!(native_to_pollers(Some(t0), waiting), Handover::Starting);
+        assert_eq!(native_to_pollers(Some(t0), answered), Handover::Proven);
+        // Down: kept until it is back and has resumed.
+        assert_eq!(native_to_pollers(None, answered), Handover::Starting);
+        // Back after the pollers' requests: one more answer is needed.
+        let back = later + Duration::from_secs(1);
+        assert_eq!(
+            native_to_pollers(Some(back), answered),
+            Handover::Overlapping { since: back }
+        );
+        let after_back = PollerCoverage {
+            latest_request: Some(back + Duration::from_millis(1)),
+            ..answered
+        };
+        assert_eq!(native_to_pollers(Some(back), after_back), Handover::Proven);
     }
 }

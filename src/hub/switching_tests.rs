@@ -462,7 +462,9 @@ async fn native_to_poll_without_a_cursor_keeps_native_until_the_first_answer_bod
     assert!(!f.scripted.stopped(0));
     native.events(0, vec![event("n1", 1)], None).await;
     let poller = Source::of(&f.scripted, 1);
-    poller.events(0, vec![event("n1", 1)], Some("c9")).await;
+    poller
+        .answer(0, vec![event("n1", 1)], "c9", tokio::time::Instant::now())
+        .await;
     poller.status(SourceStatus::Ready).await;
     settle().await;
     assert!(f.scripted.stopped(0));

@@ -17,13 +17,20 @@ impl OrgHub {
             return;
         };
         r.answered_request_at = Some(r.answered_request_at.map_or(at, |o| o.max(at)));
+        r.first_answered_request_at.get_or_insert(at);
         let retiring = match r.kind {
             SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _) => {
                 self.slots[s as usize].serving != Some(Mode::Poll)
             }
             SourceKind::Native(_) => false,
         };
-        if retiring {
+        // ... or the answer of a new poller may complete a native link's.
+        let native_retiring = self.sources.len() > 1
+            && self
+                .sources
+                .values()
+                .any(|r| matches!(r.kind, SourceKind::Native(_)));
+        if retiring || native_retiring {
             self.reconcile();
         }
     }

@@ -79,6 +79,8 @@ struct Running {
     ready_at: Option<Instant>,
     /// A poller: when it sent the newest request it has an answer to.
     answered_request_at: Option<Instant>,
+    /// A poller: when it sent the first request it has an answer to.
+    first_answered_request_at: Option<Instant>,
     handle: SourceHandle,
 }
 

@@ -164,23 +164,36 @@ impl OrgHub {
         let newest_native = self.newest_native().filter(|_| !native_want.is_empty());
 
         // Stop what is no longer wanted, once its replacement is ready.
-        let poll_ready = |hub: &OrgHub, s: u16| -> bool {
+        // What the pollers now serving `s` have shown of their coverage.
+        let poll_coverage = |hub: &OrgHub, s: u16| -> switching::PollerCoverage {
             let mut any = false;
             let mut all = true;
+            let mut first: Option<Instant> = None;
+            let mut latest: Option<Option<Instant>> = None;
             for r in hub.sources.values() {
-                match r.kind {
-                    SourceKind::SharedPoller(x) if x == s && flags.leader_enabled => {
-                        any = true;
-                        all &= r.ready;
+                let serving = match r.kind {
+                    SourceKind::SharedPoller(x) => x == s && flags.leader_enabled,
+                    SourceKind::SessionPoller(x, _) => x == s && !flags.leader_enabled,
+                    SourceKind::Native(_) => false,
+                };
+                if serving {
+                    any = true;
+                    all &= r.ready;
+                    if let Some(f) = r.first_answered_request_at {
+                        first = Some(first.map_or(f, |o| o.min(f)));
                     }
-                    SourceKind::SessionPoller(x, _) if x == s && !flags.leader_enabled => {
-                        any = true;
-                        all &= r.ready;
-                    }
-                    _ => {}
+                    let l = r.answered_request_at;
+                    latest = Some(match latest {
+                        None => l,
+                        Some(prev) => prev.zip(l).map(|(a, b)| a.min(b)),
+                    });
                 }
             }
-            any && all
+            switching::PollerCoverage {
+                ready: any && all,
+                first_request: first,
+                latest_request: latest.flatten(),
+            }
         };
         let native_ready = |hub: &OrgHub, s: u16| -> bool {
             newest_native.is_some_and(|id| {
@@ -204,9 +217,19 @@ impl OrgHub {
             let old_is_poller = !matches!(old.kind, SourceKind::Native(_));
             let handover = match serve[s as usize] {
                 None => Handover::Proven,
-                // A native link, or one poller kind replacing the other
-                // (leader flag): the new pollers' first answers decide.
-                Some(Mode::Poll) => switching::native_to_pollers(poll_ready(hub, s)),
+                // One poller kind replacing the other (leader flag): the
+                // new pollers' first answers decide.
+                Some(Mode::Poll) if old_is_poller => {
+                    if poll_coverage(hub, s).ready {
+                        Handover::Proven
+                    } else {
+                        Handover::Starting
+                    }
+                }
+                Some(Mode::Poll) => {
+                    let up_since = if old.ready { old.ready_at } else { None };
+                    switching::native_to_pollers(up_since, poll_coverage(hub, s))
+                }
                 Some(Mode::Native) if old_is_poller => {
                     switching::poller_to_native(native_ready_at(hub, s), old.answered_request_at)
                 }
@@ -340,6 +363,7 @@ impl OrgHub {
                 ready,
                 ready_at: ready.then(Instant::now),
                 answered_request_at: None,
+                first_answered_request_at: None,
                 handle,
             },
         );
@@ -371,6 +395,7 @@ impl OrgHub {
                 ready: false,
                 ready_at: None,
                 answered_request_at: None,
+                first_answered_request_at: None,
                 handle,
             },
         );
