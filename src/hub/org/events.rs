@@ -160,6 +160,7 @@ impl OrgHub {
         for e in &stored {
             self.replay.push(e.clone());
         }
+        self.heads.send_replace(self.seq);
         let limits = (
             self.cfg.stream.batch_max_events,
             self.cfg.stream.batch_max_bytes,

@@ -67,6 +67,23 @@ impl OrgHub {
         self.classify(req.session);
     }
 
+    /// Answers a reader of the window (see [`ReadRequest`]).
+    pub(super) fn read(&mut self, req: ReadRequest) {
+        let view = ViewKey {
+            services: req.services,
+            property: req.property,
+        };
+        let found = self
+            .replay
+            .read(&view, req.after, req.max_events, req.max_bytes, self.seq);
+        let _ = req.reply.send(ReadReply {
+            events: found.events,
+            complete: found.complete && self.can_resume(req.after),
+            head: self.seq,
+            heads: self.heads.subscribe(),
+        });
+    }
+
     pub(super) fn leave(&mut self, id: SessionId) {
         let Some(member) = self.members.remove(&id) else {
             return;

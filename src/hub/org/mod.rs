@@ -26,8 +26,8 @@ use super::replay::{ReplayWindow, Stored, ViewKey, batches};
 use super::switching::{self, Handover};
 use super::tokens::TokenPool;
 use super::{
-    HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, SessionId, SourceId,
-    SourceStatus,
+    HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, ReadReply, ReadRequest,
+    SessionId, SourceId, SourceStatus,
 };
 use crate::auth::OrgId;
 use crate::config::Config;
@@ -95,6 +95,8 @@ pub(super) struct OrgHub {
     flag_rx: watch::Receiver<Arc<Snapshot>>,
     base_seq: u64,
     seq: u64,
+    /// The newest position, for readers waiting for the next event.
+    heads: watch::Sender<u64>,
     replay: ReplayWindow,
     recent: RecentIds,
     members: HashMap<SessionId, Member>,
@@ -141,6 +143,7 @@ impl OrgHub {
             flag_rx,
             base_seq,
             seq: base_seq,
+            heads: watch::channel(base_seq).0,
             replay,
             members: HashMap::new(),
             views: HashMap::new(),
@@ -275,6 +278,7 @@ impl OrgHub {
                 self.note_answer(source, requested_at);
             }
             HubMsg::Status { source, status } => self.source_status(source, status),
+            HubMsg::Read(req) => self.read(*req),
         }
     }
 }
