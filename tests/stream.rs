@@ -292,8 +292,13 @@ async fn last_seq_from_an_earlier_run_is_not_resumed() {
     drop(ws);
     sc.shutdown().await;
 
-    // A new run of the sidecar (as after a restart, or another replica).
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A new run of the sidecar (as after a restart, or another replica),
+    // started on a later millisecond (positions derive from the start time).
+    let stopped_at = realtime_edge::clock::unix_millis();
+    eventually("a later millisecond", || async {
+        realtime_edge::clock::unix_millis() > stopped_at
+    })
+    .await;
     let sc = start_sidecar(config(&sim.base_url(), "")).await;
     let (mut ws, ack) = subscribe(
         sc.client_addr,
@@ -443,8 +448,8 @@ async fn upstream_401_tries_another_connections_token() {
     let sim = start_sim(Duration::from_secs(1)).await;
     let sc = start_sidecar(config(&sim.base_url(), "")).await;
     let older = token(1);
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a different exp, so a different token
-    let newer = token(1);
+    // A different exp makes a different token.
+    let newer = realtime_edge::auth::mint_hs256(SECRET, "orgId", 1, 7200);
     assert_ne!(older, newer);
     let mut a = connect(sc.client_addr, &older).await;
     handshake(&mut a, &hello(&["finance"])).await;

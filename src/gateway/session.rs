@@ -447,6 +447,25 @@ fn count_close(reason: EndReason) {
 mod tests {
     use super::*;
 
+    /// A stream that fails, even by a panic, still leaves its hub and
+    /// gives back its connection count (CONTRACT 2.2).
+    #[tokio::test]
+    async fn a_panicking_stream_still_leaves_and_uncounts() {
+        let stats = Arc::new(Stats::default());
+        let (hub, mut inbox) = mpsc::channel(4);
+        let task_stats = stats.clone();
+        let task = tokio::spawn(async move {
+            let mut guard = StreamGuard::new(task_stats);
+            guard.member = Some((hub, 7));
+            panic!("a bug in a session");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(matches!(inbox.recv().await, Some(HubMsg::Leave(7))));
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(r(&stats.active_connections), 0);
+        assert_eq!(r(&stats.total_connections), 1);
+    }
+
     #[tokio::test]
     async fn a_far_expiry_is_no_deadline_and_does_not_panic() {
         assert!(expiry_deadline(None, 0).is_none());
