@@ -625,3 +625,28 @@ async fn the_window_answers_readers_and_wakes_them_body() {
     // A position that is not this hub's is not complete.
     assert!(!read(base - 5, 10).await.unwrap().complete);
 }
+
+#[test]
+fn an_overlap_longer_than_the_dedup_bound_is_cut_short() {
+    paused(an_overlap_longer_than_the_dedup_bound_is_cut_short_body);
+}
+
+async fn an_overlap_longer_than_the_dedup_bound_is_cut_short_body() {
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    drain(&q);
+    let poller = Source::of(&f.scripted, 0);
+    let sent_early = tokio::time::Instant::now();
+    set(&f, &native_for(1));
+    settle().await;
+    Source::of(&f.scripted, 1).status(SourceStatus::Ready).await;
+    settle().await;
+    assert!(!f.scripted.stopped(0), "overlapping");
+    // The retiring poller delivers more than half of what the 4096-id
+    // de-duplication set holds: it stops at once.
+    let flood: Vec<IncomingEvent> = (0..2100).map(|i| event(&format!("o{i}"), 1)).collect();
+    poller.answer(0, flood, "c1", sent_early).await;
+    settle().await;
+    assert!(f.scripted.stopped(0), "the overlap was cut short");
+    assert!(!f.scripted.stopped(1));
+}

@@ -35,6 +35,43 @@ impl OrgHub {
         }
     }
 
+    /// Whether `source` is being replaced for `service` (it runs only to
+    /// overlap its replacement).
+    fn retiring(&self, source: SourceId, service: u16) -> bool {
+        let serving = self.slots.get(service as usize).and_then(|s| s.serving);
+        match self.sources.get(&source).map(|r| &r.kind) {
+            Some(SourceKind::SharedPoller(_) | SourceKind::SessionPoller(..)) => {
+                serving != Some(Mode::Poll)
+            }
+            // The newest link is never cut short: during a fallback it is
+            // the one expected back (with its resume), not a retiring one.
+            Some(SourceKind::Native(_)) => self.newest_native() != Some(source),
+            None => false,
+        }
+    }
+
+    /// Counts what a retiring source delivers during its overlap; once that
+    /// is more than half the de-duplication set could still recognise, the
+    /// overlap is cut short (CONTRACT 3.3): its further events would risk
+    /// being redelivered.
+    fn bound_overlap(&mut self, source: SourceId, service: u16, events: usize) {
+        if !self.retiring(source, service) {
+            return;
+        }
+        let limit = self.cfg.stream.dedup_events / 2;
+        let Some(r) = self.sources.get_mut(&source) else {
+            return;
+        };
+        r.overlap_events = r.overlap_events.saturating_add(events);
+        if r.overlap_events > limit
+            && let Some(r) = self.sources.remove(&source)
+        {
+            tracing::warn!(org = self.org, service = %self.cfg.services[service as usize].name, events = r.overlap_events,
+                "overlap longer than the de-duplication bound; the source being replaced stops now");
+            r.handle.stop();
+        }
+    }
+
     pub(super) fn accept_events(
         &mut self,
         source: SourceId,
@@ -43,6 +80,7 @@ impl OrgHub {
         cursor: Option<String>,
         native_seq: Option<u64>,
     ) {
+        self.bound_overlap(source, service, events.len());
         // Positions to restart from are taken only from the source that
         // serves: a retiring source's position is history, not a plan.
         if let Some(n) = native_seq

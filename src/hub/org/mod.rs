@@ -81,6 +81,8 @@ struct Running {
     answered_request_at: Option<Instant>,
     /// A poller: when it sent the first request it has an answer to.
     first_answered_request_at: Option<Instant>,
+    /// Events delivered while being replaced (see `bound_overlap`).
+    overlap_events: usize,
     handle: SourceHandle,
 }
 

@@ -364,6 +364,7 @@ impl OrgHub {
                 ready_at: ready.then(Instant::now),
                 answered_request_at: None,
                 first_answered_request_at: None,
+                overlap_events: 0,
                 handle,
             },
         );
@@ -396,6 +397,7 @@ impl OrgHub {
                 ready_at: None,
                 answered_request_at: None,
                 first_answered_request_at: None,
+                overlap_events: 0,
                 handle,
             },
         );
