@@ -220,6 +220,9 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
             continue;
         }
         let mut acked = false;
+        // A resumed link's backlog (positions up to the ack's) is a catch-up,
+        // not live delivery: it does not count in the latency.
+        let mut backlog_until: Option<u64> = None;
         let end = loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(silence_limit, ws.next()) => n,
@@ -258,6 +261,9 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                 "ack" => {
                     acked = true;
                     spec.tokens.accepted(&token);
+                    if msg.resumed == Some(true) {
+                        backlog_until = msg.seq;
+                    }
                     if msg.resumed != Some(true) && last_seq.is_some() {
                         tracing::info!(
                             org = spec.org,
@@ -274,11 +280,16 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                         continue;
                     };
                     let now = crate::clock::unix_millis();
+                    let live = !matches!((msg.seq, backlog_until), (Some(s), Some(b)) if s <= b);
                     let events: Vec<IncomingEvent> = msg
                         .events
                         .unwrap_or_default()
                         .into_iter()
                         .filter_map(|raw| IncomingEvent::parse(raw.to_owned(), now).ok())
+                        .map(|mut e| {
+                            e.live = live;
+                            e
+                        })
                         .collect();
                     if let Some(s) = msg.seq {
                         last_seq = Some(last_seq.map_or(s, |o| o.max(s)));

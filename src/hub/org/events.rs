@@ -102,7 +102,7 @@ impl OrgHub {
         // Any source's events are accepted, even from one being retired:
         // they may predate what its replacement covers. Duplicates go.
         for mut ev in events {
-            ev.live = live;
+            ev.live &= live;
             if ev.org != Some(self.org) {
                 tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
                     "dropped an event of another org (or without orgId) from the backend");
