@@ -194,8 +194,14 @@ async fn resume_after_an_absence_delivers_what_was_published_meanwhile() {
     .await;
     let errors_before = sidecar_metrics(&sc).await["errorCount"].clone();
 
-    let mut missed = sim.state.publish(1, "finance", vec![json!({}), json!({})]);
-    missed.extend(sim.state.publish(1, "staff", vec![json!({})]));
+    // Published an hour "ago": if their catch-up counted as live delivery,
+    // avgLatencyMs would jump to an hour.
+    let hour_ago = realtime_edge::clock::format_rfc3339_millis(
+        realtime_edge::clock::unix_millis() - 3_600_000,
+    );
+    let old = || json!({ "timestamp": hour_ago });
+    let mut missed = sim.state.publish(1, "finance", vec![old(), old()]);
+    missed.extend(sim.state.publish(1, "staff", vec![old()]));
     let (mut back, ack) = subscribe(
         sc.client_addr,
         1,
@@ -209,10 +215,14 @@ async fn resume_after_an_absence_delivers_what_was_published_meanwhile() {
     let live = sim.state.publish(1, "staff", vec![json!({})]);
     let (got, _) = collect_ids(&mut back, &ids(&live)).await;
     assert_eq!(got, live);
+    let m = sidecar_metrics(&sc).await;
     assert_eq!(
-        sidecar_metrics(&sc).await["errorCount"],
-        errors_before,
+        m["errorCount"], errors_before,
         "an idle org's pollers report no errors"
+    );
+    assert!(
+        m["avgLatencyMs"].as_f64().unwrap() < 60_000.0,
+        "catching up is not live delivery: {m}"
     );
     sc.shutdown().await;
     sim.shutdown().await;
