@@ -160,6 +160,21 @@ pub struct StreamConfig {
     pub max_connections: usize,
     /// How long an org hub outlives its last client, so a reconnect reuses it.
     pub hub_linger: Duration,
+    // ---- delivery bounds (CONTRACT 2.1, 2.2) ----
+    /// Bytes of events one message carries at most (a larger event travels alone).
+    pub batch_max_bytes: usize,
+    /// Largest event delivered; larger ones are dropped with `EVENT_TOO_LARGE`.
+    pub max_event_bytes: usize,
+    /// Bytes of events the replay window of one org keeps at most.
+    pub replay_bytes: usize,
+    /// How long an org's positions and replay window outlive its last client.
+    pub resume_ttl: Duration,
+    /// A client that sends nothing (not even a Pong) for this long is dropped.
+    pub client_timeout: Duration,
+    /// The largest server message the sizes allow (derived: the larger of
+    /// `batch_max_bytes` and `max_event_bytes`, plus the envelope). WebSocket
+    /// write buffers are sized from it.
+    pub max_message_bytes: usize,
 }
 
 /// One backend service with a V1 long-poll endpoint.
@@ -424,6 +439,11 @@ struct RawStream {
     dedup_events: Option<u64>,
     max_connections: Option<u64>,
     hub_linger_ms: Option<u64>,
+    batch_max_bytes: Option<u64>,
+    max_event_bytes: Option<u64>,
+    replay_bytes: Option<u64>,
+    resume_ttl_s: Option<u64>,
+    client_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -785,6 +805,38 @@ impl RawConfig {
                 0,
                 3_600_000,
             )),
+            batch_max_bytes: p.range(
+                "stream.batch_max_bytes",
+                s.batch_max_bytes,
+                65_536,
+                1024,
+                64 << 20,
+            ) as usize,
+            max_event_bytes: p.range(
+                "stream.max_event_bytes",
+                s.max_event_bytes,
+                1_048_576,
+                256,
+                64 << 20,
+            ) as usize,
+            replay_bytes: p.range("stream.replay_bytes", s.replay_bytes, 16 << 20, 0, 1 << 30)
+                as usize,
+            resume_ttl: Duration::from_secs(p.range(
+                "stream.resume_ttl_s",
+                s.resume_ttl_s,
+                300,
+                0,
+                86_400,
+            )),
+            client_timeout: Duration::from_secs(p.range(
+                "stream.client_timeout_s",
+                s.client_timeout_s,
+                75,
+                1,
+                86_400,
+            )),
+            // Set once the service names are known (below).
+            max_message_bytes: 0,
         };
 
         let services = match self.services {
@@ -831,6 +883,10 @@ impl RawConfig {
                 "must differ from every services.*.v1_path",
             );
         }
+
+        let mut stream = stream;
+        let queue_set = self.stream.max_queue_bytes.is_some();
+        validate_stream_sizes(&mut p, &mut stream, &services, queue_set);
 
         let legacy = LegacyConfig {
             cursor_param: p.name(
@@ -1332,6 +1388,59 @@ fn lifecycle_sections(
     (shutdown, passthrough, limits)
 }
 
+/// The relations between the stream's sizes (CONTRACT 2.1), and the
+/// largest message they allow: every legal message must fit an empty
+/// client queue, and the replay window must hold the largest event.
+/// When `stream.max_queue_bytes` is not set, the queue holds at least the
+/// largest message plus this much (so a default 1 MiB event fits).
+const DEFAULT_QUEUE_HEADROOM: usize = 64 * 1024;
+
+fn validate_stream_sizes(
+    p: &mut Problems,
+    stream: &mut StreamConfig,
+    services: &[ServiceConfig],
+    queue_set: bool,
+) {
+    let longest_name = services.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let envelope = crate::protocol::event_envelope_bytes(longest_name);
+    let largest_events = stream.batch_max_bytes.max(stream.max_event_bytes);
+    stream.max_message_bytes = largest_events.saturating_add(envelope);
+    let needed = stream.max_event_bytes.saturating_add(envelope);
+    if !queue_set {
+        stream.max_queue_bytes = stream.max_queue_bytes.max(
+            stream
+                .max_message_bytes
+                .saturating_add(DEFAULT_QUEUE_HEADROOM),
+        );
+    }
+    if stream.max_queue_bytes < needed {
+        p.push(
+            "stream.max_queue_bytes",
+            format!(
+                "{} is smaller than stream.max_event_bytes ({}) plus the message envelope ({envelope}); it must be at least {needed}",
+                stream.max_queue_bytes, stream.max_event_bytes
+            ),
+        );
+    } else if stream.max_queue_bytes < stream.max_message_bytes {
+        p.push(
+            "stream.max_queue_bytes",
+            format!(
+                "{} is smaller than stream.batch_max_bytes ({}) plus the message envelope ({envelope})",
+                stream.max_queue_bytes, stream.batch_max_bytes
+            ),
+        );
+    }
+    if stream.replay_bytes > 0 && stream.replay_bytes < stream.max_event_bytes {
+        p.push(
+            "stream.replay_bytes",
+            format!(
+                "{} is smaller than stream.max_event_bytes ({}); use 0 to keep no replay window",
+                stream.replay_bytes, stream.max_event_bytes
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1362,7 +1471,13 @@ mod tests {
         assert_eq!(c.stream.ping_interval, Duration::from_secs(30));
         assert_eq!(c.stream.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.stream.replay_events, 1000);
-        assert_eq!(c.stream.max_queue_bytes, 1_048_576);
+        // Unset, the queue holds the largest message (a 1 MiB event) and more.
+        assert_eq!(c.stream.max_event_bytes, 1_048_576);
+        assert!(c.stream.max_queue_bytes >= c.stream.max_message_bytes + 64 * 1024);
+        assert_eq!(c.stream.batch_max_bytes, 65_536);
+        assert_eq!(c.stream.replay_bytes, 16 << 20);
+        assert_eq!(c.stream.resume_ttl, Duration::from_secs(300));
+        assert_eq!(c.stream.client_timeout, Duration::from_secs(75));
         assert_eq!(c.services.len(), 10);
         assert_eq!(
             c.service("guest").unwrap().v1_path,

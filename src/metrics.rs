@@ -109,6 +109,8 @@ pub const CHAT_MESSAGES: &str = "chat_messages_total";
 pub const CHAT_BACKEND_REQUESTS: &str = "chat_backend_requests_total";
 /// Counter: native chat relays the backend refused or did not answer.
 pub const CHAT_RELAY_FAILURES: &str = "chat_relay_failures_total";
+/// Counter by `service`: events dropped for exceeding `stream.max_event_bytes`.
+pub const EVENTS_TOO_LARGE: &str = "streaming_events_too_large_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -199,6 +201,10 @@ fn describe() {
         CHAT_RELAY_FAILURES,
         "Native chat relays the backend refused or did not answer"
     );
+    metrics::describe_counter!(
+        EVENTS_TOO_LARGE,
+        "Events dropped for exceeding stream.max_event_bytes, by service"
+    );
 }
 
 /// Series that alerts and dashboards read exist from the start, at zero.
@@ -232,7 +238,13 @@ pub mod error_kind {
     pub const SEND: &str = "send";
     pub const CROSS_ORG: &str = "cross_org";
     pub const OVERLOAD: &str = "overload";
-    pub const ALL: [&str; 8] = [
+    /// An upstream event over `stream.max_event_bytes` (dropped).
+    pub const EVENT_TOO_LARGE: &str = "event_too_large";
+    /// A client silent for `stream.client_timeout_s` (dropped).
+    pub const TIMEOUT: &str = "timeout";
+    pub const ALL: [&str; 10] = [
+        EVENT_TOO_LARGE,
+        TIMEOUT,
         UPSTREAM,
         UPSTREAM_AUTH,
         AUTH,
@@ -257,8 +269,8 @@ pub struct Stats {
     pub connections_poll: AtomicU64,
     pub connections_native: AtomicU64,
     pub connections_mixed: AtomicU64,
-    /// Exponentially weighted moving average of latency, in microseconds.
-    latency_ewma_us: AtomicU64,
+    /// Live delivery latency over the last minute (`avgLatencyMs`).
+    latency: std::sync::Mutex<LatencyWindow>,
     events_by_service: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// The V1 facade of this instance.
     pub facade: FacadeStats,
@@ -283,8 +295,23 @@ impl Stats {
         metrics::counter!(ERRORS, "kind" => kind).increment(1);
     }
 
-    /// Records `count` events of `service` delivered after `latency_ms` on average.
+    /// Records `count` live events of `service` delivered after
+    /// `latency_ms` on average.
     pub fn record_delivery(&self, service: &str, count: u64, latency_ms: f64) {
+        self.count_delivered(service, count);
+        let now = crate::clock::unix_millis();
+        let mean = match self.latency.lock() {
+            Ok(mut w) => {
+                w.record(now, count, latency_ms.max(0.0) * count as f64);
+                w.mean_ms(now)
+            }
+            Err(_) => return,
+        };
+        metrics::gauge!(AVG_LATENCY_MS).set(mean);
+    }
+
+    /// Counts delivered events without a latency (replayed events).
+    pub fn count_delivered(&self, service: &str, count: u64) {
         self.events_delivered.fetch_add(count, Ordering::Relaxed);
         if let Ok(mut m) = self.events_by_service.lock() {
             if let Some(v) = m.get_mut(service) {
@@ -293,16 +320,6 @@ impl Stats {
                 m.insert(service.to_string(), count);
             }
         }
-        let sample_us = (latency_ms.max(0.0) * 1000.0) as u64;
-        // EWMA with alpha = 1/16, lock-free; races only blur the average.
-        let prev = self.latency_ewma_us.load(Ordering::Relaxed);
-        let next = if prev == 0 {
-            sample_us
-        } else {
-            prev - prev / 16 + sample_us / 16
-        };
-        self.latency_ewma_us.store(next.max(1), Ordering::Relaxed);
-        metrics::gauge!(AVG_LATENCY_MS).set(next as f64 / 1000.0);
     }
 
     /// The connections-by-mode counter for "poll", "native" or "mixed".
@@ -314,8 +331,10 @@ impl Stats {
         }
     }
 
+    /// Mean latency of live deliveries over the last minute (see [`LatencyWindow`]).
     pub fn avg_latency_ms(&self) -> f64 {
-        self.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0
+        let now = crate::clock::unix_millis();
+        self.latency.lock().map(|w| w.mean_ms(now)).unwrap_or(0.0)
     }
 
     pub fn events_by_service(&self) -> std::collections::BTreeMap<String, u64> {
@@ -323,5 +342,57 @@ impl Stats {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
+    }
+}
+
+/// The mean latency of live deliveries over the last minute: six buckets
+/// of ten seconds; the mean covers the buckets younger than 60 s (so the
+/// newest 50 to 60 s of deliveries), 0 when there were none.
+#[derive(Default)]
+pub struct LatencyWindow {
+    /// (bucket start in ms, events, summed latency in ms)
+    buckets: [(i64, u64, f64); LATENCY_BUCKETS],
+}
+
+const LATENCY_BUCKETS: usize = 6;
+const LATENCY_BUCKET_MS: i64 = 10_000;
+
+impl LatencyWindow {
+    pub fn record(&mut self, now_ms: i64, count: u64, latency_sum_ms: f64) {
+        let start = now_ms - now_ms.rem_euclid(LATENCY_BUCKET_MS);
+        let slot = (start / LATENCY_BUCKET_MS).rem_euclid(LATENCY_BUCKETS as i64) as usize;
+        let b = &mut self.buckets[slot];
+        if b.0 != start {
+            *b = (start, 0, 0.0);
+        }
+        b.1 = b.1.saturating_add(count);
+        b.2 += latency_sum_ms;
+    }
+
+    pub fn mean_ms(&self, now_ms: i64) -> f64 {
+        let oldest = now_ms - LATENCY_BUCKET_MS * LATENCY_BUCKETS as i64;
+        let (n, sum) = self
+            .buckets
+            .iter()
+            .filter(|b| b.1 > 0 && b.0 > oldest)
+            .fold((0u64, 0f64), |(n, s), b| (n + b.1, s + b.2));
+        if n == 0 { 0.0 } else { sum / n as f64 }
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn mean_of_the_last_minute() {
+        let mut w = LatencyWindow::default();
+        assert_eq!(w.mean_ms(0), 0.0);
+        w.record(1_000, 2, 20.0);
+        w.record(15_000, 2, 60.0);
+        assert_eq!(w.mean_ms(16_000), 20.0);
+        // Past a minute the first bucket no longer counts.
+        assert_eq!(w.mean_ms(62_000), 30.0);
+        assert_eq!(w.mean_ms(200_000), 0.0);
     }
 }

@@ -10,6 +10,9 @@ use crate::clock;
 
 /// The only protocol version.
 pub const PROTOCOL_VERSION: u64 = 1;
+/// Most service names one handshake may list (a deployment has ten): a
+/// longer list is refused before any name is looked at.
+pub const MAX_HANDSHAKE_SERVICES: usize = 64;
 
 /// Machine-readable codes of `error` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,7 @@ pub enum ErrorCode {
     UnknownService,
     UpstreamError,
     UpstreamAuth,
+    EventTooLarge,
 }
 
 impl ErrorCode {
@@ -29,6 +33,7 @@ impl ErrorCode {
             ErrorCode::UnknownService => "UNKNOWN_SERVICE",
             ErrorCode::UpstreamError => "UPSTREAM_ERROR",
             ErrorCode::UpstreamAuth => "UPSTREAM_AUTH",
+            ErrorCode::EventTooLarge => "EVENT_TOO_LARGE",
         }
     }
 }
@@ -37,7 +42,10 @@ impl ErrorCode {
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const TOKEN_EXPIRED: u16 = 4001;
@@ -97,6 +105,12 @@ pub fn parse_handshake(text: &str) -> Result<Handshake, HandshakeError> {
         Some(v) => return Err(HandshakeError::UnsupportedVersion(v.to_string())),
     }
     let services = match obj.get("services") {
+        Some(serde_json::Value::Array(list)) if list.len() > MAX_HANDSHAKE_SERVICES => {
+            return Err(HandshakeError::Bad(format!(
+                "services lists {} names; at most {MAX_HANDSHAKE_SERVICES} are accepted",
+                list.len()
+            )));
+        }
         Some(serde_json::Value::Array(list)) => {
             let mut out: Vec<String> = Vec::with_capacity(list.len());
             for s in list {
@@ -191,6 +205,15 @@ pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq:
     )
 }
 
+/// Bytes an `event` message adds around its events, at most: the fixed
+/// fields, a 20-digit seq, the timestamp, the service name (service names
+/// need no JSON escaping) and the commas between events are counted by the
+/// batcher itself. Rounded up generously.
+pub fn event_envelope_bytes(service_name_len: usize) -> usize {
+    const FIXED: usize = 192;
+    FIXED.saturating_add(service_name_len)
+}
+
 /// An `event` message around already-serialised event objects.
 pub fn event_message<'a>(
     service: &str,
@@ -267,6 +290,13 @@ mod tests {
                 r#"{"services":["a"],"filters":[]}"#,
                 ErrorCode::BadHandshake,
             ),
+            (
+                &format!(
+                    r#"{{"services":{}}}"#,
+                    serde_json::json!(vec!["x"; MAX_HANDSHAKE_SERVICES + 1])
+                ),
+                ErrorCode::BadHandshake,
+            ),
         ] {
             assert_eq!(parse_handshake(text).unwrap_err().code(), code, "{text}");
         }
@@ -287,6 +317,75 @@ mod tests {
             let ts = v["timestamp"].as_str().unwrap();
             assert!(clock::parse_rfc3339_millis(ts).is_some(), "{ts}");
             assert!(v["type"].is_string());
+        }
+    }
+}
+
+/// Proptest strategies for peer input (shared by the parsers' tests).
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Arbitrary JSON, biased towards the field names the parsers read.
+    pub fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<u64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::json!(f)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        "[a-z]{0,6}|eventId|orgId|timestamp|propertyId|events|cursor|seq|type|service|services|version|filters|lastSeq",
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text a client sends as its handshake gets a handshake or a
+        /// typed refusal, never a panic.
+        #[test]
+        fn any_handshake_text_parses_or_is_refused(text in ".{0,200}") {
+            let _ = parse_handshake(&text).map_err(|e| e.code());
+        }
+
+        #[test]
+        fn any_handshake_json_parses_or_is_refused(v in strategies::json_value()) {
+            match parse_handshake(&v.to_string()) {
+                Ok(h) => prop_assert!(!h.services.is_empty() && h.services.len() <= MAX_HANDSHAKE_SERVICES),
+                Err(e) => prop_assert!(matches!(e.code(), ErrorCode::BadHandshake | ErrorCode::UnsupportedVersion)),
+            }
+        }
+
+        /// Any message on the native stream parses or is refused; every
+        /// event in it is accepted or refused with a typed error.
+        #[test]
+        fn any_native_frame_is_read_without_panic(v in strategies::json_value()) {
+            let text = v.to_string();
+            if let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) {
+                for raw in msg.events.unwrap_or_default() {
+                    let _ = crate::hub::IncomingEvent::parse(raw.to_owned(), 0);
+                }
+            }
         }
     }
 }

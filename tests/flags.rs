@@ -465,9 +465,24 @@ async fn native_outage_falls_back_to_polling_and_returns() {
     assert_eq!(m["connectionsByMode"]["native"], 0);
 
     sim.state.set_native_down(false);
-    eventually("native again, polling stopped", || async {
-        let s = sim.state.stats_json();
-        s["nativeActive"] == 1 && s["activePollsTotal"] == 0
+    eventually("native again", || async {
+        sim.state.stats_json()["nativeActive"] == 1
+    })
+    .await;
+    // Make-before-break (CONTRACT 3.3): the fallback poller stops only once
+    // it has answered a request sent after the link came back; events drive
+    // its answers, and each reaches the client once meanwhile.
+    for round in 0.. {
+        assert!(round < 20, "the fallback poller never handed over");
+        let overlap = sim.state.publish(21, "finance", vec![json!({})]);
+        let (got, _) = collect_ids(&mut ws, &overlap.iter().cloned().collect()).await;
+        assert_eq!(got, overlap);
+        if sim.state.stats_json()["activePollsTotal"] == 0 {
+            break;
+        }
+    }
+    eventually("polling stopped", || async {
+        sim.state.stats_json()["activePollsTotal"] == 0
     })
     .await;
     let after = sim.state.publish(21, "finance", vec![json!({})]);

@@ -292,8 +292,13 @@ async fn last_seq_from_an_earlier_run_is_not_resumed() {
     drop(ws);
     sc.shutdown().await;
 
-    // A new run of the sidecar (as after a restart, or another replica).
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A new run of the sidecar (as after a restart, or another replica),
+    // started on a later millisecond (positions derive from the start time).
+    let stopped_at = realtime_edge::clock::unix_millis();
+    eventually("a later millisecond", || async {
+        realtime_edge::clock::unix_millis() > stopped_at
+    })
+    .await;
     let sc = start_sidecar(config(&sim.base_url(), "")).await;
     let (mut ws, ack) = subscribe(
         sc.client_addr,
@@ -380,12 +385,14 @@ async fn a_failing_service_does_not_disturb_the_others_and_recovers() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off() {
-    let (sim, sc) = rig("stream: {max_queue_bytes: 65536, batch_window_ms: 5}\n").await;
+    let (sim, sc) = rig(
+        "stream: {max_queue_bytes: 65536, max_event_bytes: 16384, batch_max_bytes: 16384, batch_window_ms: 5}\n",
+    )
+    .await;
     // A raw socket with a tiny receive window that never reads.
     let (mut slow, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     let (mut healthy, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
     pollers(&sim, 1).await;
-    let rss_before = rss_kib();
     let blob = "x".repeat(1000);
     let mut last = Vec::new();
     for _ in 0..1000 {
@@ -406,29 +413,13 @@ async fn a_client_that_stops_reading_is_cut_off() {
         "the slow client was cut off"
     );
     let _ = last;
-    // Megabytes went through; the sidecar kept at most the slow client's queue.
-    let grown = rss_kib().saturating_sub(rss_before);
-    assert!(grown < 96 * 1024, "resident memory grew by {grown} KiB");
+    // Memory is measured by the benchmark, not here: this binary runs
+    // other tests at the same time.
     // When the slow client finally reads, the stream ends (1013 if the close frame got through).
     let code = close_code(&mut slow).await;
     assert!(code.is_none() || code == Some(1013), "{code:?}");
     sc.shutdown().await;
     sim.shutdown().await;
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse()
-                    .unwrap_or(0)
-            })
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -457,8 +448,8 @@ async fn upstream_401_tries_another_connections_token() {
     let sim = start_sim(Duration::from_secs(1)).await;
     let sc = start_sidecar(config(&sim.base_url(), "")).await;
     let older = token(1);
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a different exp, so a different token
-    let newer = token(1);
+    // A different exp makes a different token.
+    let newer = realtime_edge::auth::mint_hs256(SECRET, "orgId", 1, 7200);
     assert_ne!(older, newer);
     let mut a = connect(sc.client_addr, &older).await;
     handshake(&mut a, &hello(&["finance"])).await;

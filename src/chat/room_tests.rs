@@ -14,6 +14,7 @@ use super::room::{Member, RoomMsg};
 use super::store::BackendStore;
 use crate::config::{Config, EnvSecrets};
 use crate::hub::SessionQueue;
+use crate::hub::queue::Outgoing;
 
 fn registry(max_members: usize) -> (Arc<RoomRegistry>, watch::Sender<bool>) {
     let mut cfg = Config::defaults(&EnvSecrets::default());
@@ -50,7 +51,10 @@ fn drain(q: &SessionQueue) -> Vec<Value> {
     let mut out = Vec::new();
     q.take(&mut out).unwrap();
     out.iter()
-        .map(|f| serde_json::from_str(f.text.as_str()).unwrap())
+        .map(|item| match item {
+            Outgoing::Frame(f) => serde_json::from_str(f.text.as_str()).unwrap(),
+            Outgoing::Replay(_) => panic!("a room never queues a stream replay"),
+        })
         .collect()
 }
 

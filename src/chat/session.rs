@@ -17,6 +17,7 @@ use super::protocol::{self, ChatErrorCode};
 use super::registry::{JoinError, RoomKey};
 use super::room::{ConnId, Member, RoomMsg};
 use crate::gateway::session::close_with;
+use crate::hub::queue::Outgoing;
 use crate::hub::queue::QueueClosed;
 use crate::hub::{Frame, SessionQueue};
 use crate::protocol::close;
@@ -190,7 +191,7 @@ pub async fn run<S>(
     let ping_every = cfg.stream.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
-    let mut batch: Vec<Frame> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     loop {
         if queue.take(&mut batch) == Err(QueueClosed::Overflow) {
             close_with(&mut ws, close::TRY_AGAIN_LATER, "client too slow").await;
@@ -287,13 +288,16 @@ pub async fn run<S>(
 
 async fn write_frames<S>(
     ws: &mut WebSocketStream<S>,
-    frames: &[Frame],
+    frames: &[Outgoing],
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // A room queues only serialised messages (no stream replay).
     for f in frames {
-        ws.feed(Message::Text(f.text.clone())).await?;
+        if let Outgoing::Frame(f) = f {
+            ws.feed(Message::Text(f.text.clone())).await?;
+        }
     }
     ws.flush().await
 }

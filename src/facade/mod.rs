@@ -35,8 +35,9 @@ use crate::auth::{self, Identity, Verifier};
 use crate::config::Config;
 use crate::flags::FlagStore;
 use crate::http_server::{Body, full, json_error};
-use crate::hub::queue::QueueClosed;
-use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
+use crate::hub::queue::{Outgoing, QueueClosed};
+use crate::hub::replay::Stored;
+use crate::hub::{HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
 use crate::metrics::{self as m, Stats};
 
 pub use cursor::{Cursor, CursorKey};
@@ -326,36 +327,59 @@ impl Facade {
         let mut flags = self.flags.subscribe();
         let mut shutdown = ctx.shutdown.clone();
         let mut position = cursor.map(|c| c.position);
-        let mut frames: Vec<Frame> = Vec::new();
+        let mut queued: Vec<Outgoing> = Vec::new();
         loop {
-            if queue.take(&mut frames) == Err(QueueClosed::Overflow) {
+            if queue.take(&mut queued) == Err(QueueClosed::Overflow) {
                 break;
             }
-            for frame in frames.drain(..) {
-                let Ok(msg) = serde_json::from_str::<HubMessage>(frame.text.as_str()) else {
-                    continue;
-                };
-                match msg.kind {
-                    "event" => {
-                        if let Some(events) = msg.events {
-                            let count = frame
-                                .delivery
-                                .as_ref()
-                                .map_or(0, |d| d.origins_ms.len() as u64);
+            for item in queued.drain(..) {
+                match item {
+                    // A resume's replay: the events after the cursor, each
+                    // with its position, so the answer ends exactly where
+                    // its bounds cut it.
+                    Outgoing::Replay(events) => {
+                        let taken = self.bounded(&events);
+                        if let Some(last) = taken.last() {
+                            let count = taken.len() as u64;
                             ctx.stats.facade.events.fetch_add(count, Ordering::Relaxed);
                             ::metrics::counter!(m::FACADE_EVENTS).increment(count);
+                            let raws: Vec<&RawValue> = taken.iter().map(|e| &*e.raw).collect();
                             return Served::Answer(self.answer(
                                 org,
                                 service,
-                                msg.seq,
-                                Some(events),
+                                last.seq,
+                                AnswerEvents::List(&raws),
                             ));
                         }
                     }
-                    // The ack and pings carry the org's current position; every
-                    // event of this service up to it is already in the queue.
-                    "ack" | "ping" | "error" => position = Some(msg.seq),
-                    _ => {}
+                    Outgoing::Frame(frame) => {
+                        let Ok(msg) = serde_json::from_str::<HubMessage>(frame.text.as_str())
+                        else {
+                            continue;
+                        };
+                        match msg.kind {
+                            // Live events: one message, already bounded by
+                            // the hub's batch_max_events and batch_max_bytes.
+                            "event" => {
+                                if let Some(events) = msg.events {
+                                    let count = frame.delivery.as_ref().map_or(0, |d| d.count);
+                                    ctx.stats.facade.events.fetch_add(count, Ordering::Relaxed);
+                                    ::metrics::counter!(m::FACADE_EVENTS).increment(count);
+                                    return Served::Answer(self.answer(
+                                        org,
+                                        service,
+                                        msg.seq,
+                                        AnswerEvents::Message(events),
+                                    ));
+                                }
+                            }
+                            // The ack and pings carry the org's current
+                            // position; every event of this service up to it
+                            // is already in the queue.
+                            "ack" | "ping" | "error" => position = Some(msg.seq),
+                            _ => {}
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -370,7 +394,27 @@ impl Facade {
             }
         }
         let position = position.unwrap_or_default();
-        Served::Answer(self.answer(org, service, position, None))
+        Served::Answer(self.answer(org, service, position, AnswerEvents::None))
+    }
+
+    /// The longest prefix of `events` one answer may carry: at most
+    /// `stream.batch_max_events` events and `stream.batch_max_bytes` (an
+    /// event larger than that travels alone, as in a stream).
+    fn bounded<'e>(&self, events: &'e [Arc<Stored>]) -> &'e [Arc<Stored>] {
+        let (max_events, max_bytes) = (
+            self.config.stream.batch_max_events.max(1),
+            self.config.stream.batch_max_bytes,
+        );
+        let mut bytes = 0usize;
+        let mut n = 0;
+        for e in events.iter().take(max_events) {
+            bytes = bytes.saturating_add(e.bytes());
+            if n > 0 && bytes > max_bytes {
+                break;
+            }
+            n += 1;
+        }
+        &events[..n]
     }
 
     fn answer(
@@ -378,7 +422,7 @@ impl Facade {
         org: u64,
         service: u16,
         position: u64,
-        events: Option<&RawValue>,
+        events: AnswerEvents<'_>,
     ) -> Response<Body> {
         let cursor = self.key.mint(Cursor {
             org,
@@ -419,11 +463,22 @@ struct HubMessage<'a> {
     events: Option<&'a RawValue>,
 }
 
+/// The events of one answer.
+#[derive(Clone, Copy)]
+enum AnswerEvents<'a> {
+    /// Nothing new before the hold ended.
+    None,
+    /// The `events` array of one live event message, as the hub serialised it.
+    Message(&'a RawValue),
+    /// Replayed events.
+    List(&'a [&'a RawValue]),
+}
+
 /// `{"<events_field>": [...], "<cursor_field>": "..."}` with the backend's
 /// event objects passed through byte for byte.
 struct V1Answer<'a> {
     events_field: &'a str,
-    events: Option<&'a RawValue>,
+    events: AnswerEvents<'a>,
     cursor_field: &'a str,
     cursor: &'a str,
 }
@@ -432,8 +487,9 @@ impl Serialize for V1Answer<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(2))?;
         match self.events {
-            Some(raw) => map.serialize_entry(self.events_field, raw)?,
-            None => map.serialize_entry(self.events_field, &[(); 0])?,
+            AnswerEvents::None => map.serialize_entry(self.events_field, &[(); 0])?,
+            AnswerEvents::Message(raw) => map.serialize_entry(self.events_field, raw)?,
+            AnswerEvents::List(list) => map.serialize_entry(self.events_field, list)?,
         }
         map.serialize_entry(self.cursor_field, self.cursor)?;
         map.end()

@@ -7,7 +7,6 @@ pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -20,7 +19,7 @@ use crate::auth::{self, Verifier};
 use crate::drain::Drain;
 use crate::http_server::{Body, json_error};
 use crate::hub::HubRegistry;
-use crate::metrics::{self as m, error_kind};
+use crate::metrics::error_kind;
 
 /// The path of the unified stream.
 pub const STREAM_PATH: &str = "/v2/realtime/stream";
@@ -147,21 +146,15 @@ impl Gateway {
                     return;
                 }
             };
-            let stats = registry.context().stats.clone();
-            stats.active_connections.fetch_add(1, Ordering::Relaxed);
-            stats.total_connections.fetch_add(1, Ordering::Relaxed);
-            ::metrics::gauge!(m::ACTIVE_CONNECTIONS).increment(1.0);
-            ::metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
-            tracing::info!(org = identity.org_id, "connected");
+            tracing::debug!(org = identity.org_id, "connected");
             let ws = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 Role::Server,
-                Some(server_ws_config()),
+                Some(session::ws_config(&registry.context().config)),
             )
             .await;
+            // The session counts itself in and out (a drop guard).
             session::run(ws, identity, token, registry, shutdown).await;
-            stats.active_connections.fetch_sub(1, Ordering::Relaxed);
-            ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
         });
         crate::http_server::switching_protocols(&key)
     }

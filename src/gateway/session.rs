@@ -1,24 +1,28 @@
 //! One client's stream after the upgrade: the handshake, joining the org's
 //! hub, then one loop that writes what the hub queued, reads what the
-//! client sends (close, pings), and closes with the right code on token
-//! expiry, overflow or shutdown.
+//! client sends (close, pongs), and closes with the right code on token
+//! expiry, overflow, silence or shutdown. A [`StreamGuard`] owns the
+//! stream's connection counts and its hub membership, so they are released
+//! however the stream ends (even by a panic).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::Identity;
+use crate::config::Config;
 use crate::drain::StreamClose;
-use crate::hub::queue::QueueClosed;
-use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionQueue};
-use crate::metrics::{self as m, error_kind};
+use crate::hub::queue::{Outgoing, QueueClosed};
+use crate::hub::replay::batches;
+use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
+use crate::metrics::{self as m, Stats, error_kind};
 use crate::protocol::{self, close};
 
 /// How long a close handshake may take before the socket is dropped.
@@ -33,6 +37,7 @@ enum EndReason {
     Shutdown,
     Error,
     Handshake,
+    Timeout,
 }
 
 impl EndReason {
@@ -44,8 +49,62 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Error => "error",
             EndReason::Handshake => "handshake",
+            EndReason::Timeout => "timeout",
         }
     }
+}
+
+/// What one stream holds in process-wide state: its place in the connection
+/// counts and, once joined, its membership of the org's hub. Dropping the
+/// guard gives both back, on every path out of [`run`], a panic included.
+struct StreamGuard {
+    stats: Arc<Stats>,
+    member: Option<(mpsc::Sender<HubMsg>, SessionId)>,
+}
+
+impl StreamGuard {
+    fn new(stats: Arc<Stats>) -> StreamGuard {
+        stats
+            .active_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .total_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ::metrics::gauge!(m::ACTIVE_CONNECTIONS).increment(1.0);
+        ::metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
+        StreamGuard {
+            stats,
+            member: None,
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some((hub, session)) = self.member.take() {
+            // The hub's inbox is bounded; when it is full the leave waits
+            // in a task of its own rather than being lost.
+            if let Err(mpsc::error::TrySendError::Full(msg)) = hub.try_send(HubMsg::Leave(session))
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(async move {
+                    let _ = hub.send(msg).await;
+                });
+            }
+        }
+        self.stats
+            .active_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// When a token with expiry `exp` (epoch seconds) must be closed with
+/// 4001, as a point on the runtime's clock; `None` when it never expires
+/// or is so far away that the clock cannot represent it.
+fn expiry_deadline(exp: Option<u64>, now_unix_s: u64) -> Option<tokio::time::Instant> {
+    let remaining = Duration::from_secs(exp?.saturating_sub(now_unix_s));
+    tokio::time::Instant::now().checked_add(remaining)
 }
 
 pub async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
@@ -73,6 +132,7 @@ pub async fn run<S>(
     let cfg = ctx.config.clone();
     let stats = ctx.stats.clone();
     let org = identity.org_id;
+    let mut guard = StreamGuard::new(stats.clone());
 
     // ---- handshake --------------------------------------------------------
     // Control frames (a browser's or proxy's ping) may come first.
@@ -92,7 +152,17 @@ pub async fn run<S>(
                 count_close(EndReason::Handshake);
                 return;
             }
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Err(e))) => {
+                // A frame that breaks the WebSocket rules gets the close
+                // code RFC 6455 names for it (when the socket still takes one).
+                stats.count_error(error_kind::HANDSHAKE);
+                if let Some((code, why)) = violation_close(&e) {
+                    close_with(&mut ws, code, why).await;
+                }
+                count_close(EndReason::Handshake);
+                return;
+            }
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return,
             Ok(Some(Ok(Message::Text(t)))) => break t.to_string(),
             Ok(Some(Ok(Message::Binary(b)))) => break String::from_utf8_lossy(&b).into_owned(),
             Ok(Some(Ok(_))) => continue,
@@ -146,28 +216,31 @@ pub async fn run<S>(
             return;
         }
     };
+    guard.member = Some((hub, session));
     let service_names: Vec<&str> = services
         .iter()
         .map(|&s| cfg.services[s as usize].name.as_str())
         .collect();
-    tracing::info!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed, "subscribed");
+    tracing::debug!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed, "subscribed");
     let started = tokio::time::Instant::now();
 
     // ---- serve --------------------------------------------------------------
+    let now_s = u64::try_from(crate::clock::unix_millis() / 1000).unwrap_or(0);
     // Closed with 4001 once `exp + auth.leeway_s` has passed — the same
     // leeway the token was accepted with. An `exp` too far away to add up
     // (or to be a deadline) never closes the session.
-    let expiry = identity.expires_at.and_then(|exp| {
-        let now = (crate::clock::unix_millis() / 1000) as u64;
-        let close_at = exp.checked_add(cfg.auth.leeway.as_secs())?;
-        tokio::time::Instant::now().checked_add(Duration::from_secs(close_at.saturating_sub(now)))
-    });
-    let mut batch: Vec<Frame> = Vec::new();
+    let expiry = identity
+        .expires_at
+        .and_then(|exp| exp.checked_add(cfg.auth.leeway.as_secs()))
+        .and_then(|close_at| expiry_deadline(Some(close_at), now_s));
+    // Anything from the client (a message, a Pong) proves it is there.
+    let mut silent_until = tokio::time::Instant::now() + cfg.stream.client_timeout;
+    let mut batch: Vec<Outgoing> = Vec::new();
     let mut delivered: u64 = 0;
     let end = 'serve: loop {
         if shutdown.is_due() {
             // Drain (CONTRACT 2.2): what is queued first, then 1001.
-            flush_and_close(&mut ws, &queue, &mut batch).await;
+            flush_and_close(&mut ws, &cfg, &queue, &mut batch).await;
             break EndReason::Shutdown;
         }
         match queue.take(&mut batch) {
@@ -192,7 +265,7 @@ pub async fn run<S>(
             // Write while watching for overflow, so a client that stopped
             // reading is cut off instead of pinning this task in a write.
             let written = {
-                let write = write_frames(&mut ws, &batch);
+                let write = write_items(&mut ws, &cfg, &batch);
                 tokio::pin!(write);
                 loop {
                     tokio::select! {
@@ -227,7 +300,8 @@ pub async fn run<S>(
             }
         }
         tokio::select! {
-            _ = queue.notified() => {}
+            // What the client sent first: it may be the Pong that keeps it.
+            biased;
             incoming = ws.next() => match incoming {
                 None | Some(Err(_)) => break 'serve EndReason::Normal,
                 Some(Ok(Message::Close(_))) => {
@@ -235,36 +309,46 @@ pub async fn run<S>(
                     break 'serve EndReason::Normal;
                 }
                 // Pings are answered by tungstenite; other messages after
-                // the handshake have no meaning and are ignored.
-                Some(Ok(_)) => {}
+                // the handshake have no meaning and are ignored. Each one
+                // shows the client is there.
+                Some(Ok(_)) => {
+                    silent_until = tokio::time::Instant::now() + cfg.stream.client_timeout;
+                }
             },
+            _ = queue.notified() => {}
+            _ = tokio::time::sleep_until(silent_until) => {
+                stats.count_error(error_kind::TIMEOUT);
+                break 'serve EndReason::Timeout;
+            }
             _ = sleep_until_opt(expiry) => {
                 stats.count_error(error_kind::AUTH);
                 close_with(&mut ws, close::TOKEN_EXPIRED, "token expired").await;
                 break 'serve EndReason::Auth;
             }
             _ = shutdown.wait() => {
-                flush_and_close(&mut ws, &queue, &mut batch).await;
+                flush_and_close(&mut ws, &cfg, &queue, &mut batch).await;
                 break 'serve EndReason::Shutdown;
             }
         }
     };
-    let _ = hub.send(HubMsg::Leave(session)).await;
+    // The guard leaves the hub and gives back the counts.
+    drop(guard);
     count_close(end);
-    tracing::info!(org, session, services = ?service_names, mode = reply.mode, duration_ms = started.elapsed().as_millis() as u64,
-        events = delivered, reason = end.as_str(), "disconnected");
+    tracing::info!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed,
+        duration_ms = started.elapsed().as_millis() as u64, events = delivered, reason = end.as_str(), "stream ended");
 }
 
 /// Sends what is queued (within [`CLOSE_GRACE`]), then closes with 1001.
 async fn flush_and_close<S>(
     ws: &mut WebSocketStream<S>,
+    cfg: &Config,
     queue: &SessionQueue,
-    batch: &mut Vec<Frame>,
+    batch: &mut Vec<Outgoing>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if queue.take(batch).is_ok() && !batch.is_empty() {
-        let _ = tokio::time::timeout(CLOSE_GRACE, write_frames(ws, batch)).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, write_items(ws, cfg, batch)).await;
     }
     close_with(
         ws,
@@ -281,45 +365,148 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn write_frames<S>(
+/// The WebSocket settings of a client stream: the server defaults, with a
+/// write buffer that holds the largest message the sizes allow, so a legal
+/// message is never refused as `WriteBufferFull` (CONTRACT 2.1).
+pub fn ws_config(cfg: &Config) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    crate::gateway::server_ws_config().max_write_buffer_size(write_buffer_limit(cfg))
+}
+
+/// Room for one largest message plus a pending control frame (pong, close).
+pub fn write_buffer_limit(cfg: &Config) -> usize {
+    const CONTROL_SLACK: usize = 4096;
+    cfg.stream.max_message_bytes.saturating_add(CONTROL_SLACK)
+}
+
+/// Writes queued items; a replay is rendered into messages page by page.
+async fn write_items<S>(
     ws: &mut WebSocketStream<S>,
-    frames: &[Frame],
+    cfg: &Config,
+    items: &[Outgoing],
 ) -> Result<bool, tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    for f in frames {
-        ws.feed(Message::Text(f.text.clone())).await?;
+    for item in items {
+        match item {
+            Outgoing::Frame(f) => {
+                ws.feed(Message::Text(f.text.clone())).await?;
+                // The keep-alive goes as a WebSocket Ping frame too (CONTRACT
+                // 2.2): the client's Pong proves the connection is not half-open.
+                if f.ws_ping {
+                    ws.feed(Message::Ping(Default::default())).await?;
+                }
+            }
+            Outgoing::Replay(events) => {
+                let pages = batches(
+                    events,
+                    cfg.stream.batch_max_events,
+                    cfg.stream.batch_max_bytes,
+                );
+                for page in pages {
+                    let Some(first) = page.first() else { continue };
+                    let name = &cfg.services[first.service as usize].name;
+                    if let Some(f) = Frame::events(page, name, "replay", false) {
+                        ws.feed(Message::Text(f.text)).await?;
+                    }
+                }
+            }
+        }
     }
     ws.flush().await?;
     Ok(true)
 }
 
+/// Counts what was written: every event in the totals, live events only
+/// in the latency (a replayed event's age says nothing about delivery).
 fn record_delivery(
     stats: &crate::metrics::Stats,
     services: &[crate::config::ServiceConfig],
-    frames: &[Frame],
+    items: &[Outgoing],
     delivered: &mut u64,
 ) {
     let now = crate::clock::unix_millis();
-    for f in frames {
-        if let Some(d) = &f.delivery {
-            let n = d.origins_ms.len() as u64;
-            *delivered += n;
-            let mut sum = 0f64;
+    for item in items {
+        let d = match item {
+            Outgoing::Frame(Frame {
+                delivery: Some(d), ..
+            }) => d,
+            Outgoing::Frame(_) => continue,
+            Outgoing::Replay(events) => {
+                for e in events {
+                    *delivered += 1;
+                    let name = &services[e.service as usize].name;
+                    stats.count_delivered(name, 1);
+                    ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone())
+                        .increment(1);
+                }
+                continue;
+            }
+        };
+        *delivered += d.count;
+        let name = &services[d.service as usize].name;
+        ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(d.count);
+        let live = d.live_origins_ms.len() as u64;
+        stats.count_delivered(name, d.count - live);
+        if live > 0 {
             let histogram = ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
-            for &o in d.origins_ms.iter() {
-                let lat = (now - o).max(0) as f64;
+            let mut sum = 0f64;
+            for &o in d.live_origins_ms.iter() {
+                let lat = now.saturating_sub(o).max(0) as f64;
                 sum += lat;
                 histogram.record(lat / 1000.0);
             }
-            let name = &services[d.service as usize].name;
-            stats.record_delivery(name, n, sum / n.max(1) as f64);
-            ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(n);
+            stats.record_delivery(name, live, sum / live as f64);
         }
+    }
+}
+
+/// The close code for a frame that broke the WebSocket rules before the
+/// handshake: 1009 too big, 1007 not UTF-8, 1002 any other protocol error.
+fn violation_close(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => Some((close::TOO_BIG, "message too big")),
+        Error::Utf8(_) => Some((close::INVALID_DATA, "text is not valid UTF-8")),
+        Error::Protocol(_) => Some((close::PROTOCOL, "WebSocket protocol violation")),
+        _ => None,
     }
 }
 
 fn count_close(reason: EndReason) {
     ::metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that fails, even by a panic, still leaves its hub and
+    /// gives back its connection count (CONTRACT 2.2).
+    #[tokio::test]
+    async fn a_panicking_stream_still_leaves_and_uncounts() {
+        let stats = Arc::new(Stats::default());
+        let (hub, mut inbox) = mpsc::channel(4);
+        let task_stats = stats.clone();
+        let task = tokio::spawn(async move {
+            let mut guard = StreamGuard::new(task_stats);
+            guard.member = Some((hub, 7));
+            panic!("a bug in a session");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(matches!(inbox.recv().await, Some(HubMsg::Leave(7))));
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(r(&stats.active_connections), 0);
+        assert_eq!(r(&stats.total_connections), 1);
+    }
+
+    #[tokio::test]
+    async fn a_far_expiry_is_no_deadline_and_does_not_panic() {
+        assert!(expiry_deadline(None, 0).is_none());
+        assert!(expiry_deadline(Some(u64::MAX), 0).is_none());
+        let soon = expiry_deadline(Some(110), 100).unwrap();
+        assert!(soon <= tokio::time::Instant::now() + Duration::from_secs(10));
+        // Already expired: due now.
+        assert!(expiry_deadline(Some(5), 100).unwrap() <= tokio::time::Instant::now());
+    }
 }

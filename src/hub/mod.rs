@@ -14,6 +14,8 @@
 mod dedup;
 mod org;
 pub mod queue;
+pub mod replay;
+mod switching;
 #[cfg(test)]
 mod switching_tests;
 pub mod tokens;
@@ -47,6 +49,8 @@ pub struct IncomingEvent {
     pub property: Option<PropertyKey>,
     /// The event's own timestamp (epoch ms), or its arrival when it has none.
     pub origin_ms: i64,
+    /// Cleared by the hub for events a source caught up on after an absence.
+    pub live: bool,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +100,7 @@ impl IncomingEvent {
             org,
             property: meta.property_id.as_ref().and_then(PropertyKey::from_json),
             origin_ms,
+            live: true,
         })
     }
 }
@@ -124,6 +129,8 @@ pub enum SourceStatus {
 /// Messages into a hub.
 pub enum HubMsg {
     Join(Box<JoinRequest>),
+    /// A reader that is not a live session (a V1 facade) asks the window.
+    Read(Box<ReadRequest>),
     Leave(SessionId),
     Events {
         source: SourceId,
@@ -133,6 +140,10 @@ pub enum HubMsg {
         cursor: Option<String>,
         /// Native link: the upstream position of the last event.
         native_seq: Option<u64>,
+        /// V1 poller: when the request this answers was sent (switching
+        /// waits for an answer to a request sent after the new source was
+        /// ready). A poller reports every answer, even an empty one.
+        requested_at: Option<tokio::time::Instant>,
     },
     Status {
         source: SourceId,
@@ -152,6 +163,32 @@ pub struct JoinRequest {
     pub token: Arc<str>,
     pub expires_at: Option<u64>,
     pub reply: oneshot::Sender<JoinReply>,
+}
+
+/// "Events of these services after position `after`, at most
+/// `max_events` events and `max_bytes` bytes" (the first event always).
+pub struct ReadRequest {
+    /// Service indexes, sorted and unique.
+    pub services: Vec<u16>,
+    pub property: Option<PropertyKey>,
+    pub after: u64,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub reply: oneshot::Sender<ReadReply>,
+}
+
+/// What a hub answered a [`ReadRequest`].
+#[derive(Debug)]
+pub struct ReadReply {
+    pub events: Vec<Arc<replay::Stored>>,
+    /// False when events after `after` already left the window (or `after`
+    /// is not a position of this hub): the reader should start over.
+    pub complete: bool,
+    /// The hub's newest position.
+    pub head: u64,
+    /// Changes whenever the head moves: a reader waits on it for the next
+    /// event instead of polling.
+    pub heads: watch::Receiver<u64>,
 }
 
 /// What the hub answered (the ack is already queued).
@@ -217,6 +254,22 @@ impl HubRegistry {
         self.count_orgs(hubs.len());
         tokio::spawn(org::OrgHub::new(org, self.clone(), tx.clone(), rx).run());
         tx
+    }
+
+    /// Reads an org's replay window (creating its hub when there is none;
+    /// a reader alone starts no source: the facade joins for that).
+    pub async fn read(
+        self: &Arc<Self>,
+        org: OrgId,
+        mut req: ReadRequest,
+    ) -> Result<ReadReply, JoinError> {
+        let (tx, rx) = oneshot::channel();
+        req.reply = tx;
+        let hub = self.hub_sender(org);
+        hub.send(HubMsg::Read(Box::new(req)))
+            .await
+            .map_err(|_| JoinError::ShuttingDown)?;
+        rx.await.map_err(|_| JoinError::ShuttingDown)
     }
 
     /// Hands a connection to its org's hub; returns the hub's inbox for the leave.

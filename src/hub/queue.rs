@@ -5,12 +5,20 @@
 //! `max_queue_bytes`, the queue drops what it holds, marks itself
 //! overflowed, and the connection closes with 1013 (the client resumes with
 //! lastSeq). One stalled client so costs at most its queue.
+//!
+//! A resume's replay is queued as one [`Outgoing::Replay`] item holding the
+//! window's shared events, not their text: the connection renders it into
+//! messages as it writes, so a replay larger than the queue never closes a
+//! client that reads (its cost is one pointer per event).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::replay::Stored;
+use crate::protocol;
 
 /// One serialised server message, shared by every connection of a view.
 #[derive(Debug, Clone)]
@@ -19,6 +27,8 @@ pub struct Frame {
     /// For event messages: the service index and the origin time (epoch ms)
     /// of each event, for the latency measurement at write time.
     pub delivery: Option<Delivery>,
+    /// The keep-alive `ping` message: a WebSocket Ping frame follows it.
+    pub ws_ping: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -26,7 +36,12 @@ pub struct Delivery {
     pub service: u16,
     /// The source that served the events ("poll" or "native").
     pub mode: &'static str,
-    pub origins_ms: Arc<[i64]>,
+    /// Events in the message.
+    pub count: u64,
+    /// The origin times of the live events among them: replayed events and
+    /// events a source caught up on after an absence are not live, and only
+    /// live deliveries count in the latency.
+    pub live_origins_ms: Arc<[i64]>,
 }
 
 impl Frame {
@@ -34,8 +49,59 @@ impl Frame {
         Frame {
             text: text.into(),
             delivery: None,
+            ws_ping: false,
         }
     }
+
+    /// The periodic `ping` message, followed by a WebSocket Ping frame.
+    pub fn keepalive(text: String) -> Frame {
+        Frame {
+            ws_ping: true,
+            ..Frame::control(text)
+        }
+    }
+
+    /// One `event` message of events of one service (the last one's
+    /// position is the message's `seq`); None for no events. `live` is
+    /// false for a replay.
+    pub fn events<T: AsRef<Stored>>(
+        events: &[T],
+        service_name: &str,
+        mode: &'static str,
+        live: bool,
+    ) -> Option<Frame> {
+        let last = events.last()?.as_ref();
+        Some(Frame {
+            ws_ping: false,
+            text: protocol::event_message(
+                service_name,
+                events.iter().map(|e| &*e.as_ref().raw),
+                last.seq,
+            )
+            .into(),
+            delivery: Some(Delivery {
+                service: last.service,
+                mode,
+                count: events.len() as u64,
+                live_origins_ms: events
+                    .iter()
+                    .map(AsRef::as_ref)
+                    .filter(|e| live && e.live)
+                    .map(|e| e.origin_ms)
+                    .collect(),
+            }),
+        })
+    }
+}
+
+/// One item of a connection's queue.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A serialised message.
+    Frame(Frame),
+    /// Replayed events (already filtered for the connection), rendered
+    /// into messages when written.
+    Replay(Vec<Arc<Stored>>),
 }
 
 /// Why the queue stopped accepting frames.
@@ -46,7 +112,7 @@ pub enum QueueClosed {
 }
 
 struct Inner {
-    frames: VecDeque<Frame>,
+    frames: VecDeque<Outgoing>,
     bytes: usize,
     closed: Option<QueueClosed>,
 }
@@ -87,7 +153,26 @@ impl SessionQueue {
             return false;
         }
         g.bytes += len;
-        g.frames.push_back(frame);
+        g.frames.push_back(Outgoing::Frame(frame));
+        let was_empty = g.frames.len() == 1;
+        drop(g);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Queues replayed events; they are not counted against `max_queue_bytes`
+    /// (they are shared with the replay window, which is bounded).
+    pub fn push_replay(&self, events: Vec<Arc<Stored>>) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.closed.is_some() {
+            return false;
+        }
+        g.frames.push_back(Outgoing::Replay(events));
         let was_empty = g.frames.len() == 1;
         drop(g);
         if was_empty {
@@ -97,7 +182,7 @@ impl SessionQueue {
     }
 
     /// Takes everything queued, or the reason the queue closed.
-    pub fn take(&self, out: &mut Vec<Frame>) -> Result<(), QueueClosed> {
+    pub fn take(&self, out: &mut Vec<Outgoing>) -> Result<(), QueueClosed> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = g.closed {
             return Err(c);
@@ -149,7 +234,13 @@ mod tests {
         q.push(Frame::control("b".into()));
         let mut out = Vec::new();
         q.take(&mut out).unwrap();
-        let texts: Vec<&str> = out.iter().map(|f| f.text.as_str()).collect();
+        let texts: Vec<&str> = out
+            .iter()
+            .map(|f| match f {
+                Outgoing::Frame(f) => f.text.as_str(),
+                Outgoing::Replay(_) => "replay",
+            })
+            .collect();
         assert_eq!(texts, ["a", "b"]);
         assert_eq!(q.queued_bytes(), 0);
     }

@@ -119,12 +119,35 @@ impl Source {
     }
 
     async fn events(&self, service: u16, events: Vec<IncomingEvent>, cursor: Option<&str>) {
+        self.send_events(service, events, cursor, None).await;
+    }
+
+    /// A poller's answer to a request it sent at `sent_at`.
+    async fn answer(
+        &self,
+        service: u16,
+        events: Vec<IncomingEvent>,
+        cursor: &str,
+        sent_at: tokio::time::Instant,
+    ) {
+        self.send_events(service, events, Some(cursor), Some(sent_at))
+            .await;
+    }
+
+    async fn send_events(
+        &self,
+        service: u16,
+        events: Vec<IncomingEvent>,
+        cursor: Option<&str>,
+        requested_at: Option<tokio::time::Instant>,
+    ) {
         let msg = HubMsg::Events {
             source: self.source,
             service,
             events,
             cursor: cursor.map(String::from),
             native_seq: None,
+            requested_at,
         };
         self.hub.send(msg).await.unwrap();
     }
@@ -181,31 +204,28 @@ fn event(id: &str, org: u64) -> IncomingEvent {
     IncomingEvent::parse(raw, 0).unwrap()
 }
 
-/// Ends the test binary if a test runs for a minute of real time. With the
-/// paused clock, a hub loop that spins never lets time advance, so without
-/// this such a bug would hang the run instead of failing it.
-struct Watchdog(Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-fn watchdog() -> Watchdog {
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = done.clone();
+/// Runs a test body on tokio's paused clock in a thread of its own and
+/// fails the test if it takes a minute of real time. With the paused clock
+/// a hub loop that spins never lets time advance, so without this such a
+/// bug would hang the run; only this test fails (the spinning thread is
+/// left behind), the rest of the binary goes on.
+fn paused<F: std::future::Future<Output = ()> + 'static>(body: fn() -> F) {
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for _ in 0..600 {
-            std::thread::sleep(Duration::from_millis(100));
-            if seen.load(Ordering::Relaxed) {
-                return;
-            }
-        }
-        eprintln!("a hub test ran for 60 s of real time: a hub loop is spinning");
-        std::process::abort();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a test runtime");
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(body())));
+        let _ = tx.send(outcome);
     });
-    Watchdog(done)
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("a hub test ran for 60 s of real time: a hub loop is spinning"),
+    }
 }
 
 /// Lets the hub task run (the paused clock moves on when all are idle).
@@ -238,7 +258,10 @@ fn drain(q: &SessionQueue) -> Vec<serde_json::Value> {
     q.take(&mut frames).unwrap();
     frames
         .iter()
-        .map(|f| serde_json::from_str(f.text.as_str()).unwrap())
+        .map(|f| match f {
+            super::queue::Outgoing::Frame(f) => serde_json::from_str(f.text.as_str()).unwrap(),
+            super::queue::Outgoing::Replay(_) => panic!("no replays in these tests"),
+        })
         .collect()
 }
 
@@ -273,9 +296,12 @@ fn native_for(org: u64) -> [(&'static str, FlagValue); 2] {
     ]
 }
 
-#[tokio::test(start_paused = true)]
-async fn dedup_cross_org_guard_and_positions() {
-    let _watchdog = watchdog();
+#[test]
+fn dedup_cross_org_guard_and_positions() {
+    paused(dedup_cross_org_guard_and_positions_body);
+}
+
+async fn dedup_cross_org_guard_and_positions_body() {
     let f = fixture();
     let q = join(&f, 1, vec![0]).await;
     assert_eq!(
@@ -317,9 +343,12 @@ async fn dedup_cross_org_guard_and_positions() {
     assert_eq!(event_ids(&drain(&q)), ["c"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn poll_to_native_stops_the_poller_only_once_native_is_ready() {
-    let _watchdog = watchdog();
+#[test]
+fn poll_to_native_stops_the_poller_only_once_native_is_ready() {
+    paused(poll_to_native_stops_the_poller_only_once_native_is_ready_body);
+}
+
+async fn poll_to_native_stops_the_poller_only_once_native_is_ready_body() {
     let f = fixture();
     let q = join(&f, 1, vec![0]).await;
     drain(&q);
@@ -342,42 +371,77 @@ async fn poll_to_native_stops_the_poller_only_once_native_is_ready() {
         "the poller keeps serving until native is ready"
     );
     let native = Source::of(&f.scripted, 1);
+    // A request the poller sent before native was ready.
+    let sent_early = tokio::time::Instant::now();
+    settle().await;
     // During the overlap both deliver; each event reaches the client once.
-    poller.events(0, vec![event("b", 1)], Some("c2")).await;
     native
         .events(0, vec![event("b", 1), event("c", 1)], None)
         .await;
-    settle().await;
     native.status(SourceStatus::Ready).await;
     settle().await;
     assert!(
-        f.scripted.stopped(0),
-        "the poller stops once native is ready"
+        !f.scripted.stopped(0),
+        "native is ready, but the poller's coverage does not reach that moment yet"
     );
+    // The answer that was in flight when native became ready is not enough
+    // (issue 16 item 3: its cut-off may predate the link's start).
+    poller
+        .answer(0, vec![event("b", 1)], "c2", sent_early)
+        .await;
+    settle().await;
+    assert!(!f.scripted.stopped(0), "an answer in flight is not enough");
+    // The answer to a request sent after native was ready proves the overlap.
+    let sent_late = tokio::time::Instant::now();
+    poller.answer(0, vec![event("d", 1)], "c3", sent_late).await;
+    settle().await;
+    assert!(f.scripted.stopped(0), "overlap proven: the poller stops");
     assert!(!f.scripted.stopped(1));
-    assert_eq!(event_ids(&drain(&q)), ["a", "b", "c"]);
+    assert_eq!(event_ids(&drain(&q)), ["a", "b", "c", "d"]);
     assert!(
         q.is_closed().is_none(),
         "the client's stream was never touched"
     );
 
-    // And back: the new poller continues from the last cursor, so it is
-    // ready at once and the native link goes.
+    // And back: after a native period the new poller starts fresh (issue
+    // 16 item 4: its old cursor would replay the whole period), and the
+    // native link stays until the poller's first answer.
     set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
     settle().await;
     assert_eq!(
         f.scripted.kind(2),
         Kind::Poller {
             service: 0,
-            cursor: Some("c2".into())
+            cursor: None
         }
     );
+    assert!(!f.scripted.stopped(1));
+    let fresh = Source::of(&f.scripted, 2);
+    fresh
+        .answer(0, vec![], "c9", tokio::time::Instant::now())
+        .await;
+    fresh.status(SourceStatus::Ready).await;
+    settle().await;
     assert!(f.scripted.stopped(1));
+
+    // And native again: a link after a poll period starts fresh too.
+    set(&f, &native_for(1));
+    settle().await;
+    assert_eq!(
+        f.scripted.kind(3),
+        Kind::Native {
+            services: vec![0],
+            last_seq: None
+        }
+    );
 }
 
-#[tokio::test(start_paused = true)]
-async fn native_to_poll_without_a_cursor_keeps_native_until_the_first_answer() {
-    let _watchdog = watchdog();
+#[test]
+fn native_to_poll_without_a_cursor_keeps_native_until_the_first_answer() {
+    paused(native_to_poll_without_a_cursor_keeps_native_until_the_first_answer_body);
+}
+
+async fn native_to_poll_without_a_cursor_keeps_native_until_the_first_answer_body() {
     let f = fixture();
     set(&f, &native_for(1));
     let q = join(&f, 1, vec![0]).await;
@@ -398,16 +462,21 @@ async fn native_to_poll_without_a_cursor_keeps_native_until_the_first_answer() {
     assert!(!f.scripted.stopped(0));
     native.events(0, vec![event("n1", 1)], None).await;
     let poller = Source::of(&f.scripted, 1);
-    poller.events(0, vec![event("n1", 1)], Some("c9")).await;
+    poller
+        .answer(0, vec![event("n1", 1)], "c9", tokio::time::Instant::now())
+        .await;
     poller.status(SourceStatus::Ready).await;
     settle().await;
     assert!(f.scripted.stopped(0));
     assert_eq!(event_ids(&drain(&q)), ["n1"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn native_outage_falls_back_after_the_grace_time_and_returns() {
-    let _watchdog = watchdog();
+#[test]
+fn native_outage_falls_back_after_the_grace_time_and_returns() {
+    paused(native_outage_falls_back_after_the_grace_time_and_returns_body);
+}
+
+async fn native_outage_falls_back_after_the_grace_time_and_returns_body() {
     let f = fixture();
     set(&f, &native_for(1));
     let q = join(&f, 1, vec![0]).await;
@@ -445,6 +514,14 @@ async fn native_outage_falls_back_after_the_grace_time_and_returns() {
     native.status(SourceStatus::Ready).await;
     settle().await;
     assert!(
+        !f.scripted.stopped(1),
+        "the fallback poller runs until its coverage reaches the link's return"
+    );
+    poller
+        .answer(0, vec![], "c2", tokio::time::Instant::now())
+        .await;
+    settle().await;
+    assert!(
         f.scripted.stopped(1),
         "back on native, the fallback poller stops"
     );
@@ -453,9 +530,12 @@ async fn native_outage_falls_back_after_the_grace_time_and_returns() {
     assert_eq!(m.connections_native.load(Ordering::Relaxed), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_service_added_to_native_starts_a_wider_link_before_dropping_the_old() {
-    let _watchdog = watchdog();
+#[test]
+fn a_service_added_to_native_starts_a_wider_link_before_dropping_the_old() {
+    paused(a_service_added_to_native_starts_a_wider_link_before_dropping_the_old_body);
+}
+
+async fn a_service_added_to_native_starts_a_wider_link_before_dropping_the_old_body() {
     let f = fixture();
     set(&f, &native_for(1));
     let _a = join(&f, 1, vec![0]).await;
@@ -468,6 +548,7 @@ async fn a_service_added_to_native_starts_a_wider_link_before_dropping_the_old()
             events: vec![event("e", 1)],
             cursor: None,
             native_seq: Some(41),
+            requested_at: None,
         })
         .await
         .unwrap();
@@ -487,4 +568,85 @@ async fn a_service_added_to_native_starts_a_wider_link_before_dropping_the_old()
     // A link that dropped on its way out does not count as an outage.
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(f.scripted.count(), 2, "no fallback poller");
+}
+
+#[test]
+fn the_window_answers_readers_and_wakes_them() {
+    paused(the_window_answers_readers_and_wakes_them_body);
+}
+
+async fn the_window_answers_readers_and_wakes_them_body() {
+    let f = fixture();
+    let q = join(&f, 1, vec![0, 1]).await;
+    let base = drain(&q)[0]["seq"].as_u64().unwrap();
+    let poller = Source::of(&f.scripted, 0);
+    poller
+        .events(
+            0,
+            vec![event("a", 1), event("b", 1), event("c", 1)],
+            Some("c1"),
+        )
+        .await;
+    settle().await;
+    let read = |after: u64, max_events: usize| {
+        f.registry.read(
+            1,
+            super::ReadRequest {
+                services: vec![0],
+                property: None,
+                after,
+                max_events,
+                max_bytes: usize::MAX,
+                reply: oneshot::channel().0,
+            },
+        )
+    };
+    let ids = |r: &super::ReadReply| -> Vec<String> {
+        r.events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(e.raw.get()).unwrap();
+                v["eventId"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let first = read(base, 2).await.unwrap();
+    assert_eq!(ids(&first), ["a", "b"]);
+    assert!(first.complete);
+    assert_eq!(first.head, base + 3);
+    let rest = read(first.events[1].seq, 10).await.unwrap();
+    assert_eq!(ids(&rest), ["c"]);
+    // A reader waits for the next event on `heads`.
+    let mut heads = first.heads;
+    heads.borrow_and_update();
+    poller.events(0, vec![event("d", 1)], None).await;
+    heads.changed().await.unwrap();
+    assert_eq!(*heads.borrow(), base + 4);
+    // A position that is not this hub's is not complete.
+    assert!(!read(base - 5, 10).await.unwrap().complete);
+}
+
+#[test]
+fn an_overlap_longer_than_the_dedup_bound_is_cut_short() {
+    paused(an_overlap_longer_than_the_dedup_bound_is_cut_short_body);
+}
+
+async fn an_overlap_longer_than_the_dedup_bound_is_cut_short_body() {
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    drain(&q);
+    let poller = Source::of(&f.scripted, 0);
+    let sent_early = tokio::time::Instant::now();
+    set(&f, &native_for(1));
+    settle().await;
+    Source::of(&f.scripted, 1).status(SourceStatus::Ready).await;
+    settle().await;
+    assert!(!f.scripted.stopped(0), "overlapping");
+    // The retiring poller delivers more than half of what the 4096-id
+    // de-duplication set holds: it stops at once.
+    let flood: Vec<IncomingEvent> = (0..2100).map(|i| event(&format!("o{i}"), 1)).collect();
+    poller.answer(0, flood, "c1", sent_early).await;
+    settle().await;
+    assert!(f.scripted.stopped(0), "the overlap was cut short");
+    assert!(!f.scripted.stopped(1));
 }

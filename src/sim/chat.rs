@@ -340,7 +340,8 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Box<Response<Body>>>
 /// (after a delay for `slow`).
 async fn apply_fault(ctx: &Ctx, fault: Fault) -> Option<Response<Body>> {
     match fault {
-        Fault::None => None,
+        // A stale V1 cursor means nothing to the chat store.
+        Fault::None | Fault::StaleCursor => None,
         Fault::Slow(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             None

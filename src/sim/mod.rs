@@ -267,8 +267,16 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
         state.poll_started(service, 1);
         PollGuard(state, service)
     };
+    // The request is registered when it arrives (a request without a cursor
+    // sees what is published after that), however late it is answered.
+    let (mut after, mut changed) = state.with_org(org, |log| (log.last, log.changed.subscribe()));
     match state.fault(service) {
         Fault::None => {}
+        Fault::StaleCursor if since.is_some() => {
+            state.set_fault(service, Fault::None);
+            return json_error(StatusCode::GONE, "cursor no longer honoured");
+        }
+        Fault::StaleCursor => {}
         Fault::Status(code) => {
             return json_error(
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -300,7 +308,6 @@ async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> 
             return json_error(StatusCode::GATEWAY_TIMEOUT, "hung");
         }
     }
-    let (mut after, mut changed) = state.with_org(org, |log| (log.last, log.changed.subscribe()));
     if let Some(s) = since {
         match parse_cursor(&s) {
             Some(c) => after = c,

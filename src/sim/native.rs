@@ -39,6 +39,19 @@ pub(super) async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<B
     })
 }
 
+/// Bytes of events the simulated native stream puts in one message; a
+/// larger event travels alone (as the sidecar does, CONTRACT 2.1).
+const NATIVE_BATCH_BYTES: usize = 64 * 1024;
+/// The largest message the simulator writes: an event as large as the
+/// sidecar's `stream.max_event_bytes` can be, plus its envelope, with room
+/// to spare, so the simulator can produce every legal (and some oversized)
+/// event.
+const SIM_MAX_MESSAGE: usize = 72 << 20;
+
+fn sim_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    crate::gateway::server_ws_config().max_write_buffer_size(SIM_MAX_MESSAGE)
+}
+
 type ServerWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Completes a WebSocket upgrade and runs `serve` on the socket in a task.
@@ -58,7 +71,7 @@ where
         let ws = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
-            Some(crate::gateway::server_ws_config()),
+            Some(sim_ws_config()),
         )
         .await;
         serve(ws).await;
@@ -139,7 +152,12 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             while i < events.len() {
                 let svc = &events[i].service;
                 let mut j = i;
+                let mut bytes = 0usize;
                 while j < events.len() && &events[j].service == svc && j - i < 100 {
+                    bytes = bytes.saturating_add(events[j].json.get().len() + 1);
+                    if j > i && bytes > NATIVE_BATCH_BYTES {
+                        break;
+                    }
                     j += 1;
                 }
                 let msg = protocol::event_message(

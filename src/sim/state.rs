@@ -26,6 +26,9 @@ pub enum Fault {
     Drop,
     /// Never answer (until the client gives up).
     Hang,
+    /// The next request that carries a cursor is answered 410 Gone (the
+    /// backend no longer honours it); then the fault clears itself.
+    StaleCursor,
 }
 
 impl Fault {
@@ -48,9 +51,10 @@ impl Fault {
             "garbage" => Fault::Garbage,
             "drop" => Fault::Drop,
             "hang" => Fault::Hang,
+            "stale_cursor" => Fault::StaleCursor,
             other => {
                 return Err(format!(
-                    "unknown fault kind {other:?} (none, status, slow, garbage, drop, hang)"
+                    "unknown fault kind {other:?} (none, status, slow, garbage, drop, hang, stale_cursor)"
                 ));
             }
         })

@@ -144,7 +144,8 @@ impl UploadStore {
 /// What a fault makes of a request: `None` to go on serving it.
 async fn fault_answer(ctx: &Ctx) -> Option<Response<Body>> {
     match ctx.uploads.take_fault() {
-        Fault::None => None,
+        // A stale V1 cursor means nothing to the upload endpoints.
+        Fault::None | Fault::StaleCursor => None,
         Fault::Status(code) => Some(json_error(
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "injected fault",

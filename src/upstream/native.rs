@@ -31,6 +31,44 @@ pub fn client_ws_config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
+/// The native link's WebSocket settings: it reads messages of the same
+/// protocol, so it accepts at least twice the largest message this
+/// sidecar's sizes allow (an oversized event must arrive to be reported as
+/// `EVENT_TOO_LARGE` rather than break the link), and 16 MiB at least.
+fn link_ws_config(cfg: &crate::config::Config) -> WebSocketConfig {
+    const FLOOR: usize = 16 << 20;
+    let limit = cfg.stream.max_message_bytes.saturating_mul(2).max(FLOOR);
+    client_ws_config()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+}
+
+/// Malformed native messages are logged at most once per this interval,
+/// with the number passed over meanwhile.
+const MALFORMED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct MalformedLog {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl MalformedLog {
+    fn note(&mut self, org: crate::auth::OrgId, error: &serde_json::Error) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < MALFORMED_LOG_INTERVAL)
+        {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return;
+        }
+        tracing::warn!(org, error = %error, suppressed = self.suppressed, "ignored a malformed native stream message");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 /// The native stream URL: the base URL with a ws scheme.
 pub fn native_url(up: &Upstream) -> String {
     let base = &up.config.upstream.base_url;
@@ -69,6 +107,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
     let mut last_seq = spec.last_seq;
     let mut backoff = Backoff::default();
     let silence_limit = cfg.stream.ping_interval * SILENCE_LIMIT_FACTOR;
+    let mut malformed = MalformedLog::default();
     loop {
         let Some(token) = spec.tokens.pick() else {
             if !send(
@@ -110,7 +149,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         }
         let connect = tokio_tungstenite::connect_async_tls_with_config(
             request,
-            Some(client_ws_config()),
+            Some(link_ws_config(&cfg)),
             true,
             Some(tokio_tungstenite::Connector::Rustls(up.tls.clone())),
         );
@@ -187,9 +226,15 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
         let _gauge = GaugeGuard::new(m::UPSTREAM_NATIVE_LINKS);
         let hello = protocol::handshake_json(&names, None, last_seq);
         if ws.send(Message::Text(hello.into())).await.is_err() {
+            if !backoff.wait(&mut stop).await {
+                return;
+            }
             continue;
         }
         let mut acked = false;
+        // A resumed link's backlog (positions up to the ack's) is a catch-up,
+        // not live delivery: it does not count in the latency.
+        let mut backlog_until: Option<u64> = None;
         let end = loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(silence_limit, ws.next()) => n,
@@ -214,14 +259,23 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
             let msg: ServerMessage = match serde_json::from_str(&text) {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(org = spec.org, error = %e, "ignored a malformed native stream message");
+                    malformed.note(spec.org, &e);
                     continue;
                 }
             };
+            // The backoff is reset only once the link has carried something
+            // after its ack: a backend that acks and then fails at once
+            // (an oversized frame, say) is retried ever more slowly.
+            if acked && msg.kind != "ack" {
+                backoff.reset();
+            }
             match msg.kind.as_str() {
                 "ack" => {
                     acked = true;
-                    backoff.reset();
+                    spec.tokens.accepted(&token);
+                    if msg.resumed == Some(true) {
+                        backlog_until = msg.seq;
+                    }
                     if msg.resumed != Some(true) && last_seq.is_some() {
                         tracing::info!(
                             org = spec.org,
@@ -238,11 +292,16 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                         continue;
                     };
                     let now = crate::clock::unix_millis();
+                    let live = !matches!((msg.seq, backlog_until), (Some(s), Some(b)) if s <= b);
                     let events: Vec<IncomingEvent> = msg
                         .events
                         .unwrap_or_default()
                         .into_iter()
                         .filter_map(|raw| IncomingEvent::parse(raw.to_owned(), now).ok())
+                        .map(|mut e| {
+                            e.live = live;
+                            e
+                        })
                         .collect();
                     if let Some(s) = msg.seq {
                         last_seq = Some(last_seq.map_or(s, |o| o.max(s)));
@@ -253,6 +312,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                         events,
                         cursor: None,
                         native_seq: msg.seq,
+                        requested_at: None,
                     };
                     if spec.hub.send(batch).await.is_err() {
                         return;

@@ -18,6 +18,10 @@ use crate::metrics as m;
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(100);
 /// The pause after such an answer, which bounds the request rate.
 const EMPTY_POLL_PAUSE: Duration = Duration::from_secs(1);
+/// After a refusal another connection's token is tried at once, at most
+/// this many times in a row; then the poller backs off (an auth outage
+/// must not turn into one request per connection).
+const IMMEDIATE_TOKEN_RETRIES: u32 = 3;
 
 /// How one poll ended.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,20 @@ enum PollError {
     Timeout(u64),
     #[error("backend answer is not a V1 poll body: {0}")]
     Garbage(String),
+    #[error("backend answer is larger than the {0}-byte limit")]
+    TooLarge(usize),
+}
+
+impl PollError {
+    /// Whether the cursor the request carried may be the cause: the answer
+    /// to a stale cursor can exceed the body limit, and a backend may
+    /// refuse a cursor it no longer honours with 400, 404, 410 or 422.
+    fn blames_cursor(&self) -> bool {
+        matches!(
+            self,
+            PollError::TooLarge(_) | PollError::Status(400 | 404 | 410 | 422)
+        )
+    }
 }
 
 struct Answer {
@@ -55,6 +73,8 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
     let mut ready_sent = cursor.is_some();
     let mut backoff = Backoff::default();
     let mut answered_fast = false;
+    let mut requested_at = None;
+    let mut refusals_in_row = 0u32;
     loop {
         let token = match &spec.tokens {
             TokenChoice::Pool(pool) => pool.pick(),
@@ -73,15 +93,18 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     );
                 }
                 let started = tokio::time::Instant::now();
+                requested_at = Some(started);
                 let res = tokio::select! {
                     r = poll_once(&up, &service.name, &url, &token) => r,
                     _ = &mut stop => return,
                 };
                 answered_fast = started.elapsed() < MIN_EMPTY_POLL;
-                if let Err(PollError::Refused(_)) = &res
-                    && let TokenChoice::Pool(pool) = &spec.tokens
-                {
-                    pool.refuse(&token);
+                if let TokenChoice::Pool(pool) = &spec.tokens {
+                    match &res {
+                        Err(PollError::Refused(_)) => pool.refuse(&token),
+                        Ok(_) => pool.accepted(&token),
+                        Err(_) => {}
+                    }
                 }
                 res
             }
@@ -90,6 +113,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
         match outcome {
             Ok(answer) => {
                 backoff.reset();
+                refusals_in_row = 0;
                 let empty = answer.events.is_empty();
                 let now = crate::clock::unix_millis();
                 let mut events = Vec::with_capacity(answer.events.len());
@@ -105,17 +129,18 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                 if answer.cursor.is_some() {
                     cursor = answer.cursor.clone();
                 }
-                if !events.is_empty() || answer.cursor.is_some() {
-                    let msg = HubMsg::Events {
-                        source: spec.source,
-                        service: spec.service,
-                        events,
-                        cursor: answer.cursor,
-                        native_seq: None,
-                    };
-                    if spec.hub.send(msg).await.is_err() {
-                        return;
-                    }
+                // Every answer is reported, even an empty one: it tells the
+                // hub how far this poller's coverage reaches (switching).
+                let msg = HubMsg::Events {
+                    source: spec.source,
+                    service: spec.service,
+                    events,
+                    cursor: answer.cursor,
+                    native_seq: None,
+                    requested_at,
+                };
+                if spec.hub.send(msg).await.is_err() {
+                    return;
                 }
                 if !ready_sent {
                     ready_sent = true;
@@ -136,22 +161,45 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     }
                 }
             }
+            // No client of the org is left to lend a token: the hub stops
+            // such pollers; until then this is idleness, not a failure.
+            Err(PollError::NoToken) => {
+                tracing::debug!(org = spec.org, service = %service.name, "V1 poller idle: no live connection token");
+                if !backoff.wait(&mut stop).await {
+                    return;
+                }
+            }
             Err(e) => {
-                let auth = matches!(e, PollError::Refused(_) | PollError::NoToken);
-                tracing::warn!(org = spec.org, service = %service.name, error = %e, "V1 poll failed");
+                let auth = matches!(e, PollError::Refused(_));
+                // A cursor the backend cannot answer (or no longer honours)
+                // would fail forever: start over without one, once reported.
+                let message = if cursor.is_some() && e.blames_cursor() {
+                    cursor = None;
+                    format!(
+                        "{e}; polling restarts from new events (events since the last answer may be missing)"
+                    )
+                } else {
+                    e.to_string()
+                };
+                tracing::warn!(org = spec.org, service = %service.name, error = %message, "V1 poll failed");
                 let status = HubMsg::Status {
                     source: spec.source,
                     status: SourceStatus::Failed {
                         service: Some(spec.service),
                         auth,
-                        message: e.to_string(),
+                        message,
                     },
                 };
                 if spec.hub.send(status).await.is_err() {
                     return;
                 }
-                // With another token at hand a refusal is retried at once.
+                // With another token at hand a refusal is retried at once,
+                // a few times in a row at most.
+                if matches!(e, PollError::Refused(_)) {
+                    refusals_in_row = refusals_in_row.saturating_add(1);
+                }
                 let retry_now = matches!(e, PollError::Refused(_))
+                    && refusals_in_row <= IMMEDIATE_TOKEN_RETRIES
                     && matches!(&spec.tokens, TokenChoice::Pool(p) if p.pick().is_some());
                 if !retry_now && !backoff.wait(&mut stop).await {
                     return;
@@ -191,7 +239,15 @@ async fn poll_once(
         let body = Limited::new(resp.into_body(), MAX_POLL_BODY)
             .collect()
             .await
-            .map_err(|e| PollError::Transport(e.to_string()))?
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    PollError::TooLarge(MAX_POLL_BODY)
+                } else {
+                    PollError::Transport(e.to_string())
+                }
+            })?
             .to_bytes();
         parse_answer(&body, &cfg.legacy.events_field, &cfg.legacy.cursor_field)
     };
@@ -256,5 +312,21 @@ mod tests {
         assert!(parse_answer(b"<html>", "events", "cursor").is_err());
         assert!(parse_answer(br#"{"events":{}}"#, "events", "cursor").is_err());
         assert!(parse_answer(br#"[1]"#, "events", "cursor").is_err());
+    }
+
+    proptest::proptest! {
+        /// Any V1 answer body is an answer or a typed error, never a panic.
+        #[test]
+        fn any_v1_body_parses_or_is_garbage(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_answer(&bytes, "events", "cursor");
+        }
+
+        #[test]
+        fn any_v1_json_parses_or_is_garbage(v in crate::protocol::strategies::json_value()) {
+            match parse_answer(v.to_string().as_bytes(), "events", "cursor") {
+                Ok(_) | Err(PollError::Garbage(_)) => {}
+                Err(other) => proptest::prop_assert!(false, "unexpected error {other}"),
+            }
+        }
     }
 }

@@ -1,0 +1,225 @@
+//! Events from the sources: positions, de-duplication, the size limit,
+//! the replay window and the byte- and count-bounded batches pushed to
+//! every view.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::*;
+
+impl OrgHub {
+    /// Records how far a poller's coverage reaches; an answer of a retiring
+    /// poller may complete its handover.
+    pub(super) fn note_answer(&mut self, source: SourceId, requested_at: Option<Instant>) {
+        let Some(at) = requested_at else { return };
+        let Some(r) = self.sources.get_mut(&source) else {
+            return;
+        };
+        r.answered_request_at = Some(r.answered_request_at.map_or(at, |o| o.max(at)));
+        r.first_answered_request_at.get_or_insert(at);
+        let retiring = match r.kind {
+            SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _) => {
+                self.slots[s as usize].serving != Some(Mode::Poll)
+            }
+            SourceKind::Native(_) => false,
+        };
+        // ... or the answer of a new poller may complete a native link's.
+        let native_retiring = self.sources.len() > 1
+            && self
+                .sources
+                .values()
+                .any(|r| matches!(r.kind, SourceKind::Native(_)));
+        if retiring || native_retiring {
+            self.reconcile();
+        }
+    }
+
+    /// Whether `source` is being replaced for `service` (it runs only to
+    /// overlap its replacement).
+    fn retiring(&self, source: SourceId, service: u16) -> bool {
+        let serving = self.slots.get(service as usize).and_then(|s| s.serving);
+        match self.sources.get(&source).map(|r| &r.kind) {
+            Some(SourceKind::SharedPoller(_) | SourceKind::SessionPoller(..)) => {
+                serving != Some(Mode::Poll)
+            }
+            // The newest link is never cut short: during a fallback it is
+            // the one expected back (with its resume), not a retiring one.
+            Some(SourceKind::Native(_)) => self.newest_native() != Some(source),
+            None => false,
+        }
+    }
+
+    /// Counts what a retiring source delivers during its overlap; once that
+    /// is more than half the de-duplication set could still recognise, the
+    /// overlap is cut short (CONTRACT 3.3): its further events would risk
+    /// being redelivered.
+    fn bound_overlap(&mut self, source: SourceId, service: u16, events: usize) {
+        if !self.retiring(source, service) {
+            return;
+        }
+        let limit = self.cfg.stream.dedup_events / 2;
+        let Some(r) = self.sources.get_mut(&source) else {
+            return;
+        };
+        r.overlap_events = r.overlap_events.saturating_add(events);
+        if r.overlap_events > limit
+            && let Some(r) = self.sources.remove(&source)
+        {
+            tracing::warn!(org = self.org, service = %self.cfg.services[service as usize].name, events = r.overlap_events,
+                "overlap longer than the de-duplication bound; the source being replaced stops now");
+            r.handle.stop();
+        }
+    }
+
+    pub(super) fn accept_events(
+        &mut self,
+        source: SourceId,
+        service: u16,
+        events: Vec<IncomingEvent>,
+        cursor: Option<String>,
+        native_seq: Option<u64>,
+    ) {
+        self.bound_overlap(source, service, events.len());
+        // Positions to restart from are taken only from the source that
+        // serves: a retiring source's position is history, not a plan.
+        if let Some(n) = native_seq
+            && self.newest_native() == Some(source)
+        {
+            self.native_seq = Some(self.native_seq.map_or(n, |o| o.max(n)));
+        }
+        let Some(slot) = self.slots.get_mut(service as usize) else {
+            return;
+        };
+        if cursor.is_some() && slot.serving == Some(Mode::Poll) {
+            slot.cursor = cursor;
+        }
+        let live = slot.catching_up != Some(source);
+        if !live {
+            slot.catching_up = None;
+        }
+        let mut too_large: Vec<(Box<str>, usize)> = Vec::new();
+        // Any source's events are accepted, even from one being retired:
+        // they may predate what its replacement covers. Duplicates go.
+        for mut ev in events {
+            ev.live &= live;
+            if ev.org != Some(self.org) {
+                tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
+                    "dropped an event of another org (or without orgId) from the backend");
+                self.ctx.stats.count_error(error_kind::CROSS_ORG);
+                ::metrics::counter!(m::CROSS_ORG_DROPPED).increment(1);
+                continue;
+            }
+            if !self.recent.insert(&ev.id) {
+                continue;
+            }
+            let size = ev.raw.get().len();
+            if size > self.cfg.stream.max_event_bytes {
+                too_large.push((ev.id, size));
+                continue;
+            }
+            {
+                if slot.pending.is_empty() {
+                    slot.pending_since = Some(Instant::now());
+                }
+                slot.pending.push(ev);
+            }
+        }
+        if slot.last_error_sent.is_some() && !slot.pending.is_empty() {
+            // Events flowing again announce the recovery.
+            slot.last_error_sent = None;
+        }
+        for (id, size) in too_large {
+            self.report_too_large(service, &id, size);
+        }
+    }
+
+    /// An event over `stream.max_event_bytes` is never delivered nor kept
+    /// for replay: it is counted, logged, and reported to the service's
+    /// clients (each such event once, whatever the error rate limit).
+    pub(super) fn report_too_large(&mut self, service: u16, id: &str, size: usize) {
+        let max = self.cfg.stream.max_event_bytes;
+        let name = &self.cfg.services[service as usize].name;
+        tracing::warn!(org = self.org, service = %name, event_id = %id, bytes = size, max_event_bytes = max,
+            "dropped an event larger than stream.max_event_bytes");
+        self.ctx.stats.count_error(error_kind::EVENT_TOO_LARGE);
+        ::metrics::counter!(m::EVENTS_TOO_LARGE, "service" => name.clone()).increment(1);
+        let message = format!(
+            "event {id:?} ({size} bytes) is larger than the limit of {max} bytes and was dropped"
+        );
+        let frame = Frame::control(protocol::error_message(
+            Some(name),
+            ErrorCode::EventTooLarge,
+            &message,
+            self.seq,
+        ));
+        for m in self.members.values() {
+            if m.view.services.binary_search(&service).is_ok() {
+                m.queue.push(frame.clone());
+            }
+        }
+    }
+
+    /// Sends what is pending. Adaptive batching: when the hub has drained
+    /// everything that arrived together, events go out at once (latency);
+    /// while messages keep queueing up (`busy`), a service's batch grows
+    /// until `batch_max_events` or until its oldest event has waited
+    /// `batch_window_ms` (throughput, and the contract's upper bound).
+    pub(super) fn flush_due(&mut self, now: Instant, busy: bool) {
+        let window = self.cfg.stream.batch_window;
+        let max = self.cfg.stream.batch_max_events;
+        for s in 0..self.slots.len() {
+            let slot = &self.slots[s];
+            let Some(since) = slot.pending_since else {
+                continue;
+            };
+            if !busy || slot.pending.len() >= max || now >= since + window {
+                self.flush(s as u16);
+            }
+        }
+    }
+
+    pub(super) fn flush(&mut self, service: u16) {
+        let slot = &mut self.slots[service as usize];
+        let pending = std::mem::take(&mut slot.pending);
+        slot.pending_since = None;
+        let mut stored = Vec::with_capacity(pending.len());
+        for ev in pending {
+            self.seq += 1;
+            stored.push(Arc::new(Stored {
+                seq: self.seq,
+                service,
+                raw: ev.raw,
+                property: ev.property,
+                origin_ms: ev.origin_ms,
+                live: ev.live,
+            }));
+        }
+        for e in &stored {
+            self.replay.push(e.clone());
+        }
+        self.heads.send_replace(self.seq);
+        let limits = (
+            self.cfg.stream.batch_max_events,
+            self.cfg.stream.batch_max_bytes,
+        );
+        for (view, members) in &self.views {
+            let selected: Vec<&Arc<Stored>> = stored.iter().filter(|e| view.wants(e)).collect();
+            for batch in batches(&selected, limits.0, limits.1) {
+                let Some(frame) = self.event_frame(batch) else {
+                    continue;
+                };
+                for (_, q) in members {
+                    q.push(frame.clone());
+                }
+            }
+        }
+    }
+
+    /// One live `event` message of events of one service.
+    pub(super) fn event_frame(&self, events: &[&Arc<Stored>]) -> Option<Frame> {
+        let service = events.last()?.service as usize;
+        let mode = self.slots[service].serving.map_or("poll", Mode::as_str);
+        Frame::events(events, &self.cfg.services[service].name, mode, true)
+    }
+}
