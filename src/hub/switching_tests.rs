@@ -650,3 +650,48 @@ async fn an_overlap_longer_than_the_dedup_bound_is_cut_short_body() {
     assert!(f.scripted.stopped(0), "the overlap was cut short");
     assert!(!f.scripted.stopped(1));
 }
+
+#[test]
+fn a_resumed_native_backlog_stops_where_the_pollers_coverage_began() {
+    paused(a_resumed_native_backlog_stops_where_the_pollers_coverage_began_body);
+}
+
+async fn a_resumed_native_backlog_stops_where_the_pollers_coverage_began_body() {
+    let f = fixture();
+    set(&f, &native_for(1));
+    let q = join(&f, 1, vec![0]).await;
+    let native = Source::of(&f.scripted, 0);
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    native.status(SourceStatus::Down).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The fallback poller covers from its first request on.
+    let poller = Source::of(&f.scripted, 1);
+    poller
+        .answer(
+            0,
+            vec![event("p1", 1), event("p2", 1)],
+            "c1",
+            tokio::time::Instant::now(),
+        )
+        .await;
+    poller.status(SourceStatus::Ready).await;
+    settle().await;
+    // The link is back and replays its backlog: the gap, then what the
+    // poller delivered, then (evicted from a small set, say) more of it.
+    native.status(SourceStatus::Ready).await;
+    let backlog = |id: &str| {
+        let mut e = event(id, 1);
+        e.live = false;
+        e
+    };
+    native
+        .events(
+            0,
+            vec![backlog("g1"), backlog("p1"), backlog("p0-evicted")],
+            None,
+        )
+        .await;
+    settle().await;
+    assert_eq!(event_ids(&drain(&q)), ["p1", "p2", "g1"]);
+}

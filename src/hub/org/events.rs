@@ -99,10 +99,29 @@ impl OrgHub {
             slot.catching_up = None;
         }
         let mut too_large: Vec<(Box<str>, usize)> = Vec::new();
+        let native = matches!(
+            self.sources.get(&source).map(|r| &r.kind),
+            Some(SourceKind::Native(_))
+        );
         // Any source's events are accepted, even from one being retired:
         // they may predate what its replacement covers. Duplicates go.
         for mut ev in events {
             ev.live &= live;
+            // A resumed native link replays its backlog oldest first: first
+            // what nobody else covered (the gap), then what the pollers
+            // serving meanwhile delivered already. Its first duplicate marks
+            // where their coverage began; the rest of the backlog is theirs
+            // and is skipped, so a long overlap is cut short instead of
+            // outrunning the de-duplication set.
+            let backlog = native && !ev.live;
+            if backlog
+                && self
+                    .sources
+                    .get(&source)
+                    .is_some_and(|r| r.backlog_covered.contains(&service))
+            {
+                continue;
+            }
             if ev.org != Some(self.org) {
                 tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
                     "dropped an event of another org (or without orgId) from the backend");
@@ -111,6 +130,9 @@ impl OrgHub {
                 continue;
             }
             if !self.recent.insert(&ev.id) {
+                if backlog && let Some(r) = self.sources.get_mut(&source) {
+                    r.backlog_covered.push(service);
+                }
                 continue;
             }
             let size = ev.raw.get().len();

@@ -83,6 +83,9 @@ struct Running {
     first_answered_request_at: Option<Instant>,
     /// Events delivered while being replaced (see `bound_overlap`).
     overlap_events: usize,
+    /// A native link: services whose resume backlog reached what other
+    /// sources delivered (reset at each ack).
+    backlog_covered: Vec<u16>,
     handle: SourceHandle,
 }
 

@@ -17,6 +17,7 @@ impl OrgHub {
             SourceStatus::Ready => {
                 running.ready = true;
                 running.ready_at.get_or_insert_with(Instant::now);
+                running.backlog_covered.clear();
                 let native = matches!(running.kind, SourceKind::Native(_));
                 if native && self.newest_native() == Some(source) {
                     if self.native_down_since.is_some() {
@@ -365,6 +366,7 @@ impl OrgHub {
                 answered_request_at: None,
                 first_answered_request_at: None,
                 overlap_events: 0,
+                backlog_covered: Vec::new(),
                 handle,
             },
         );
@@ -398,6 +400,7 @@ impl OrgHub {
                 answered_request_at: None,
                 first_answered_request_at: None,
                 overlap_events: 0,
+                backlog_covered: Vec::new(),
                 handle,
             },
         );
