@@ -67,6 +67,37 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The 101 answer that completes a WebSocket upgrade for `key`.
+/// The `Sec-WebSocket-Key` of a WebSocket upgrade request (GET, `Upgrade:
+/// websocket`, version 13), or the answer to give a request that is not one.
+pub fn websocket_upgrade_key<B>(
+    req: &Request<B>,
+) -> Result<http::HeaderValue, Box<Response<Body>>> {
+    let is_upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (is_upgrade && req.method() == http::Method::GET, key) else {
+        return Err(Box::new(json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket only",
+        )));
+    };
+    if req
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported WebSocket version (13 required)",
+        )));
+    }
+    Ok(key)
+}
+
 pub fn switching_protocols(key: &http::HeaderValue) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -50,29 +50,10 @@ pub async fn upgrade(
             ),
         );
     };
-    let is_upgrade = req
-        .headers()
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
-    let (true, Some(key)) = (is_upgrade && req.method() == http::Method::GET, key) else {
-        return json_error(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket only",
-        );
+    let key = match crate::http_server::websocket_upgrade_key(&req) {
+        Ok(key) => key,
+        Err(refusal) => return *refusal,
     };
-    if req
-        .headers()
-        .get(http::header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported WebSocket version (13 required)",
-        );
-    }
     let Ok(permit) = slots.clone().try_acquire_owned() else {
         svc.stats.count_error(error_kind::OVERLOAD);
         return json_error(

@@ -23,7 +23,6 @@ mod v2;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -128,13 +127,14 @@ impl Uploads {
             Ok(i) => i,
             Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
         };
-        let key = match websocket_key(&req) {
+        let key = match crate::http_server::websocket_upgrade_key(&req) {
             Ok(k) => k,
             Err(resp) => return *resp,
         };
         let owner = registry::Owner {
             org: identity.org_id,
-            user: token_subject(&token),
+            // The user of the verified token (`auth.user_claim`, default `sub`).
+            user: identity.user_id.clone(),
         };
         let permit = self.slots.clone().try_acquire_owned().ok();
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -196,62 +196,5 @@ impl Uploads {
                 }
             }
         })
-    }
-}
-
-/// The `Sec-WebSocket-Key` of a valid upgrade request, or the answer to
-/// anything else.
-fn websocket_key(req: &Request<Incoming>) -> Result<http::HeaderValue, Box<Response<Body>>> {
-    let is_upgrade = req
-        .headers()
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
-    let (true, Some(key)) = (is_upgrade && req.method() == http::Method::GET, key) else {
-        return Err(Box::new(json_error(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket only",
-        )));
-    };
-    if req
-        .headers()
-        .get(http::header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
-        return Err(Box::new(json_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported WebSocket version (13 required)",
-        )));
-    }
-    Ok(key)
-}
-
-/// The `sub` claim of a token that has already been verified (the user an
-/// upload belongs to; CONTRACT 7: resume by the same org and user only).
-fn token_subject(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    match claims.get("sub")? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subject_of_a_token() {
-        let t = crate::auth::mint_hs256("s", "orgId", 5, 60);
-        assert_eq!(token_subject(&t).as_deref(), Some("user-5"));
-        assert_eq!(token_subject("a.b.c"), None);
-        assert_eq!(token_subject("garbage"), None);
     }
 }
