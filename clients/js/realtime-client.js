@@ -18,6 +18,10 @@
 //   `lastSeq`; close 4001 → a fresh token from getToken; 1008 → stop and
 //   dispatch `realtime-error`; everything else → reconnect.
 //
+// The same module also gives `uploadDocument` (resumable uploads, version 2
+// of `/v2/documents/upload/stream`, CONTRACT section 7) and `joinRoom` (chat
+// rooms on `/v2/collaboration/chat/stream`, CONTRACT section 8).
+//
 // The pure parts (EventIdCache, backoffDelay, closeAction, StreamDispatcher)
 // are exported so they can be tested without a browser (`npm test`).
 
