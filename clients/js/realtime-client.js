@@ -1068,6 +1068,9 @@ export class ChatRoom extends EventTarget {
       if (this.socket !== ws) return;
       const msg = parseMessage(e.data);
       if (!msg) return;
+      // Only an error right before a close names why the room was refused
+      // (BAD_MESSAGE, for one, leaves the connection open).
+      if (msg.type !== "error") refusal = null;
       switch (msg.type) {
         case "history": {
           joined = true;
