@@ -139,6 +139,154 @@ export class StreamDispatcher {
   disconnected(): void;
 }
 
+// ---- uploads (upload version 2) ----------------------------------------------
+
+/** Host APIs of the upload and chat sockets, for tests and non-browser hosts. */
+export interface SocketEnvironment {
+  WebSocket: { new (url: string): WebSocket };
+  setTimeout: (f: () => void, ms: number) => unknown;
+  clearTimeout: (t: unknown) => void;
+  random: () => number;
+  now: () => number;
+  /** What relative URLs are resolved against (the page's location). */
+  baseUrl: string | undefined;
+}
+
+/** How the socket is authorised: getToken (called on every connect) or a fixed token. */
+export type TokenSource =
+  | { getToken: () => string | Promise<string>; token?: undefined }
+  | { token: string; getToken?: undefined };
+
+/** What the handshake says about the document (filename and mimetype default to the file's). */
+export interface UploadMeta {
+  documentType?: string;
+  guestId?: string | number;
+  propertyId?: string | number;
+  filename?: string;
+  mimetype?: string;
+}
+
+export interface UploadProgress {
+  /** Bytes the sidecar has durably written. */
+  loaded: number;
+  total: number;
+  /** Pass it as options.uploadId to resume after an abort or a rejection. */
+  uploadId: string | null;
+}
+
+export type UploadOptions = TokenSource & {
+  /** Default "/v2/documents/upload/stream" (relative to the page; http(s) becomes ws(s)). */
+  url?: string;
+  onProgress?: (p: UploadProgress) => void;
+  /** Aborting closes the socket and rejects with an AbortError; the partial file stays for a resume. */
+  signal?: AbortSignal;
+  /** Resume an earlier upload (same org and user) at the offset the sidecar holds. */
+  uploadId?: string;
+  /** Bytes sent but not acknowledged at most; default 4194304 (the sidecar's uploads.window_bytes). */
+  windowBytes?: number;
+  /** Largest binary frame; default and maximum 1048576. */
+  frameBytes?: number;
+  /** Reconnects in a row without the upload getting further before it rejects DISCONNECTED; default 8. */
+  maxReconnects?: number;
+  backoff?: { baseMs?: number; capMs?: number };
+  environment?: Partial<SocketEnvironment>;
+};
+
+/** The backend's result, e.g. { fileId, url, ocrResult }. */
+export type UploadResult = Record<string, unknown>;
+
+/**
+ * Streams `file` with upload version 2; resolves with the `complete` message's result.
+ * Rejects with a RealtimeError whose code is the sidecar's (BAD_HANDSHAKE,
+ * FILE_TOO_LARGE, UNSUPPORTED_TYPE, UNKNOWN_UPLOAD, UPSTREAM_REJECTED,
+ * UPSTREAM_ERROR, BUSY, …) or the client's (REFUSED, DISCONNECTED,
+ * BAD_OFFSET, READ_FAILED, BAD_URL), or with an AbortError (`uploadId` set).
+ */
+export function uploadDocument(file: Blob, meta: UploadMeta, options: UploadOptions): Promise<UploadResult>;
+export function buildUploadHandshake(
+  file: Blob & { name?: string },
+  meta: UploadMeta,
+  uploadId?: string | null,
+): UploadMeta & { filename: string; filesize: number; mimetype: string; version: 2; uploadId?: string };
+
+export const UPLOAD_LIMITS: Readonly<{ frameBytes: number; windowBytes: number; maxReconnects: number }>;
+export const UPLOAD_PATH: "/v2/documents/upload/stream";
+export const CHAT_PATH: "/v2/collaboration/chat/stream";
+
+/** A refusal: the protocol's error code or one of the client's own. */
+export class RealtimeError extends Error {
+  constructor(code: string, message?: string, extra?: object);
+  readonly name: "RealtimeError";
+  readonly code: string;
+  /** uploads: the upload to resume. */
+  readonly uploadId?: string | null;
+  /** chat: the send it concerns. */
+  readonly clientMsgId?: string;
+  /** chat: the close code that stopped the room (1008). */
+  readonly closeCode?: number;
+}
+
+// ---- chat --------------------------------------------------------------------
+
+export type ChatStatus = "online" | "away" | "busy";
+
+export interface ChatMessage {
+  id: string;
+  userId: string;
+  userName: string;
+  text: string;
+  timestamp: string;
+  [key: string]: unknown;
+}
+export interface ChatEventMap {
+  history: { type: "history"; messages: ChatMessage[] };
+  presence:
+    | { type: "presence"; members: { userId: string; userName: string; status: ChatStatus | "offline" }[] }
+    | { type: "presence"; userId: string; userName: string; status: ChatStatus | "offline" };
+  chat: { type: "chat"; clientMsgId?: string } & ChatMessage;
+  typing: { type: "typing"; userId: string; userName: string };
+  receipt: { type: "receipt"; userId: string; messageId: string };
+  /** SEND_FAILED, RATE_LIMITED, BAD_MESSAGE, ROOM_FULL, … (closeCode set when the room stopped). */
+  error: { type: "error"; code: string; message?: string; clientMsgId?: string; closeCode?: number };
+}
+
+export type JoinRoomOptions = TokenSource & {
+  /** Default "/v2/collaboration/chat/stream" (relative to the page; http(s) becomes ws(s)). */
+  url?: string;
+  limits?: Partial<typeof CHAT_LIMITS>;
+  backoff?: { baseMs?: number; capMs?: number };
+  environment?: Partial<SocketEnvironment>;
+};
+
+/** A joined room. Events are CustomEvents whose detail is the server's message. */
+export class ChatRoom extends EventTarget {
+  constructor(roomId: string, options: JoinRoomOptions);
+  readonly roomId: string;
+  readonly state: "connecting" | "open" | "reconnecting" | "stopped";
+  /** Listens for `type` with the message as argument; returns the unsubscribe function. */
+  on<K extends keyof ChatEventMap>(type: K, fn: (detail: ChatEventMap[K]) => void): () => void;
+  /**
+   * Resolves with the saved message; rejects with a RealtimeError (SEND_FAILED,
+   * RATE_LIMITED, BAD_MESSAGE, TIMEOUT, QUEUE_FULL, LEFT, ROOM_FULL/REFUSED).
+   * Queued while reconnecting and re-sent after the rejoin with the same clientMsgId.
+   */
+  send(text: string): Promise<ChatEventMap["chat"]>;
+  /** False when not sent (not connected, or within typingIntervalMs of the last). */
+  typing(): boolean;
+  /** Kept and sent again after each rejoin; false when not connected now. */
+  setStatus(status: ChatStatus): boolean;
+  ack(messageId: string | number): boolean;
+  leave(): void;
+}
+export function joinRoom(roomId: string, options: JoinRoomOptions): ChatRoom;
+export const CHAT_LIMITS: Readonly<{
+  maxPendingSends: number;
+  sendTimeoutMs: number;
+  seenMessageIds: number;
+  typingIntervalMs: number;
+}>;
+export const CHAT_STATUSES: readonly ChatStatus[];
+
 declare global {
   interface WindowEventMap {
     "realtime-error": CustomEvent<RealtimeErrorDetail>;

@@ -18,6 +18,10 @@
 //   `lastSeq`; close 4001 → a fresh token from getToken; 1008 → stop and
 //   dispatch `realtime-error`; everything else → reconnect.
 //
+// The same module also gives `uploadDocument` (resumable uploads, version 2
+// of `/v2/documents/upload/stream`, CONTRACT section 7) and `joinRoom` (chat
+// rooms on `/v2/collaboration/chat/stream`, CONTRACT section 8).
+//
 // The pure parts (EventIdCache, backoffDelay, closeAction, StreamDispatcher)
 // are exported so they can be tested without a browser (`npm test`).
 
@@ -552,4 +556,591 @@ export class RealtimeClient {
       new CustomEvent("realtime-error", { detail: { orgId: this.orgId, code, reason } }),
     );
   }
+}
+
+// ---- uploads (CONTRACT section 7, version 2) --------------------------------
+
+/** Limits of uploadDocument; each can be overridden per call. */
+export const UPLOAD_LIMITS = Object.freeze({
+  /** largest binary frame, in bytes (the protocol allows at most 1 MiB). */
+  frameBytes: 1048576,
+  /** bytes sent but not yet acknowledged (the sidecar's uploads.window_bytes default). */
+  windowBytes: 4194304,
+  /** reconnects in a row without the upload getting further before giving up. */
+  maxReconnects: 8,
+});
+
+/** The default endpoints, resolved against the page's location. */
+export const UPLOAD_PATH = "/v2/documents/upload/stream";
+export const CHAT_PATH = "/v2/collaboration/chat/stream";
+
+/**
+ * A refusal from the sidecar: `code` is the protocol's error code
+ * (FILE_TOO_LARGE, SEND_FAILED, …) or one of the client's own
+ * (DISCONNECTED, REFUSED, TIMEOUT, QUEUE_FULL, LEFT, NOT_CONNECTED).
+ */
+export class RealtimeError extends Error {
+  constructor(code, message, extra = {}) {
+    super(message || code);
+    this.name = "RealtimeError";
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+/** An AbortError as browsers raise it (DOMException where it exists). */
+function abortError(message) {
+  if (typeof DOMException === "function") return new DOMException(message, "AbortError");
+  const e = new Error(message);
+  e.name = "AbortError";
+  return e;
+}
+
+/** The host APIs the upload and chat sockets use; a browser page by default. */
+function socketEnvironment(overrides) {
+  const g = globalThis;
+  return {
+    WebSocket: g.WebSocket,
+    setTimeout: (f, ms) => g.setTimeout(f, ms),
+    clearTimeout: (t) => g.clearTimeout(t),
+    random: Math.random,
+    now: () => Date.now(),
+    baseUrl: g.location?.href,
+    ...(overrides ?? {}),
+  };
+}
+
+/** The token from `getToken` (called on every connect) or a fixed `token`. */
+async function tokenFrom(o) {
+  if (typeof o.getToken === "function") return String(await o.getToken());
+  if (typeof o.token === "string") return o.token;
+  throw new TypeError("getToken (a function) or token (a string) is required");
+}
+
+/** Parses a text frame into an object; anything else is null. */
+function parseMessage(data) {
+  if (typeof data !== "string") return null;
+  try {
+    const m = JSON.parse(data);
+    return m && typeof m === "object" && !Array.isArray(m) ? m : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The version-2 handshake for `file` (CONTRACT section 7). */
+export function buildUploadHandshake(file, meta, uploadId) {
+  const m = meta ?? {};
+  const hs = {
+    filename: m.filename ?? file.name,
+    filesize: file.size,
+    mimetype: m.mimetype ?? file.type ?? "",
+    version: 2,
+  };
+  for (const k of ["documentType", "guestId", "propertyId"]) {
+    if (m[k] !== undefined && m[k] !== null) hs[k] = m[k];
+  }
+  if (uploadId) hs.uploadId = uploadId;
+  return hs;
+}
+
+/**
+ * Streams `file` (a Blob or File) to the sidecar with upload version 2 and
+ * resolves with the backend's result. Binary frames of at most `frameBytes`,
+ * never more than `windowBytes` unacknowledged; a dropped connection is
+ * reconnected with backoff and resumed at the offset the sidecar holds, so
+ * at most one window is sent twice. An `error` message rejects with a
+ * RealtimeError carrying the sidecar's code; aborting `signal` closes the
+ * socket and rejects with an AbortError, leaving the partial file on the
+ * sidecar for a later call with the same `uploadId`.
+ *
+ * @param {Blob} file
+ * @param {object} meta  documentType, guestId, propertyId (filename and mimetype default to the file's)
+ * @param {object} [options] see realtime-client.d.ts
+ */
+export function uploadDocument(file, meta, options = {}) {
+  const o = options ?? {};
+  if (!file || typeof file.size !== "number" || typeof file.slice !== "function") {
+    return Promise.reject(new TypeError("file must be a Blob or File"));
+  }
+  const env = socketEnvironment(o.environment);
+  const url = o.url ?? UPLOAD_PATH;
+  const frameBytes = Math.min(o.frameBytes ?? UPLOAD_LIMITS.frameBytes, UPLOAD_LIMITS.frameBytes);
+  const windowBytes = o.windowBytes ?? UPLOAD_LIMITS.windowBytes;
+  const maxReconnects = o.maxReconnects ?? UPLOAD_LIMITS.maxReconnects;
+  const backoff = {
+    baseMs: o.backoff?.baseMs ?? LIMITS.backoffBaseMs,
+    capMs: o.backoff?.capMs ?? LIMITS.backoffCapMs,
+  };
+  if (!(frameBytes >= 1) || !(windowBytes >= frameBytes)) {
+    return Promise.reject(new RangeError("need 1 <= frameBytes <= windowBytes"));
+  }
+  const total = file.size;
+  const signal = o.signal;
+
+  return new Promise((resolve, reject) => {
+    let uploadId = o.uploadId ?? null;
+    let socket = null;
+    let timer = null;
+    let done = false;
+    /** Failed connects in a row since the upload last got further. */
+    let failures = 0;
+    /** Bytes the sidecar has acknowledged, and bytes sent on this socket. */
+    let acked = 0;
+    let sent = 0;
+    let pumping = false;
+
+    const finish = (err, result) => {
+      if (done) return;
+      done = true;
+      signal?.removeEventListener("abort", onAbort);
+      if (timer !== null) env.clearTimeout(timer);
+      const ws = socket;
+      socket = null;
+      if (ws) {
+        try {
+          ws.close(CLOSE.NORMAL, err ? "upload stopped" : "done");
+        } catch {
+          // already closing
+        }
+      }
+      if (err) reject(err);
+      else resolve(result);
+    };
+    const onAbort = () => {
+      const e = abortError("upload aborted");
+      // The partial file stays on the sidecar: the caller can resume with it.
+      e.uploadId = uploadId;
+      finish(e);
+    };
+    if (signal?.aborted) {
+      onAbort();
+      return;
+    }
+    signal?.addEventListener("abort", onAbort);
+
+    const progress = () => {
+      try {
+        o.onProgress?.({ loaded: acked, total, uploadId });
+      } catch {
+        // the application's callback must not break the upload
+      }
+    };
+
+    /** Sends frames while the window has room; one loop at a time per socket. */
+    const pump = async (ws) => {
+      if (pumping) return;
+      pumping = true;
+      try {
+        while (!done && socket === ws && sent < total && sent - acked < windowBytes) {
+          const len = Math.min(frameBytes, total - sent, acked + windowBytes - sent);
+          const bytes = await file.slice(sent, sent + len).arrayBuffer();
+          if (done || socket !== ws) return;
+          ws.send(bytes);
+          sent += len;
+        }
+      } catch (e) {
+        finish(new RealtimeError("READ_FAILED", `cannot read the file: ${e?.message ?? e}`, { uploadId }));
+      } finally {
+        pumping = false;
+      }
+    };
+
+    const reconnect = (immediately) => {
+      if (done) return;
+      if (failures >= maxReconnects) {
+        finish(new RealtimeError("DISCONNECTED", "the upload connection kept dropping", { uploadId }));
+        return;
+      }
+      const ms = immediately ? 0 : backoffDelay(failures, backoff, env.random);
+      failures += 1;
+      timer = env.setTimeout(() => {
+        timer = null;
+        connect();
+      }, ms);
+    };
+
+    const connect = async () => {
+      let token;
+      try {
+        token = await tokenFrom(o);
+      } catch (e) {
+        if (e instanceof TypeError) finish(e);
+        else reconnect(false);
+        return;
+      }
+      if (done) return;
+      let ws;
+      try {
+        ws = new env.WebSocket(streamUrl(url, token, env.baseUrl));
+      } catch (e) {
+        finish(new RealtimeError("BAD_URL", `cannot open the upload stream: ${e?.message ?? e}`));
+        return;
+      }
+      ws.binaryType = "arraybuffer";
+      socket = ws;
+      sent = 0;
+      let refused = null;
+      ws.onopen = () => {
+        if (socket === ws) ws.send(JSON.stringify(buildUploadHandshake(file, meta, uploadId)));
+      };
+      ws.onmessage = (e) => {
+        if (socket !== ws) return;
+        const msg = parseMessage(e.data);
+        if (!msg) return;
+        const offset = msg.offset;
+        const validOffset = Number.isSafeInteger(offset) && offset >= 0 && offset <= total;
+        switch (msg.type) {
+          case "ready":
+            if (!validOffset) {
+              finish(new RealtimeError("BAD_OFFSET", `ready at offset ${offset} of ${total}`, { uploadId }));
+              return;
+            }
+            if (typeof msg.uploadId === "string") uploadId = msg.uploadId;
+            if (offset > acked) failures = 0;
+            acked = offset;
+            sent = offset;
+            progress();
+            pump(ws);
+            break;
+          case "progress":
+            if (!validOffset || offset > sent) return;
+            if (offset > acked) {
+              acked = offset;
+              failures = 0;
+              progress();
+            }
+            pump(ws);
+            break;
+          case "complete":
+            acked = total;
+            finish(null, msg.result);
+            break;
+          case "error":
+            refused = msg;
+            finish(
+              new RealtimeError(String(msg.code ?? "ERROR"), msg.message, {
+                uploadId: msg.uploadId ?? uploadId,
+              }),
+            );
+            break;
+          default:
+            break;
+        }
+      };
+      ws.onerror = () => {
+        // A close event always follows; it decides.
+      };
+      ws.onclose = (e) => {
+        if (socket !== ws) return;
+        socket = null;
+        if (refused) return;
+        if (e.code === CLOSE.POLICY) {
+          finish(new RealtimeError("REFUSED", e.reason || "the sidecar refused the upload", { uploadId }));
+        } else {
+          reconnect(e.code === CLOSE.TOKEN_EXPIRED);
+        }
+      };
+    };
+
+    connect();
+  });
+}
+
+// ---- chat (CONTRACT section 8) ----------------------------------------------
+
+/** Limits of a chat room connection; each can be overridden per room. */
+export const CHAT_LIMITS = Object.freeze({
+  /** sends waiting for the sidecar's answer (or for a connection) at once. */
+  maxPendingSends: 100,
+  /** how long a send waits for the saved message before it rejects, in ms. */
+  sendTimeoutMs: 30000,
+  /** message ids remembered to drop a chat message seen twice (after a re-send). */
+  seenMessageIds: 1000,
+  /** typing notices sent at most once per this many ms (the sidecar's rate). */
+  typingIntervalMs: 1000,
+});
+
+/** The presence statuses a client may set. */
+export const CHAT_STATUSES = Object.freeze(["online", "away", "busy"]);
+
+/** A unique clientMsgId: crypto.randomUUID where it exists. */
+function newClientMsgId(random) {
+  const uuid = globalThis.crypto?.randomUUID?.();
+  if (uuid) return uuid;
+  let s = "";
+  for (let i = 0; i < 4; i++) s += Math.floor(random() * 2 ** 32).toString(16).padStart(8, "0");
+  return s;
+}
+
+/**
+ * One room of the chat stream for this page. Events (EventTarget, each a
+ * CustomEvent whose `detail` is the server's message): `history`,
+ * `presence`, `chat`, `typing`, `receipt`, `error`. Reconnects with backoff
+ * and joins again (a fresh `history`) after a dropped connection; sends
+ * still waiting are sent again with the same clientMsgId, which the backend
+ * takes as an idempotency key. Close 1008 (refused, room full) stops it.
+ */
+export class ChatRoom extends EventTarget {
+  constructor(roomId, options = {}) {
+    super();
+    const o = options ?? {};
+    if (typeof roomId !== "string" || !/^[A-Za-z0-9._:-]{1,128}$/.test(roomId)) {
+      throw new TypeError("roomId must be 1-128 of A-Za-z0-9._:-");
+    }
+    if (typeof o.getToken !== "function" && typeof o.token !== "string") {
+      throw new TypeError("getToken (a function) or token (a string) is required");
+    }
+    this.roomId = roomId;
+    this.options = o;
+    this.url = o.url ?? CHAT_PATH;
+    this.env = socketEnvironment(o.environment);
+    this.limits = { ...CHAT_LIMITS, ...(o.limits ?? {}) };
+    this.backoff = {
+      baseMs: o.backoff?.baseMs ?? LIMITS.backoffBaseMs,
+      capMs: o.backoff?.capMs ?? LIMITS.backoffCapMs,
+    };
+    /** "connecting" | "open" | "reconnecting" | "stopped" */
+    this.state = "connecting";
+    this.socket = null;
+    this.attempt = 0;
+    this.timer = null;
+    this.generation = 0;
+    /** clientMsgId → { frame, resolve, reject, timer } in send order. */
+    this.pending = new Map();
+    /** Chat message ids already dispatched (insertion order = age). */
+    this.seen = new Set();
+    /** The status set by setStatus, sent again after each rejoin. */
+    this.status = null;
+    this.lastTypingAt = null;
+    this.connect();
+  }
+
+  /** Adds a listener for `type`; returns a function that removes it. */
+  on(type, fn) {
+    const listener = (e) => fn(e.detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  /**
+   * Sends a chat message; resolves with the saved message (the broadcast
+   * carrying this send's clientMsgId), rejects with a RealtimeError
+   * (SEND_FAILED, RATE_LIMITED, TIMEOUT, QUEUE_FULL, LEFT, REFUSED).
+   */
+  send(text) {
+    if (this.state === "stopped") {
+      return Promise.reject(new RealtimeError("LEFT", "the room was left"));
+    }
+    if (typeof text !== "string" || text.length === 0) {
+      return Promise.reject(new TypeError("text must be a non-empty string"));
+    }
+    if (this.pending.size >= this.limits.maxPendingSends) {
+      return Promise.reject(new RealtimeError("QUEUE_FULL", "too many messages waiting"));
+    }
+    const clientMsgId = newClientMsgId(this.env.random);
+    const frame = JSON.stringify({ type: "chat", text, clientMsgId });
+    return new Promise((resolve, reject) => {
+      const timer = this.env.setTimeout(() => {
+        this.settle(clientMsgId, new RealtimeError("TIMEOUT", "no answer from the chat server", { clientMsgId }));
+      }, this.limits.sendTimeoutMs);
+      this.pending.set(clientMsgId, { frame, resolve, reject, timer });
+      // Not open yet: sent with the rest once the room is joined again.
+      if (this.state === "open") this.socket?.send(frame);
+    });
+  }
+
+  /** Tells the others this user is typing (at most once per typingIntervalMs). */
+  typing() {
+    const now = this.env.now();
+    if (this.lastTypingAt !== null && now - this.lastTypingAt < this.limits.typingIntervalMs) {
+      return false;
+    }
+    if (!this.sendIfOpen({ type: "typing" })) return false;
+    this.lastTypingAt = now;
+    return true;
+  }
+
+  /** Sets this user's presence ("online", "away", "busy"); kept across rejoins. */
+  setStatus(status) {
+    if (!CHAT_STATUSES.includes(status)) {
+      throw new TypeError(`status must be one of ${CHAT_STATUSES.join(", ")}`);
+    }
+    this.status = status;
+    return this.sendIfOpen({ type: "presence", status });
+  }
+
+  /** Marks `messageId` read (a receipt to the room). */
+  ack(messageId) {
+    if (typeof messageId !== "string" && typeof messageId !== "number") {
+      throw new TypeError("messageId must be a string or a number");
+    }
+    return this.sendIfOpen({ type: "ack", messageId });
+  }
+
+  /** Leaves the room: closes the socket; sends still waiting reject with LEFT. */
+  leave() {
+    this.stop(new RealtimeError("LEFT", "the room was left"));
+  }
+
+  // ---- internals -----------------------------------------------------------
+
+  sendIfOpen(msg) {
+    if (this.state !== "open" || !this.socket) return false;
+    this.socket.send(JSON.stringify(msg));
+    return true;
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  settle(clientMsgId, err, message) {
+    const p = this.pending.get(clientMsgId);
+    if (!p) return;
+    this.pending.delete(clientMsgId);
+    this.env.clearTimeout(p.timer);
+    if (err) p.reject(err);
+    else p.resolve(message);
+  }
+
+  /** True the first time `id` is seen (bounded memory). */
+  fresh(id) {
+    if (id === undefined || id === null) return true;
+    const key = String(id);
+    if (this.seen.has(key)) return false;
+    this.seen.add(key);
+    while (this.seen.size > this.limits.seenMessageIds) {
+      this.seen.delete(this.seen.values().next().value);
+    }
+    return true;
+  }
+
+  stop(err) {
+    if (this.state === "stopped") return;
+    this.state = "stopped";
+    this.generation += 1;
+    if (this.timer !== null) {
+      this.env.clearTimeout(this.timer);
+      this.timer = null;
+    }
+    const ws = this.socket;
+    this.socket = null;
+    if (ws) {
+      try {
+        ws.close(CLOSE.NORMAL, "leaving");
+      } catch {
+        // already closing
+      }
+    }
+    for (const id of [...this.pending.keys()]) {
+      this.settle(id, new RealtimeError(err.code, err.message, { clientMsgId: id }));
+    }
+  }
+
+  async connect() {
+    const gen = ++this.generation;
+    this.timer = null;
+    let token;
+    try {
+      token = await tokenFrom(this.options);
+    } catch {
+      if (gen === this.generation) this.retry(false);
+      return;
+    }
+    if (gen !== this.generation) return;
+    let ws;
+    try {
+      ws = new this.env.WebSocket(streamUrl(this.url, token, this.env.baseUrl));
+    } catch (e) {
+      const err = new RealtimeError("BAD_URL", `cannot open the chat stream: ${e?.message ?? e}`);
+      this.emit("error", { type: "error", code: err.code, message: err.message });
+      this.stop(err);
+      return;
+    }
+    this.socket = ws;
+    let joined = false;
+    let refusal = null;
+    ws.onopen = () => {
+      if (this.socket === ws) ws.send(JSON.stringify({ roomId: this.roomId }));
+    };
+    ws.onmessage = (e) => {
+      if (this.socket !== ws) return;
+      const msg = parseMessage(e.data);
+      if (!msg) return;
+      // Only an error right before a close names why the room was refused
+      // (BAD_MESSAGE, for one, leaves the connection open).
+      if (msg.type !== "error") refusal = null;
+      switch (msg.type) {
+        case "history": {
+          joined = true;
+          this.attempt = 0;
+          this.state = "open";
+          const messages = Array.isArray(msg.messages) ? msg.messages : [];
+          for (const m of messages) this.fresh(m?.id);
+          this.emit("history", { ...msg, messages });
+          // The join is complete: what waited for it goes out now.
+          if (this.status) ws.send(JSON.stringify({ type: "presence", status: this.status }));
+          for (const p of this.pending.values()) ws.send(p.frame);
+          break;
+        }
+        case "chat":
+          if (typeof msg.clientMsgId === "string") this.settle(msg.clientMsgId, null, msg);
+          if (this.fresh(msg.id)) this.emit("chat", msg);
+          break;
+        case "error":
+          if (typeof msg.clientMsgId === "string") {
+            this.settle(
+              msg.clientMsgId,
+              new RealtimeError(String(msg.code ?? "ERROR"), msg.message, { clientMsgId: msg.clientMsgId }),
+            );
+          } else {
+            refusal = msg;
+          }
+          this.emit("error", msg);
+          break;
+        case "presence":
+        case "typing":
+        case "receipt":
+          this.emit(msg.type, msg);
+          break;
+        default:
+          break;
+      }
+    };
+    ws.onerror = () => {
+      // A close event always follows; it decides.
+    };
+    ws.onclose = (e) => {
+      if (this.socket !== ws) return;
+      this.socket = null;
+      if (e.code === CLOSE.POLICY) {
+        const code = refusal?.code ? String(refusal.code) : "REFUSED";
+        const err = new RealtimeError(code, refusal?.message ?? e.reason ?? "refused", { closeCode: e.code });
+        if (!refusal) this.emit("error", { type: "error", code, message: err.message, closeCode: e.code });
+        this.stop(err);
+        return;
+      }
+      this.state = "reconnecting";
+      this.retry(e.code === CLOSE.TOKEN_EXPIRED && joined);
+    };
+  }
+
+  retry(immediately) {
+    if (this.state === "stopped") return;
+    this.state = "reconnecting";
+    const ms = immediately ? 0 : backoffDelay(this.attempt++, this.backoff, this.env.random);
+    const gen = this.generation;
+    this.timer = this.env.setTimeout(() => {
+      if (gen === this.generation) this.connect();
+    }, ms);
+  }
+}
+
+/**
+ * Joins chat room `roomId` (CONTRACT section 8) and returns its ChatRoom;
+ * `leave()` it when done.
+ */
+export function joinRoom(roomId, options) {
+  return new ChatRoom(roomId, options);
 }

@@ -409,6 +409,79 @@ test("close 1008 (refused handshake): every page stops and reports, no reconnect
 
 // ---- the ops page -------------------------------------------------------------
 
+test("uploadDocument streams version 2, stops on abort and resumes with the uploadId; joinRoom sends and receives", async () => {
+  const org = 107;
+  const context = await newContext();
+  const [uploader, other] = await openPages(context, 2, org);
+  const size = 6 * 1048576 + 7;
+  const upload = await uploader.evaluate(
+    async ({ lib, client, org, size }) => {
+      const { uploadDocument } = await import(lib);
+      const bytes = new Uint8Array(size);
+      for (let i = 0; i < size; i++) bytes[i] = i % 251;
+      const file = new File([bytes], "passport.pdf", { type: "application/pdf" });
+      const meta = { documentType: "aadhaar", guestId: "g-1", propertyId: 1 };
+      const url = client + "/v2/documents/upload/stream";
+      const getToken = () => window.mintToken(org, 3600);
+      const controller = new AbortController();
+      let aborted = null;
+      try {
+        await uploadDocument(file, meta, {
+          url,
+          getToken,
+          signal: controller.signal,
+          onProgress: (p) => {
+            if (p.loaded >= 1048576) controller.abort();
+          },
+        });
+      } catch (e) {
+        aborted = { name: e.name, uploadId: e.uploadId };
+      }
+      const resumedAt = [];
+      const result = await uploadDocument(file, meta, {
+        url,
+        getToken,
+        uploadId: aborted?.uploadId,
+        onProgress: (p) => resumedAt.push(p.loaded),
+      });
+      return { aborted, resumedAt: resumedAt[0], last: resumedAt.at(-1), result };
+    },
+    { lib: `${rig.client}/v2/realtime/client.js`, client: rig.client, org, size },
+  );
+  assert.equal(upload.aborted?.name, "AbortError");
+  assert.ok(upload.aborted.uploadId, "the abort names the upload to resume");
+  assert.ok(upload.resumedAt >= 1048576, `resumed at ${upload.resumedAt}, not from the start`);
+  assert.equal(upload.last, size);
+  assert.match(upload.result.fileId, /^doc-/);
+  assert.equal(upload.result.ocrResult.bytes, size, "the backend got the whole file once");
+
+  const join = (page) =>
+    page.evaluate(
+      async ({ lib, client, org }) => {
+        const { joinRoom } = await import(lib);
+        window.__chat = [];
+        window.room = joinRoom("property-107", {
+          url: client + "/v2/collaboration/chat/stream",
+          getToken: () => window.mintToken(org, 3600),
+        });
+        window.room.on("chat", (m) => window.__chat.push(m.id));
+        await new Promise((resolve) => window.room.on("history", resolve));
+      },
+      { lib: `${rig.client}/v2/realtime/client.js`, client: rig.client, org },
+    );
+  await join(uploader);
+  await join(other);
+  const saved = await uploader.evaluate(() => window.room.send("hello from the browser"));
+  assert.equal(saved.text, "hello from the browser");
+  assert.ok(saved.clientMsgId && saved.id);
+  await waitFor("the other page received the message", async () =>
+    (await other.evaluate(() => window.__chat)).includes(saved.id),
+  );
+  await uploader.evaluate(() => window.room.leave());
+  await other.evaluate(() => window.room.leave());
+  await context.close();
+});
+
 test("ops page: token once, rollout slider with confirmation changes the flags version and the evaluation", async () => {
   const context = await browser.newContext({ viewport: { width: 1360, height: 1100 } });
   const page = await context.newPage();

@@ -16,8 +16,9 @@ export class FakeWebSocket {
   static last() {
     return FakeWebSocket.instances.at(-1);
   }
-  send(text) {
-    this.sent.push(JSON.parse(text));
+  /** Text frames are recorded parsed; binary frames as { binary: Uint8Array }. */
+  send(data) {
+    this.sent.push(typeof data === "string" ? JSON.parse(data) : { binary: new Uint8Array(data) });
   }
   close(code, reason) {
     this.closed = { code, reason };
@@ -60,6 +61,15 @@ export class ManualTimers {
     const due = [...this.pending.values()];
     this.pending.clear();
     for (const t of due) t.f();
+  }
+  /** Runs the timers waiting now whose delay passes `keep(ms)`. */
+  runWhere(keep) {
+    for (const [id, t] of [...this.pending]) {
+      if (keep(t.ms)) {
+        this.pending.delete(id);
+        t.f();
+      }
+    }
   }
 }
 
@@ -122,3 +132,12 @@ export class RecordingTarget extends EventTarget {
 
 /** Lets pending promise callbacks run. */
 export const settle = () => new Promise((r) => setImmediate(r));
+
+/** Lets callbacks run until `cond()` holds; fails after `rounds` turns of the event loop. */
+export async function until(cond, what = "condition", rounds = 1000) {
+  for (let i = 0; i < rounds; i++) {
+    if (cond()) return;
+    await settle();
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
