@@ -11,7 +11,7 @@ use realtime_edge::config::{Config, EnvSecrets};
 use realtime_edge::flags::FlagSchema;
 use realtime_edge::metrics as m;
 
-const METRICS: [&str; 15] = [
+const METRICS: [&str; 19] = [
     m::ACTIVE_CONNECTIONS,
     m::AVG_LATENCY_MS,
     m::ERRORS,
@@ -27,6 +27,10 @@ const METRICS: [&str; 15] = [
     m::FLAGS_VERSION,
     m::CROSS_ORG_DROPPED,
     m::ACTIVE_ORGS,
+    m::FACADE_REQUESTS,
+    m::FACADE_HELD,
+    m::FACADE_EVENTS,
+    m::FACADE_FORWARDED,
 ];
 
 /// Metric names used in a PromQL expression (identifiers starting with `streaming_`).
