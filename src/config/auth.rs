@@ -115,15 +115,17 @@ impl RawAuth {
         if jwt_secret.as_deref() == Some("") {
             p.push("auth.jwt_secret", "must not be empty");
         }
-        let jwt_public_key_file = self.jwt_public_key_file.map(PathBuf::from);
-        if let Some(f) = &jwt_public_key_file
-            && !f.is_file()
-        {
-            p.push(
-                "auth.jwt_public_key_file",
-                format!("{} is not a readable file", f.display()),
-            );
-        }
+        // A missing file falls back to none, so `check` does not report it twice.
+        let jwt_public_key_file = self.jwt_public_key_file.map(PathBuf::from).filter(|f| {
+            let readable = f.is_file();
+            if !readable {
+                p.push(
+                    "auth.jwt_public_key_file",
+                    format!("{} is not a readable file", f.display()),
+                );
+            }
+            readable
+        });
         let org_claim = p.name("auth.org_claim", self.org_claim.as_deref(), ORG_CLAIM);
         let user_claim = p.name("auth.user_claim", self.user_claim.as_deref(), USER_CLAIM);
         let name_claim = p.name("auth.name_claim", self.name_claim.as_deref(), NAME_CLAIM);

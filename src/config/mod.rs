@@ -176,18 +176,52 @@ impl Config {
                 problems: vec![yaml_problem(&e)],
             })?
         };
-        raw.validate(file, env)
-            .map_err(|problems| ConfigError::Invalid {
+        let (config, problems) = raw.validate(file, env);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
                 file: file.to_string(),
                 problems,
             })
+        }
+    }
+
+    /// Like [`Config::load`], for `check`: it keeps going past bad values, so
+    /// the files the configuration names can be checked in the same run.
+    /// Returns the configuration with every bad key at its default (`None`
+    /// when the file cannot be read or is not YAML of the right shape) and
+    /// the problems found (`None` when there are none).
+    pub fn load_checked(path: &Path) -> (Option<Config>, Option<ConfigError>) {
+        let file = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(source) => return (None, Some(ConfigError::Read { file, source })),
+        };
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            match yaml_serde::from_str(&text) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let problems = vec![yaml_problem(&e)];
+                    return (None, Some(ConfigError::Invalid { file, problems }));
+                }
+            }
+        };
+        let (config, problems) = raw.validate(&file, &EnvSecrets::from_process());
+        let error = (!problems.is_empty()).then_some(ConfigError::Invalid { file, problems });
+        (Some(config), error)
     }
 
     /// The built-in defaults (plus environment secrets).
     pub fn defaults(env: &EnvSecrets) -> Config {
-        RawConfig::default()
-            .validate("<defaults>", env)
-            .expect("built-in defaults are valid")
+        let (config, problems) = RawConfig::default().validate("<defaults>", env);
+        assert!(
+            problems.is_empty(),
+            "built-in defaults are valid: {problems:?}"
+        );
+        config
     }
 }
 
@@ -251,8 +285,9 @@ struct RawConfig {
 
 impl RawConfig {
     /// Validates every section in file order, then the rules that span
-    /// sections; every problem is collected before any is returned.
-    fn validate(self, file: &str, env: &EnvSecrets) -> Result<Config, Vec<ConfigProblem>> {
+    /// sections. Every problem is collected; the configuration returned has
+    /// each bad key at its default and is valid only when there are none.
+    fn validate(self, file: &str, env: &EnvSecrets) -> (Config, Vec<ConfigProblem>) {
         let mut p = Problems(Vec::new());
 
         let (listen, admin_listen, tls) = listen::validate(
@@ -289,10 +324,7 @@ impl RawConfig {
         let uploads = self.uploads.validate(&mut p);
         let chat = self.chat.validate(&mut p);
 
-        if !p.0.is_empty() {
-            return Err(p.0);
-        }
-        Ok(Config {
+        let config = Config {
             source: file.to_string(),
             listen,
             admin_listen,
@@ -309,7 +341,8 @@ impl RawConfig {
             limits,
             uploads,
             chat,
-        })
+        };
+        (config, p.0)
     }
 }
 

@@ -91,15 +91,17 @@ impl RawUpstream {
             0,
             3600,
         ));
-        let ca_file = self.ca_file.map(PathBuf::from);
-        if let Some(f) = &ca_file
-            && !f.is_file()
-        {
-            p.push(
-                "upstream.ca_file",
-                format!("{} is not a readable file", f.display()),
-            );
-        }
+        // A missing file falls back to none, so `check` does not report it twice.
+        let ca_file = self.ca_file.map(PathBuf::from).filter(|f| {
+            let readable = f.is_file();
+            if !readable {
+                p.push(
+                    "upstream.ca_file",
+                    format!("{} is not a readable file", f.display()),
+                );
+            }
+            readable
+        });
         UpstreamConfig {
             base_url,
             native_stream_path,
