@@ -64,7 +64,8 @@ pub struct PassthroughConfig {
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
     /// `limits.max_open_files`: the descriptor budget every cap below must
-    /// fit in, with [`RESERVED_FILES`] to spare (checked at load).
+    /// fit in, with the descriptors reserved for listeners, upstream links
+    /// and files to spare (checked at load).
     pub max_open_files: usize,
     /// `limits.client_connections`: client-listener sockets at once, streams
     /// and relayed WebSockets included; past it new ones get a 503.
@@ -80,7 +81,7 @@ pub struct LimitsConfig {
 
 /// Descriptors kept outside every cap: listeners, upstream links (pollers,
 /// native links), the flags and overrides files, logs.
-pub const RESERVED_FILES: usize = 512;
+const RESERVED_FILES: usize = 512;
 
 /// `shutdown` as written.
 #[derive(Debug, Default, Deserialize)]

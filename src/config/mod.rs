@@ -19,6 +19,9 @@
 //! - `uploads`: document uploads,
 //! - `chat`: chat rooms.
 
+// Every item that stays public is documented.
+#![warn(missing_docs)]
+
 mod auth;
 mod chat;
 mod flags;
@@ -43,7 +46,7 @@ pub use auth::AuthConfig;
 pub use chat::ChatConfig;
 pub use flags::FlagsConfig;
 pub use legacy::{DEFAULT_SERVICES, LegacyConfig, ServiceConfig};
-pub use lifecycle::{LimitsConfig, PassthroughConfig, RESERVED_FILES, ShutdownConfig};
+pub use lifecycle::{LimitsConfig, PassthroughConfig, ShutdownConfig};
 pub use listen::TlsConfig;
 pub use stream::StreamConfig;
 pub use uploads::UploadsConfig;
@@ -52,9 +55,9 @@ pub use upstream::UpstreamConfig;
 /// The environment variable that names the configuration file.
 pub const CONFIG_ENV: &str = "REALTIME_EDGE_CONFIG";
 /// The environment variable that supplies the HS256 secret.
-pub const JWT_SECRET_ENV: &str = "JWT_SECRET";
+pub(crate) const JWT_SECRET_ENV: &str = "JWT_SECRET";
 /// The environment variable that supplies the admin token.
-pub const ADMIN_TOKEN_ENV: &str = "ADMIN_TOKEN";
+pub(crate) const ADMIN_TOKEN_ENV: &str = "ADMIN_TOKEN";
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,7 +238,7 @@ pub struct EnvSecrets {
 }
 
 impl EnvSecrets {
-    /// Reads [`JWT_SECRET_ENV`] and [`ADMIN_TOKEN_ENV`] from the process environment.
+    /// Reads `JWT_SECRET` and `ADMIN_TOKEN` from the process environment.
     pub fn from_process() -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         EnvSecrets {
