@@ -1,7 +1,8 @@
 //! The sidecar's configuration: one YAML file (CONTRACT section 6), every key
 //! optional, validated whole at load.
 //!
-//! Parsing happens in two steps: serde turns the YAML into [`RawConfig`]
+//! Parsing happens in two steps: serde (through `serde_path_to_error`, for
+//! the key path of a bad key) turns the YAML into [`RawConfig`]
 //! (rejecting unknown keys and wrong types), then [`RawConfig::validate`]
 //! checks values and collects *every* problem, each naming the file and the
 //! key path, so an operator fixes the file in one go.
@@ -171,14 +172,10 @@ impl Config {
 
     /// Validates YAML text; `file` names it in messages.
     pub fn from_yaml(file: &str, text: &str, env: &EnvSecrets) -> Result<Config, ConfigError> {
-        let raw: RawConfig = if text.trim().is_empty() {
-            RawConfig::default()
-        } else {
-            yaml_serde::from_str(text).map_err(|e| ConfigError::Invalid {
-                file: file.to_string(),
-                problems: vec![yaml_problem(&e)],
-            })?
-        };
+        let raw = parse_raw(text).map_err(|problem| ConfigError::Invalid {
+            file: file.to_string(),
+            problems: vec![problem],
+        })?;
         let (config, problems) = raw.validate(file, env);
         if problems.is_empty() {
             Ok(config)
@@ -201,15 +198,11 @@ impl Config {
             Ok(text) => text,
             Err(source) => return (None, Some(ConfigError::Read { file, source })),
         };
-        let raw: RawConfig = if text.trim().is_empty() {
-            RawConfig::default()
-        } else {
-            match yaml_serde::from_str(&text) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    let problems = vec![yaml_problem(&e)];
-                    return (None, Some(ConfigError::Invalid { file, problems }));
-                }
+        let raw = match parse_raw(&text) {
+            Ok(raw) => raw,
+            Err(problem) => {
+                let problems = vec![problem];
+                return (None, Some(ConfigError::Invalid { file, problems }));
             }
         };
         let (config, problems) = raw.validate(&file, &EnvSecrets::from_process());
@@ -248,21 +241,30 @@ impl EnvSecrets {
     }
 }
 
-fn yaml_problem(e: &yaml_serde::Error) -> ConfigProblem {
-    // yaml_serde reports the path of the offending key in its message
-    // ("stream.batch_window_ms: invalid type ..."); keep it as the key.
-    let msg = e.to_string();
-    let (key, message) = match msg.split_once(": ") {
-        Some((k, m))
-            if !k.contains(' ')
-                && k.chars()
-                    .all(|c| c.is_alphanumeric() || "._-[]".contains(c)) =>
-        {
-            (k.to_string(), m.to_string())
-        }
-        _ => ("<document>".to_string(), msg.clone()),
-    };
-    ConfigProblem { key, message }
+/// Parses the file into its raw form (an empty file is all defaults); a
+/// YAML or shape error is one problem, named by the key path where it was
+/// found (`<document>` for the file as a whole).
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigProblem> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(text)).map_err(|e| {
+        let key = match e.path().to_string() {
+            path if path == "." => "<document>".to_string(),
+            path => path,
+        };
+        // yaml_serde prefixes its message with the path of the enclosing
+        // mapping; the key already says it (and more precisely for an
+        // unknown or mistyped key).
+        let inner = e.inner().to_string();
+        let message = match inner.split_once(": ") {
+            Some((prefix, rest)) if key == prefix || key.starts_with(&format!("{prefix}.")) => {
+                rest.to_string()
+            }
+            _ => inner,
+        };
+        ConfigProblem { key, message }
+    })
 }
 
 /// The file as written: one raw struct per section.
