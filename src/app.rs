@@ -95,18 +95,34 @@ pub struct Sidecar {
 impl Sidecar {
     /// Checks what must hold before serving (also used by `check`).
     pub fn preflight(config: &Config) -> Result<(), StartError> {
+        match Self::preflight_problems(config).into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Sidecar::preflight`] would refuse to start on, not
+    /// just the first: `check` reports them all in one run.
+    pub fn preflight_problems(config: &Config) -> Vec<StartError> {
+        let mut problems = Vec::new();
         if !config.admin_listen.ip().is_loopback() && config.auth.admin_token.is_none() {
-            return Err(StartError::UnprotectedAdmin {
+            problems.push(StartError::UnprotectedAdmin {
                 file: config.source.clone(),
                 addr: config.admin_listen,
             });
         }
-        verifier(config)?;
-        if let Some(tls) = &config.tls {
-            load_tls(&config.source, tls)?;
+        if let Err(e) = verifier(config) {
+            problems.push(e);
         }
-        upstream_tls(config)?;
-        Ok(())
+        if let Some(tls) = &config.tls
+            && let Err(e) = load_tls(&config.source, tls)
+        {
+            problems.push(e);
+        }
+        if let Err(e) = upstream_tls(config) {
+            problems.push(e);
+        }
+        problems
     }
 
     /// Builds the flag store with environment flags and persisted overrides.

@@ -276,24 +276,27 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-/// `check`: every problem of the config and flags files, or a summary.
+/// `check`: the start-up validation `serve` runs (the configuration, the
+/// key and certificate files it names, the flags environment, the overrides
+/// and flags files), with every problem of all of them reported in one run.
 fn check(path: Option<&PathBuf>) -> ExitCode {
-    let config = match path {
-        Some(p) => match Config::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                for line in e.lines() {
-                    eprintln!("{line}");
-                }
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::defaults(&EnvSecrets::from_process()),
+    let (config, config_error) = match path {
+        Some(p) => Config::load_checked(p),
+        None => (Some(Config::defaults(&EnvSecrets::from_process())), None),
     };
-    let mut problems = Vec::new();
-    if let Err(e) = Sidecar::preflight(&config) {
-        problems.push(e.to_string());
-    }
+    let mut problems = config_error.map(|e| e.lines()).unwrap_or_default();
+    let Some(config) = config else {
+        problems.push(
+            "the flags and key files were not checked: the configuration could not be read".into(),
+        );
+        return report_problems(&problems);
+    };
+    problems.extend(
+        Sidecar::preflight_problems(&config)
+            .iter()
+            .map(ToString::to_string),
+    );
+    let mut flags_file_missing = false;
     match Sidecar::flag_store(&config) {
         Err(e) => problems.push(e.to_string()),
         Ok(store) => {
@@ -306,8 +309,9 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
                                 .extend(p.into_iter().map(|x| format!("{}: {x}", file.display())));
                         }
                     }
-                    // Serving without the file is allowed (defaults apply, lastError says so).
-                    FileState::Missing => {}
+                    // Serving without the file is allowed: defaults apply
+                    // (lastError says so) until the file appears.
+                    FileState::Missing => flags_file_missing = true,
                     FileState::Unreadable(why) => {
                         problems.push(format!("{}: {why}", file.display()))
                     }
@@ -316,10 +320,7 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
         }
     }
     if !problems.is_empty() {
-        for p in problems {
-            eprintln!("{p}");
-        }
-        return ExitCode::FAILURE;
+        return report_problems(&problems);
     }
     if config.auth.jwt_secret.is_none()
         && config.auth.jwt_public_key_file.is_none()
@@ -330,22 +331,39 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
             config.source
         );
     }
-    let flags = config
-        .flags
-        .file
-        .as_ref()
-        .map(|f| f.display().to_string())
-        .unwrap_or_else(|| "none".into());
-    cli_output::line(&format!(
-        "ok: {}: listen {}, admin {}, upstream {}, {} services, flags file {}",
+    let flags = match &config.flags.file {
+        None => "none".to_string(),
+        Some(f) if flags_file_missing => format!("{} (missing)", f.display()),
+        Some(f) => f.display().to_string(),
+    };
+    let summary = format!(
+        "{}: listen {}, admin {}, upstream {}, {} services, flags file {}",
         config.source,
         config.listen,
         config.admin_listen,
         config.upstream.base_url,
         config.services.len(),
         flags
-    ));
+    );
+    if let Some(file) = config.flags.file.as_ref().filter(|_| flags_file_missing) {
+        eprintln!(
+            "warning: {}: flags.file {}: no such file; serve starts without it: defaults, environment and overrides apply until it appears",
+            config.source,
+            file.display()
+        );
+        cli_output::line(&format!("defaults apply: {summary}"));
+    } else {
+        cli_output::line(&format!("ok: {summary}"));
+    }
     ExitCode::SUCCESS
+}
+
+/// Prints every problem, one a line, and fails.
+fn report_problems(problems: &[String]) -> ExitCode {
+    for p in problems {
+        eprintln!("{p}");
+    }
+    ExitCode::FAILURE
 }
 
 async fn flags_command(

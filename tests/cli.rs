@@ -89,6 +89,82 @@ fn check_reports_a_bad_flags_file_and_unprotected_admin() {
 }
 
 #[test]
+fn check_reports_config_start_up_and_flags_problems_in_one_run() {
+    let flags = temp_file("flags.yaml", "REALTIME_ROLLOUT_PERCENT: 300\n");
+    let dir = common::unique_dir("cli");
+    let cfg = temp_file(
+        "edge.yaml",
+        &format!(
+            "admin_listen: \"0.0.0.0:9999\"\nstream: {{batch_max_events: 0}}\ntls: {{cert_file: \"{cert}\", key_file: \"{key}\"}}\nflags: {{file: \"{flags}\"}}\n",
+            cert = dir.join("absent-cert.pem").display(),
+            key = dir.join("absent-key.pem").display(),
+            flags = flags.display()
+        ),
+    );
+    let out = check(&cfg);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let name = cfg.display().to_string();
+    // A bad config value, two start-up problems and a bad flags file: all at once.
+    assert!(
+        stderr.contains(&format!("{name}: stream.batch_max_events:")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{name}: admin_listen:")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("absent-cert.pem"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: ", flags.display()))
+            && stderr.contains("REALTIME_ROLLOUT_PERCENT"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
+
+#[test]
+fn check_does_not_say_ok_without_the_flags_file() {
+    let absent = common::unique_dir("cli").join("no-flags.yaml");
+    let cfg = temp_file(
+        "edge.yaml",
+        &format!("flags: {{file: \"{}\"}}\n", absent.display()),
+    );
+    let out = check(&cfg);
+    // Serve starts without the file, so this is not a failure ...
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... but the answer says what will happen instead of "ok".
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("defaults apply: "), "{stdout}");
+    assert!(
+        stdout.contains(&format!("flags file {} (missing)", absent.display())),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no such file") && stderr.contains("defaults"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_names_unchecked_files_when_the_config_is_not_yaml() {
+    let cfg = temp_file("broken.yaml", "- a\n- b\n");
+    let out = check(&cfg);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:", cfg.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("were not checked"), "{stderr}");
+}
+
+#[test]
 fn serve_fails_fast_on_a_bad_config() {
     let cfg = temp_file("bad.yaml", "stream: {replay_events: -1}\n");
     let out = bin()
