@@ -214,20 +214,32 @@ async fn chaos_soak_delivers_exactly_once_and_leaks_nothing() {
 
     // Once the faults are over, everything arrives, exactly once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    for s in &stayers {
+    for s in &mut stayers {
         let want: HashSet<&String> = published[&s.org].iter().collect();
         loop {
             let got = s.got.lock().unwrap().clone();
             let have: HashSet<&String> = got.iter().filter(|g| want.contains(g)).collect();
             if have.len() == want.len() {
-                assert_eq!(got.len(), want.len(), "org {}: duplicates delivered", s.org);
+                let mut seen = HashSet::new();
+                let twice: Vec<(usize, &String)> = got
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| !seen.insert(*g))
+                    .collect();
+                assert!(
+                    twice.is_empty(),
+                    "org {}: {} of {} events delivered twice, the first at (position, id): {:?}",
+                    s.org,
+                    twice.len(),
+                    want.len(),
+                    &twice[..twice.len().min(5)]
+                );
                 break;
             }
-            assert!(
-                !s.task.is_finished(),
-                "org {}: a staying client lost its stream",
-                s.org
-            );
+            if s.task.is_finished() {
+                let why = (&mut s.task).await;
+                panic!("org {}: a staying client lost its stream: {why:?}", s.org);
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "org {}: {} of {} events arrived",

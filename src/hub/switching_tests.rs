@@ -695,3 +695,53 @@ async fn a_resumed_native_backlog_stops_where_the_pollers_coverage_began_body() 
     settle().await;
     assert_eq!(event_ids(&drain(&q)), ["p1", "p2", "g1"]);
 }
+
+#[test]
+fn a_resumed_native_backlog_longer_than_the_dedup_set_is_not_redelivered() {
+    paused(a_resumed_native_backlog_longer_than_the_dedup_set_is_not_redelivered_body);
+}
+
+/// The chaos soak's duplicates: the fallback poller delivered more events
+/// than the de-duplication set remembers before the link came back, so the
+/// first ones it delivered were forgotten when the link's backlog replayed
+/// them, and were delivered a second time.
+async fn a_resumed_native_backlog_longer_than_the_dedup_set_is_not_redelivered_body() {
+    let f = fixture();
+    set(&f, &native_for(1));
+    let q = join(&f, 1, vec![0]).await;
+    let native = Source::of(&f.scripted, 0);
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    native.status(SourceStatus::Down).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let poller = Source::of(&f.scripted, 1);
+    let polled: Vec<String> = (0..5000).map(|i| format!("p{i}")).collect();
+    let now = tokio::time::Instant::now();
+    poller
+        .answer(
+            0,
+            vec![event(&polled[0], 1), event(&polled[1], 1)],
+            "c1",
+            now,
+        )
+        .await;
+    poller.status(SourceStatus::Ready).await;
+    let rest: Vec<IncomingEvent> = polled[2..].iter().map(|id| event(id, 1)).collect();
+    poller.answer(0, rest, "c2", now).await;
+    settle().await;
+    native.status(SourceStatus::Ready).await;
+    let backlog = |id: &str| {
+        let mut e = event(id, 1);
+        e.live = false;
+        e
+    };
+    let mut replay = vec![backlog("g1")];
+    replay.extend(polled.iter().map(|id| backlog(id)));
+    native.events(0, replay, None).await;
+    settle().await;
+    let got = event_ids(&drain(&q));
+    let mut want = polled.clone();
+    want.push("g1".into());
+    assert_eq!(got.len(), want.len(), "no event twice");
+    assert_eq!(got, want);
+}

@@ -8,6 +8,9 @@ use tokio::time::Instant;
 
 use super::*;
 
+/// How many of a poller's first eventIds mark where its coverage begins.
+const COVERAGE_MARKS: usize = 16;
+
 impl OrgHub {
     /// Records how far a poller's coverage reaches; an answer of a retiring
     /// poller may complete its handover.
@@ -103,23 +106,56 @@ impl OrgHub {
             self.sources.get(&source).map(|r| &r.kind),
             Some(SourceKind::Native(_))
         );
+        // A poller covers everything from its first answer on while it
+        // runs: that answer's first ids mark where its coverage begins.
+        if !native
+            && let Some(r) = self.sources.get_mut(&source)
+            && r.first_answer_ids.is_empty()
+        {
+            r.first_answer_ids = events
+                .iter()
+                .filter(|e| e.org == Some(self.org))
+                .take(COVERAGE_MARKS)
+                .map(|e| e.id.clone())
+                .collect();
+        }
+        // Where the running pollers of `service` began to cover it.
+        let marks: HashMap<Box<str>, SourceId> = if native {
+            self.sources
+                .iter()
+                .filter(|(_, r)| {
+                    matches!(r.kind, SourceKind::SharedPoller(x) | SourceKind::SessionPoller(x, _) if x == service)
+                })
+                .flat_map(|(&id, r)| r.first_answer_ids.iter().map(move |m| (m.clone(), id)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         // Any source's events are accepted, even from one being retired:
         // they may predate what its replacement covers. Duplicates go.
         for mut ev in events {
             ev.live &= live;
             // A resumed native link replays its backlog oldest first: first
             // what nobody else covered (the gap), then what the pollers
-            // serving meanwhile delivered already. Its first duplicate marks
-            // where their coverage began; the rest of the backlog is theirs
-            // and is skipped, so a long overlap is cut short instead of
-            // outrunning the de-duplication set.
+            // serving meanwhile delivered already. Where their coverage
+            // began (one of a running poller's first ids, or else the first
+            // duplicate) the rest of the backlog is theirs and is skipped,
+            // so a long overlap is cut short instead of outrunning the
+            // de-duplication set.
             let backlog = native && !ev.live;
             if backlog
                 && self
                     .sources
                     .get(&source)
-                    .is_some_and(|r| r.backlog_covered.contains(&service))
+                    .is_some_and(|r| r.backlog_covered.iter().any(|(s, _)| *s == service))
             {
+                continue;
+            }
+            if backlog
+                && let Some(&poller) = marks.get(&ev.id)
+                && let Some(r) = self.sources.get_mut(&source)
+            {
+                r.backlog_covered.push((service, Some(poller)));
                 continue;
             }
             if ev.org != Some(self.org) {
@@ -131,7 +167,7 @@ impl OrgHub {
             }
             if !self.recent.insert(&ev.id) {
                 if backlog && let Some(r) = self.sources.get_mut(&source) {
-                    r.backlog_covered.push(service);
+                    r.backlog_covered.push((service, None));
                 }
                 continue;
             }

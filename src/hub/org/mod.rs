@@ -84,8 +84,14 @@ struct Running {
     /// Events delivered while being replaced (see `bound_overlap`).
     overlap_events: usize,
     /// A native link: services whose resume backlog reached what other
-    /// sources delivered (reset at each ack).
-    backlog_covered: Vec<u16>,
+    /// sources delivered, with the poller that proved it when one did
+    /// (see `OrgHub::accept_events`).
+    backlog_covered: Vec<(u16, Option<SourceId>)>,
+    /// A poller: the first eventIds of its first answer with events. It
+    /// covers everything from them on while it runs, so a resumed native
+    /// backlog that reaches one of them is cut there, however many events
+    /// the de-duplication set has seen since.
+    first_answer_ids: Vec<Box<str>>,
     handle: SourceHandle,
 }
 

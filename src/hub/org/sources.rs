@@ -17,7 +17,18 @@ impl OrgHub {
             SourceStatus::Ready => {
                 running.ready = true;
                 running.ready_at.get_or_insert_with(Instant::now);
-                running.backlog_covered.clear();
+                // What a poller proved covered stays covered while that
+                // poller runs (the link resumes after its last position,
+                // inside that coverage); the rest is decided afresh.
+                let covered = std::mem::take(&mut running.backlog_covered);
+                let still = covered
+                    .into_iter()
+                    .filter(|(_, p)| p.is_some_and(|p| self.sources.contains_key(&p)))
+                    .collect();
+                let Some(running) = self.sources.get_mut(&source) else {
+                    return;
+                };
+                running.backlog_covered = still;
                 let native = matches!(running.kind, SourceKind::Native(_));
                 if native && self.newest_native() == Some(source) {
                     if self.native_down_since.is_some() {
@@ -367,6 +378,7 @@ impl OrgHub {
                 first_answered_request_at: None,
                 overlap_events: 0,
                 backlog_covered: Vec::new(),
+                first_answer_ids: Vec::new(),
                 handle,
             },
         );
@@ -401,6 +413,7 @@ impl OrgHub {
                 first_answered_request_at: None,
                 overlap_events: 0,
                 backlog_covered: Vec::new(),
+                first_answer_ids: Vec::new(),
                 handle,
             },
         );
