@@ -137,6 +137,9 @@ enum Command {
         /// Members of the chat room (scenario f).
         #[arg(long, default_value_t = 1000)]
         chat_members: usize,
+        /// Runs of the scenarios; each figure is printed as the median and min-max over them.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+        runs: u64,
     },
     /// A benchmark client process (started by `bench`).
     #[command(hide = true)]
@@ -468,6 +471,7 @@ fn main() -> ExitCode {
                 fanout_rates,
                 scenarios,
                 chat_members,
+                runs,
             } => {
                 let opts = bench::BenchOptions {
                     clients,
@@ -479,6 +483,7 @@ fn main() -> ExitCode {
                     fanout_rates,
                     scenarios,
                     chat_members,
+                    runs: usize::try_from(runs).unwrap_or(1),
                 };
                 let table = bench::run(opts).await?;
                 cli_output::line(&table.to_string());

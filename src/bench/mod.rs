@@ -9,6 +9,7 @@
 mod chat;
 mod facade;
 pub mod histogram;
+mod runs;
 mod uploads;
 mod v1_clients;
 pub mod worker;
@@ -48,6 +49,9 @@ pub struct BenchOptions {
     pub scenarios: String,
     /// Members of the chat room (scenario f).
     pub chat_members: usize,
+    /// How many times the scenarios run; each figure is reported as the
+    /// median and min-max over the runs.
+    pub runs: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +122,7 @@ impl SidecarProcess {
         std::fs::write(
             &config,
             format!(
-                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nupstream: {{base_url: \"{backend}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nstream: {{max_connections: 19000}}\n{extra}"
+                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nupstream: {{base_url: \"{backend}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nstream: {{max_connections: 18000}}\n{extra}"
             ),
         )?;
         let child = Command::new(exe)
@@ -704,8 +708,47 @@ async fn flag_flip(exe: &PathBuf, o: &BenchOptions, rows: &mut Vec<Row>) -> Resu
     Ok(())
 }
 
-/// Runs the chosen scenarios and returns the table.
+/// Runs the chosen scenarios `o.runs` times and returns the table: every
+/// figure the median over the runs with its min-max, and the machine's
+/// load average around each run.
 pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
+    let runs = o.runs.max(1);
+    let mut all: Vec<Vec<Row>> = Vec::with_capacity(runs);
+    let mut loads = Vec::with_capacity(runs);
+    for n in 1..=runs {
+        let before = runs::load_average();
+        eprintln!("bench: run {n} of {runs}; load average {before}");
+        all.push(run_once(&o).await?);
+        loads.push(format!("run {n}: {before} -> {}", runs::load_average()));
+    }
+    let mut rows = Vec::new();
+    if let Some(first) = all.first() {
+        for (i, Row(name, _, _)) in first.iter().enumerate() {
+            let same: Vec<&Row> = all
+                .iter()
+                .filter_map(|r| r.iter().find(|x| &x.0 == name).or_else(|| r.get(i)))
+                .collect();
+            let results: Vec<&str> = same.iter().map(|r| r.1.as_str()).collect();
+            let conditions: Vec<&str> = same.iter().map(|r| r.2.as_str()).collect();
+            rows.push(Row(
+                name.clone(),
+                runs::combine(&results),
+                runs::combine(&conditions),
+            ));
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = format!(
+        "{runs} run(s), each figure the median (min-max) over the runs; {cpus} CPUs; load average (1/5/15 min) before -> after each run: {}\n\n",
+        loads.join("; ")
+    );
+    out.push_str(&table(rows));
+    Ok(out)
+}
+
+/// One pass over the chosen scenarios.
+async fn run_once(o: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+    let o = o.clone();
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     let has = |c: char| o.scenarios.contains(c);
@@ -738,6 +781,10 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
         eprintln!("bench: r. chat room ...");
         chat::chat_room(&exe, &o, &mut rows).await?;
     }
+    Ok(rows)
+}
+
+fn table(rows: Vec<Row>) -> String {
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);
     let mut out = format!(
@@ -750,5 +797,5 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     for Row(a, b, c) in rows {
         out.push_str(&format!("| {a:w0$} | {b:w1$} | {c} |\n"));
     }
-    Ok(out)
+    out
 }

@@ -46,6 +46,10 @@ const HOP_BY_HOP: [&str; 8] = [
 pub struct Passthrough {
     client: Client<crate::tls::HttpsConnector, ClientBody>,
     base: url::Url,
+    /// The backend's scheme and authority, when its base URL has no path:
+    /// then a request's URI is built from these and the request's own path
+    /// and query (shared bytes, no copy and no parse per request).
+    origin: Option<(http::uri::Scheme, http::uri::Authority)>,
     config: PassthroughConfig,
     in_flight: Arc<Semaphore>,
     relays: Arc<Semaphore>,
@@ -65,9 +69,18 @@ impl Passthrough {
             // Idle pooled connections are descriptors too: within the budget.
             .pool_max_idle_per_host(config.max_in_flight)
             .build(connector);
+        let origin = if base.path() == "/" && base.query().is_none() {
+            base.as_str()
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| Some((u.scheme()?.clone(), u.authority()?.clone())))
+        } else {
+            None
+        };
         Passthrough {
             client,
             base,
+            origin,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             relays: Arc::new(Semaphore::new(config.max_websockets)),
             config,
@@ -82,17 +95,7 @@ impl Passthrough {
         tls: bool,
     ) -> Response<Body> {
         let upgrade = upgrade_protocol(req.headers());
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let target = format!(
-            "{}{}",
-            self.base.as_str().trim_end_matches('/'),
-            path_and_query
-        );
-        let Ok(uri) = target.parse::<http::Uri>() else {
+        let Some(uri) = self.target(req.uri()) else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "request target cannot be forwarded",
@@ -212,6 +215,31 @@ impl Passthrough {
     }
 }
 
+impl Passthrough {
+    /// The backend URI for a request: the base URL followed by the
+    /// request's path and query.
+    fn target(&self, requested: &http::Uri) -> Option<http::Uri> {
+        let path_and_query = requested.path_and_query();
+        if let Some((scheme, authority)) = &self.origin {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(
+                path_and_query
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            return http::Uri::from_parts(parts).ok();
+        }
+        let target = format!(
+            "{}{}",
+            self.base.as_str().trim_end_matches('/'),
+            path_and_query.map(|p| p.as_str()).unwrap_or("/")
+        );
+        target.parse::<http::Uri>().ok()
+    }
+}
+
 /// How a client broke its own request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientFault {
@@ -234,26 +262,43 @@ impl ClientFault {
 }
 
 /// A deadline pushed back by every frame that passes.
+///
+/// The timer itself is only armed when the body has to wait: a small body
+/// that is ready at once (most requests) never registers a timer, and a
+/// frame that passes only records the time instead of moving a timer entry.
 struct IdleTimer {
     limit: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    last_progress: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleTimer {
     fn new(limit: Duration) -> Self {
         IdleTimer {
             limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            last_progress: tokio::time::Instant::now(),
+            sleep: None,
         }
     }
 
     fn progressed(&mut self) {
-        let next = tokio::time::Instant::now() + self.limit;
-        self.sleep.as_mut().reset(next);
+        self.last_progress = tokio::time::Instant::now();
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.sleep.as_mut().poll(cx).is_ready()
+        let deadline = self.last_progress + self.limit;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 

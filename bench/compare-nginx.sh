@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Pass-through side by side: the same tiny static backend reached directly,
+# through realtime-edge, and through nginx (upstream keep-alive), in
+# interleaved rounds so that load from anything else on the machine hits all
+# three alike. Prints requests/s, p50 latency, CPU per request of the proxy
+# (from /proc/<pid>/stat ticks) and the realtime-edge / nginx ratios, the
+# proxies' resident memory after the 1 MiB runs, and the load average.
+#
+# Needs (installs nothing): nginx and wrk (Debian: `apt-get install nginx wrk`),
+# a release build of realtime-edge (`cargo build --release`), bash, awk.
+#
+# Settings (environment): ROUNDS (3), DURATION (10s), TESTS ("small get1m
+# post1m"), THREADS (2),
+# CONNECTIONS (64), EDGE_BIN (target/release/realtime-edge), PORT_BASE (18080;
+# uses PORT_BASE+1 .. PORT_BASE+4 on 127.0.0.1).
+#
+# The backend is an nginx with one worker serving a 36-byte JSON file, a
+# 1 MiB file, and an upload endpoint that reads and discards a body. The
+# nginx proxy has one worker, streams bodies both ways (no request or
+# response buffering, like realtime-edge) and keeps up to 64 idle upstream
+# connections.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+TESTS=${TESTS:-small get1m post1m}
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+PORT_BASE=${PORT_BASE:-18080}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+EDGE_BIN=${EDGE_BIN:-$ROOT/target/release/realtime-edge}
+
+missing=()
+command -v nginx >/dev/null || missing+=("nginx (Debian: apt-get install nginx)")
+command -v wrk >/dev/null || missing+=("wrk (Debian: apt-get install wrk)")
+[ -x "$EDGE_BIN" ] || missing+=("$EDGE_BIN (cargo build --release, or set EDGE_BIN)")
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "compare-nginx.sh needs, and will not install:" >&2
+    printf '  %s\n' "${missing[@]}" >&2
+    exit 2
+fi
+
+BACKEND_PORT=$((PORT_BASE + 1))
+NGINX_PORT=$((PORT_BASE + 2))
+EDGE_PORT=$((PORT_BASE + 3))
+EDGE_ADMIN_PORT=$((PORT_BASE + 4))
+CLK_TCK=$(getconf CLK_TCK)
+WORK=$(mktemp -d /tmp/compare-nginx.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- the backend -----------------------------------------------------------
+mkdir -p "$WORK/www" "$WORK/backend" "$WORK/proxy" "$WORK/edge"
+printf '{"id":42,"status":"ok","items":[1]}' >"$WORK/www/small.json"   # 36 bytes
+head -c 1048576 /dev/zero | tr '\0' 'x' >"$WORK/www/1m.bin"
+cat >"$WORK/backend/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+error_log $WORK/backend/error.log warn;
+pid $WORK/backend/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/backend/body;
+    proxy_temp_path $WORK/backend/proxy;
+    fastcgi_temp_path $WORK/backend/fastcgi;
+    uwsgi_temp_path $WORK/backend/uwsgi;
+    scgi_temp_path $WORK/backend/scgi;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    default_type application/json;
+    server {
+        listen 127.0.0.1:$BACKEND_PORT reuseport backlog=4096;
+        root $WORK/www;
+        location = /upload {
+            client_max_body_size 2m;
+            client_body_buffer_size 2m;
+            return 200 '{"ok":true}';
+        }
+    }
+}
+EOF
+
+# --- the nginx proxy -------------------------------------------------------
+cat >"$WORK/proxy/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+error_log $WORK/proxy/error.log warn;
+pid $WORK/proxy/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/proxy/body;
+    proxy_temp_path $WORK/proxy/proxy;
+    fastcgi_temp_path $WORK/proxy/fastcgi;
+    uwsgi_temp_path $WORK/proxy/uwsgi;
+    scgi_temp_path $WORK/proxy/scgi;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        client_max_body_size 2m;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+
+# --- realtime-edge -----------------------------------------------------------
+cat >"$WORK/edge/flags.yaml" <<EOF
+REALTIME_STREAMING_V2: false
+REALTIME_ROLLOUT_PERCENT: 0
+EOF
+cat >"$WORK/edge/edge.yaml" <<EOF
+listen: "127.0.0.1:$EDGE_PORT"
+admin_listen: "127.0.0.1:$EDGE_ADMIN_PORT"
+upstream:
+  base_url: "http://127.0.0.1:$BACKEND_PORT"
+auth:
+  jwt_secret: "compare-nginx"
+flags:
+  file: "$WORK/edge/flags.yaml"
+EOF
+
+nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" &
+BACKEND_PID=$!
+pids+=("$BACKEND_PID")
+nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy" &
+NGINX_PID=$!
+pids+=("$NGINX_PID")
+RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge.yaml" 2>"$WORK/edge/stderr.log" &
+EDGE_PID=$!
+pids+=("$EDGE_PID")
+
+wait_up() {
+    local url=$1 i
+    for i in $(seq 1 100); do
+        if wrk -t1 -c1 -d1s "$url" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "not answering: $url" >&2
+    exit 1
+}
+wait_up "http://127.0.0.1:$BACKEND_PORT/small.json"
+wait_up "http://127.0.0.1:$NGINX_PORT/small.json"
+wait_up "http://127.0.0.1:$EDGE_PORT/small.json"
+
+cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = string.rep("x", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# target name -> port and the pid whose CPU is the proxy's cost
+port_of() { case $1 in direct) echo "$BACKEND_PORT" ;; edge) echo "$EDGE_PORT" ;; nginx) echo "$NGINX_PORT" ;; esac; }
+pid_of() { case $1 in direct) echo "$BACKEND_PID" ;; edge) echo "$EDGE_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+
+RESULTS="$WORK/results.tsv" # round test target req_s p50_ms cpu_us_per_req
+: >"$RESULTS"
+echo "machine: $(nproc) CPUs; load average before: $(loadavg)"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds"
+
+run_one() {
+    local round=$1 test=$2 target=$3 port pid url t0 t1 out
+    port=$(port_of "$target")
+    pid=$(pid_of "$target")
+    case $test in
+        small) url="http://127.0.0.1:$port/small.json"; extra=() ;;
+        get1m) url="http://127.0.0.1:$port/1m.bin"; extra=() ;;
+        post1m) url="http://127.0.0.1:$port/upload"; extra=(-s "$WORK/post.lua") ;;
+    esac
+    t0=$(ticks "$pid")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${extra[@]}" "$url")
+    t1=$(ticks "$pid")
+    echo "$out" | awk -v r="$round" -v test="$test" -v tg="$target" \
+        -v dt=$((t1 - t0)) -v hz="$CLK_TCK" '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000;
+            if (v ~ /ms$/) return v + 0;
+            if (v ~ /s$/) return v * 1000;
+            return v;
+        }
+        /^ +50%/ { p50 = ms($2) }
+        / requests in / { n = $1 }
+        /^Requests\/sec:/ { rps = $2 }
+        /Non-2xx or 3xx responses:/ { bad = $NF }
+        /Socket errors:/ { errs = $0 }
+        END {
+            if (bad > 0) printf "warning: %s via %s: %d non-2xx responses\n", test, tg, bad > "/dev/stderr";
+            if (errs != "") printf "note: %s via %s: %s\n", test, tg, errs > "/dev/stderr";
+            cpu = (n > 0) ? dt * 1e6 / hz / n : 0;
+            printf "%s\t%s\t%s\t%.0f\t%.2f\t%.1f\n", r, test, tg, rps, p50, cpu
+        }' >>"$RESULTS"
+}
+
+# Warm-up: connections open, pools filled, pages faulted in.
+for target in direct edge nginx; do
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$(port_of "$target")/small.json" >/dev/null
+done
+
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round: load average $(loadavg)"
+    for test in $TESTS; do
+        # Rotate the order each round so no target always runs first.
+        case $((round % 3)) in
+            1) order="direct edge nginx" ;;
+            2) order="edge nginx direct" ;;
+            0) order="nginx direct edge" ;;
+        esac
+        for target in $order; do run_one "$round" "$test" "$target"; done
+    done
+done
+EDGE_RSS=$(rss_kib "$EDGE_PID")
+NGINX_RSS=$(rss_kib "$NGINX_PID")
+echo "load average after: $(loadavg)"
+echo
+
+# Medians over the rounds (and min-max), then the table.
+awk -F'\t' -v tests_list="$TESTS" -v edge_rss="$EDGE_RSS" -v nginx_rss="$NGINX_RSS" '
+    function median(list,   a, n, i, j, t) {
+        n = split(list, a, " ");
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        lo[list] = a[1]; hi[list] = a[n];
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2;
+    }
+    { k = $2 SUBSEP $3; rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; cpu[k] = cpu[k] " " $6 }
+    END {
+        nt = split(tests_list, tests, " ");
+        name["small"] = "small JSON (36 B)"; name["get1m"] = "1 MiB GET"; name["post1m"] = "1 MiB POST";
+        printf "| test | direct req/s | realtime-edge req/s (min-max) | nginx req/s (min-max) | edge / nginx req/s | p50 edge / nginx | CPU/request edge / nginx | CPU ratio |\n";
+        printf "|---|---|---|---|---|---|---|---|\n";
+        for (i = 1; i <= nt; i++) {
+            t = tests[i];
+            d = median(rps[t SUBSEP "direct"]);
+            er = median(rps[t SUBSEP "edge"]); elo = lo[rps[t SUBSEP "edge"]]; ehi = hi[rps[t SUBSEP "edge"]];
+            nr = median(rps[t SUBSEP "nginx"]); nlo = lo[rps[t SUBSEP "nginx"]]; nhi = hi[rps[t SUBSEP "nginx"]];
+            ep = median(p50[t SUBSEP "edge"]); np = median(p50[t SUBSEP "nginx"]);
+            ec = median(cpu[t SUBSEP "edge"]); nc = median(cpu[t SUBSEP "nginx"]);
+            printf "| %s | %d | %d (%d-%d) | %d (%d-%d) | %.2fx | %.2f / %.2f ms | %.1f / %.1f µs | %.2fx |\n",
+                name[t], d, er, elo, ehi, nr, nlo, nhi, (nr > 0 ? er / nr : 0), ep, np, ec, nc, (nc > 0 ? ec / nc : 0);
+        }
+        printf "\nresident memory after the 1 MiB runs: realtime-edge %.1f MiB, nginx %.1f MiB\n", edge_rss / 1024, nginx_rss / 1024;
+    }' "$RESULTS"
+echo
+echo "per run (round, test, target, req/s, p50 ms, CPU µs/request):"
+cat "$RESULTS"
