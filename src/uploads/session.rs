@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::delivery::{DeliveryError, Parcel};
 use super::handshake::{self, Handshake, UploadCode};
-use super::registry::{Owner, Upload};
+use super::registry::{AdmitError, Owner, Upload};
 use super::spool::SpoolFile;
 use super::{Uploads, v1, v2};
 use crate::metrics as m;
@@ -124,6 +124,35 @@ impl Conn {
     /// `{"type":"error","code","message"}`, then the code's close.
     pub async fn fail(&mut self, code: UploadCode, message: &str) {
         self.fail_with(code, &error_json(code, message)).await;
+    }
+
+    /// Reserves spool room for a new upload of either protocol version, or
+    /// answers `BUSY` (and returns `None`) when it cannot.
+    pub async fn admit(
+        &mut self,
+        owner: Owner,
+        meta: handshake::FileMeta,
+        version: &'static str,
+    ) -> Option<Arc<Upload>> {
+        let upload = match self.service.registry.admit(owner, meta).await {
+            Ok(u) => u,
+            Err(e @ AdmitError::SpoolFull { .. }) => {
+                self.fail(UploadCode::Busy, &e.to_string()).await;
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot spool an upload");
+                self.fail(
+                    UploadCode::Busy,
+                    "the sidecar cannot spool uploads right now",
+                )
+                .await;
+                return None;
+            }
+        };
+        ::metrics::counter!(m::UPLOADS_STARTED, "version" => version).increment(1);
+        tracing::info!(upload = %upload.id, org = upload.owner.org, bytes = upload.meta.filesize, version, "upload started");
+        Some(upload)
     }
 }
 

@@ -7,7 +7,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::handshake::{FileMeta, UploadCode};
-use super::registry::{AdmitError, Attached, Owner};
+use super::registry::{Attached, Owner};
 use super::session::{self, Conn, Incoming};
 use crate::metrics as m;
 use crate::protocol::close;
@@ -22,23 +22,9 @@ struct Chunk {
 
 pub async fn run(conn: &mut Conn, owner: Owner, token: String, meta: FileMeta) {
     let service = conn.service.clone();
-    let upload = match service.registry.admit(owner, meta).await {
-        Ok(u) => u,
-        Err(e @ AdmitError::SpoolFull { .. }) => {
-            return conn.fail(UploadCode::Busy, &e.to_string()).await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot spool an upload");
-            return conn
-                .fail(
-                    UploadCode::Busy,
-                    "the sidecar cannot spool uploads right now",
-                )
-                .await;
-        }
+    let Some(upload) = conn.admit(owner, meta, "1").await else {
+        return;
     };
-    ::metrics::counter!(m::UPLOADS_STARTED, "version" => "1").increment(1);
-    tracing::info!(upload = %upload.id, org = upload.owner.org, bytes = upload.meta.filesize, version = 1, "upload started");
     let Some(mut held) = Attached::take(upload.clone(), std::time::Duration::from_secs(1)).await
     else {
         service.registry.forget(&upload.id);

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::MAX_BINARY_FRAME;
 use super::delivery::DeliveryError;
 use super::handshake::{FileMeta, UploadCode};
-use super::registry::{AdmitError, Attached, Owner, Phase, Upload};
+use super::registry::{Attached, Owner, Phase, Upload};
 use super::session::{self, Conn, Incoming};
 use crate::metrics as m;
 use crate::protocol::close;
@@ -23,23 +23,9 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// A new version-2 upload.
 pub async fn start(conn: &mut Conn, owner: Owner, token: String, meta: FileMeta) {
-    let upload = match conn.service.registry.admit(owner, meta).await {
-        Ok(u) => u,
-        Err(e @ AdmitError::SpoolFull { .. }) => {
-            return conn.fail(UploadCode::Busy, &e.to_string()).await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot spool an upload");
-            return conn
-                .fail(
-                    UploadCode::Busy,
-                    "the sidecar cannot spool uploads right now",
-                )
-                .await;
-        }
+    let Some(upload) = conn.admit(owner, meta, "2").await else {
+        return;
     };
-    ::metrics::counter!(m::UPLOADS_STARTED, "version" => "2").increment(1);
-    tracing::info!(upload = %upload.id, org = upload.owner.org, bytes = upload.meta.filesize, version = 2, "upload started");
     serve(conn, upload, token).await
 }
 
