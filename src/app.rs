@@ -14,6 +14,7 @@ use tokio_rustls::rustls;
 
 use crate::admin::Admin;
 use crate::auth::Verifier;
+use crate::cluster::{ClusterError, ClusterLink};
 use crate::config::{Config, TlsConfig};
 use crate::drain::Drain;
 use crate::facade::{CursorKey, Facade};
@@ -47,6 +48,12 @@ pub enum StartError {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{file}: {source}")]
+    Cluster {
+        file: String,
+        #[source]
+        source: ClusterError,
     },
     #[error("{file}: {source}")]
     Tls {
@@ -88,6 +95,8 @@ pub struct Sidecar {
     pub admin_addr: SocketAddr,
     pub flags: Arc<FlagStore>,
     pub stats: Arc<Stats>,
+    /// The replica's link to the cluster (`cluster.redis_url` set).
+    pub cluster: Option<Arc<ClusterLink>>,
     drain: Arc<Drain>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -120,6 +129,9 @@ impl Sidecar {
             problems.push(e);
         }
         if let Err(e) = upstream_tls(config) {
+            problems.push(e);
+        }
+        if let Err(e) = cluster_link(config) {
             problems.push(e);
         }
         problems
@@ -176,6 +188,7 @@ impl Sidecar {
         let stats = Arc::new(Stats::default());
         let drain = Drain::new(config.shutdown.clone());
         let shutdown = drain.stop_signal();
+        let cluster = cluster_link(&config)?;
         let upstream = Upstream::new(config.clone(), stats.clone(), upstream_tls.clone());
         let registry = HubRegistry::new(HubContext {
             config: config.clone(),
@@ -240,6 +253,9 @@ impl Sidecar {
         let admin_addr = local(&listeners.admin, config.admin_listen)?;
 
         let mut tasks = vec![uploads_sweeper];
+        if let Some(link) = &cluster {
+            tasks.push(tokio::spawn(link.clone().run_heartbeat(shutdown.clone())));
+        }
         let client_limits = ServerLimits {
             max_connections: config.limits.client_connections,
             header_timeout: config.limits.header_timeout,
@@ -298,6 +314,7 @@ impl Sidecar {
             client_addr,
             admin_addr,
             flags,
+            cluster,
             stats,
             drain,
             tasks,
@@ -361,4 +378,17 @@ fn upstream_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, StartError
             source,
         }
     })
+}
+
+/// The cluster link when `cluster.redis_url` is set; it connects lazily.
+fn cluster_link(config: &Config) -> Result<Option<Arc<ClusterLink>>, StartError> {
+    let Some(url) = &config.cluster.redis_url else {
+        return Ok(None);
+    };
+    ClusterLink::new(&config.cluster, url)
+        .map(Some)
+        .map_err(|source| StartError::Cluster {
+            file: config.source.clone(),
+            source,
+        })
 }

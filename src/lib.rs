@@ -20,6 +20,7 @@ pub mod bench;
 pub mod chat;
 pub mod cli_output;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod drain;

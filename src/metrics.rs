@@ -55,6 +55,9 @@ pub const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
 /// Counter by `reason`: keys of a JWKS or key file that were not usable.
 pub const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
+/// Gauge: 1 when Redis answered the last cluster heartbeat, else 0 (CONTRACT 9).
+pub const CLUSTER_REDIS_UP: &str = "cluster_redis_up";
+
 /// Counter by `version`: uploads admitted (CONTRACT 7).
 pub const UPLOADS_STARTED: &str = "uploads_started_total";
 /// Counter by `delivery` (legacy, native): uploads delivered to the backend.
@@ -171,6 +174,10 @@ fn describe() {
         "Events dropped because their orgId was not the connection's"
     );
     metrics::describe_gauge!(ACTIVE_ORGS, "Org hubs alive");
+    metrics::describe_gauge!(
+        CLUSTER_REDIS_UP,
+        "1 when Redis answered the last cluster heartbeat (cluster mode only)"
+    );
     metrics::describe_counter!(FACADE_REQUESTS, "V1 requests served by the facade");
     metrics::describe_gauge!(FACADE_HELD, "V1 requests the facade holds now");
     metrics::describe_counter!(FACADE_EVENTS, "Events answered by the V1 facade");

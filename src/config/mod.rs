@@ -18,13 +18,15 @@
 //! - `legacy`: the services and their V1 endpoints, the V1 facade,
 //! - `lifecycle`: drain on shutdown, pass-through timeouts, connection caps,
 //! - `uploads`: document uploads,
-//! - `chat`: chat rooms.
+//! - `chat`: chat rooms,
+//! - `cluster`: several replicas on Redis.
 
 // Every item that stays public is documented.
 #![warn(missing_docs)]
 
 mod auth;
 mod chat;
+mod cluster;
 mod flags;
 mod legacy;
 mod lifecycle;
@@ -45,6 +47,7 @@ use serde::Deserialize;
 
 pub use auth::AuthConfig;
 pub use chat::ChatConfig;
+pub use cluster::ClusterConfig;
 pub use flags::FlagsConfig;
 pub use legacy::{DEFAULT_SERVICES, LegacyConfig, ServiceConfig};
 pub use lifecycle::{LimitsConfig, PassthroughConfig, ShutdownConfig};
@@ -147,6 +150,8 @@ pub struct Config {
     pub uploads: UploadsConfig,
     /// Chat rooms (CONTRACT 8).
     pub chat: ChatConfig,
+    /// Several replicas on Redis (CONTRACT 9).
+    pub cluster: ClusterConfig,
 }
 
 impl Config {
@@ -286,6 +291,7 @@ struct RawConfig {
     limits: lifecycle::RawLimits,
     uploads: uploads::RawUploads,
     chat: chat::RawChat,
+    cluster: cluster::RawCluster,
 }
 
 impl RawConfig {
@@ -328,6 +334,7 @@ impl RawConfig {
         );
         let uploads = self.uploads.validate(&mut p);
         let chat = self.chat.validate(&mut p);
+        let cluster = self.cluster.validate(&mut p);
 
         let config = Config {
             source: file.to_string(),
@@ -346,6 +353,7 @@ impl RawConfig {
             limits,
             uploads,
             chat,
+            cluster,
         };
         (config, p.0)
     }

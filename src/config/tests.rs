@@ -143,3 +143,26 @@ fn not_a_mapping_is_rejected() {
     let lines = problems("- a\n- b\n");
     assert!(lines[0].starts_with("edge.yaml:"), "{lines:?}");
 }
+
+#[test]
+fn cluster_is_off_by_default_and_checked_when_set() {
+    let c = parse("").unwrap();
+    assert!(c.cluster.redis_url.is_none());
+    assert_eq!(c.cluster.name, "realtime-edge");
+    assert_eq!(c.cluster.lease, Duration::from_millis(3000));
+    let c = parse("cluster: {redis_url: \"redis://127.0.0.1:6379/2\", name: prod}").unwrap();
+    assert_eq!(
+        c.cluster.redis_url.as_deref(),
+        Some("redis://127.0.0.1:6379/2")
+    );
+    let p = problems(
+        "cluster: {redis_url: \"http://x\", name: \"a b\", lease_ms: 100, redis_timeout_ms: 5000}",
+    );
+    assert!(p.iter().any(|l| l.contains("cluster.redis_url")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("cluster.name")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("cluster.lease_ms")), "{p:?}");
+    assert!(
+        p.iter().any(|l| l.contains("cluster.redis_timeout_ms")),
+        "{p:?}"
+    );
+}

@@ -2,6 +2,8 @@
 //! a stream client, and bounded waiting.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
