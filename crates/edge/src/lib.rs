@@ -3,20 +3,13 @@
 //! shared V1 long-pollers or the backend's native stream, switched live by
 //! hot-reloaded feature flags.
 //!
-//! This crate is the production library: everything `realtime-edge serve`
-//! runs, and nothing else. Layout: [`config`] (the YAML file), [`gateway`]
-//! (client listener: the stream and pass-through), [`hub`] (per-org stream:
-//! positions, replay, de-duplication, batching, source switching),
-//! [`upstream`] (V1 poller and native link), [`flags`] (flag store, file
-//! watcher, rollout decision), [`facade`] (the V1 endpoints served from the
-//! hub), [`uploads`] and [`chat`] (their relays), [`admin`] (admin API),
-//! [`metrics`], and [`app`] (start-up and the drain that ends it).
-//!
-//! The rest of the workspace is built on it and never part of it: the
-//! simulated backend (`realtime-edge-sim`), the ops clients and local runs
-//! (`realtime-edge-tools`: demo, simulate, watch, the admin client), the
-//! benchmark (`realtime-edge-bench`), and the binary with the integration
-//! tests at the workspace root.
+//! Layout: [`config`] (the YAML file), [`gateway`] (client listener: the
+//! stream and pass-through), [`hub`] (per-org stream: positions, replay,
+//! de-duplication, batching, source switching), [`upstream`] (V1 poller and
+//! native link), [`flags`] (flag store, file watcher, rollout decision),
+//! [`admin`] (admin API), [`metrics`]. This is the production library, what
+//! `serve` runs; the simulated backend, the tools and the benchmark are
+//! crates of their own built on it (docs/architecture.md).
 #![forbid(unsafe_code)]
 
 pub mod admin;
