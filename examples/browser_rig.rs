@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use realtime_edge::config::{Config, EnvSecrets};
-use realtime_edge::sim::{SimConfig, Simulator};
 use realtime_edge::{Listeners, Sidecar};
+use realtime_edge_sim::{SimConfig, Simulator};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const JWT_SECRET: &str = "browser-test-secret";

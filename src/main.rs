@@ -1,5 +1,7 @@
 //! The `realtime-edge` binary: parses arguments, sets up logging and
-//! signals, and hands over to the library.
+//! signals, and hands over to the production library (`realtime-edge`:
+//! `serve`, `check`) or to the tools built on it (`realtime-edge-tools`,
+//! `realtime-edge-bench`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +11,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use realtime_edge::config::{CONFIG_ENV, Config, EnvSecrets};
-use realtime_edge::{Listeners, Sidecar, admin_client, bench, cli_output, demo, simulate, watch};
+use realtime_edge::{Listeners, Sidecar};
+use realtime_edge_bench as bench;
+use realtime_edge_tools::{admin_client, cli_output, demo, simulate, watch};
 
 #[derive(Parser)]
 #[command(

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use realtime_edge::sim::Fault;
+use realtime_edge_sim::Fault;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;

@@ -461,7 +461,7 @@ async fn bounds_and_bad_input() {
 async fn history_failure_is_reported_and_the_room_still_works() {
     let (sim, sc) = rig("").await;
     sim.chat
-        .set_fault("history", realtime_edge::sim::Fault::Status(500))
+        .set_fault("history", realtime_edge_sim::Fault::Status(500))
         .unwrap();
     let mut ws = open(sc.client_addr, &user_token(1, "alice", None)).await;
     send(&mut ws, json!({"roomId": "r"})).await;

@@ -239,7 +239,7 @@ async fn a_dead_cursor_restarts_the_poller_fresh() {
     collect_ids(&mut ws, &ids(&first)).await;
     // The poller now holds a cursor; the next request carrying it gets 410.
     sim.state
-        .set_fault("finance", realtime_edge::sim::Fault::StaleCursor);
+        .set_fault("finance", realtime_edge_sim::Fault::StaleCursor);
     // Whether the poller is parked with its cursor or about to send it, the
     // next request carrying the cursor is refused.
     sim.state.publish(1, "finance", vec![json!({})]);
@@ -270,7 +270,7 @@ async fn flips_under_slow_v1_answers_lose_and_duplicate_nothing() {
     // Slow answers from now on (the parked first request already covers
     // everything after it arrived).
     sim.state
-        .set_fault("finance", realtime_edge::sim::Fault::Slow(300));
+        .set_fault("finance", realtime_edge_sim::Fault::Slow(300));
     // The publisher paces events (load, not synchronisation).
     let state = sim.state.clone();
     let publisher = tokio::spawn(async move {

@@ -279,7 +279,7 @@ fn dockerfile_is_multi_stage_non_root_and_ships_the_binary_only() {
         .collect();
     assert_eq!(rules.first(), Some(&"*"), "{rules:?}");
     assert!(!rules.iter().any(|r| r.starts_with("!target")), "{rules:?}");
-    for needed in ["!Cargo.toml", "!Cargo.lock", "!src/"] {
+    for needed in ["!Cargo.toml", "!Cargo.lock", "!src/", "!crates/"] {
         assert!(
             rules.contains(&needed),
             "{needed} missing from .dockerignore"
@@ -295,7 +295,9 @@ fn dockerfile_is_multi_stage_non_root_and_ships_the_binary_only() {
             parts[..parts.len() - 1].to_vec()
         })
         .collect();
-    for embedded in embedded_files(std::path::Path::new("src")) {
+    // The binary's sources: src/ and the workspace crates it is built from.
+    let sources = ["src", "crates"].map(std::path::Path::new);
+    for embedded in sources.iter().flat_map(|dir| embedded_files(dir)) {
         let top = embedded
             .components()
             .next()
@@ -836,7 +838,7 @@ fn local_config_fronts_simulate_with_its_defaults() {
     #[derive(clap::Parser)]
     struct Simulate {
         #[command(flatten)]
-        options: realtime_edge::simulate::SimulateOptions,
+        options: realtime_edge_tools::simulate::SimulateOptions,
     }
     let sim = <Simulate as clap::Parser>::parse_from(["simulate"]).options;
     assert_eq!(
@@ -846,7 +848,7 @@ fn local_config_fronts_simulate_with_its_defaults() {
     // simulate's default secret (JWT_SECRET in the environment overrides it).
     assert_eq!(
         cfg.auth.jwt_secret.as_deref(),
-        Some(realtime_edge::demo::DEMO_SECRET)
+        Some(realtime_edge_tools::demo::DEMO_SECRET)
     );
     assert_eq!(
         cfg.flags.file.as_deref(),

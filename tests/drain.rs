@@ -19,7 +19,7 @@ async fn drain_rig(
     hold: Duration,
     prestop_s: u64,
     drain_s: u64,
-) -> (realtime_edge::sim::Simulator, realtime_edge::Sidecar) {
+) -> (realtime_edge_sim::Simulator, realtime_edge::Sidecar) {
     let sim = start_sim(hold).await;
     let mut cfg = config(
         &sim.base_url(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use realtime_edge::Sidecar;
-use realtime_edge::sim::Simulator;
+use realtime_edge_sim::Simulator;
 use serde_json::{Value, json};
 
 const FINANCE: &str = "/finance/realtime/subscribe";

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn v1_url(sim: &realtime_edge::sim::Simulator, since: Option<&str>) -> String {
+fn v1_url(sim: &realtime_edge_sim::Simulator, since: Option<&str>) -> String {
     match since {
         Some(c) => format!("{}/finance/realtime/subscribe?since={c}", sim.base_url()),
         None => format!("{}/finance/realtime/subscribe", sim.base_url()),
@@ -77,7 +77,7 @@ async fn hold_times_out_empty_and_orgs_are_separate() {
 
 #[tokio::test]
 async fn unauthorized_and_faults() {
-    use realtime_edge::sim::Fault;
+    use realtime_edge_sim::Fault;
     let sim = start_sim(Duration::from_millis(200)).await;
     let (status, _, _) = http("GET", &v1_url(&sim, None), None, None).await;
     assert_eq!(status, 401);
@@ -168,7 +168,7 @@ async fn unauthorized_and_faults() {
     sim.shutdown().await;
 }
 
-async fn native(sim: &realtime_edge::sim::Simulator, org: u64, hello: Value) -> (Ws, Value) {
+async fn native(sim: &realtime_edge_sim::Simulator, org: u64, hello: Value) -> (Ws, Value) {
     let mut req = format!("ws://{}/v2/realtime/stream", sim.addr)
         .into_client_request()
         .unwrap();
@@ -259,10 +259,10 @@ async fn native_stream_refuses_bad_handshakes() {
 #[tokio::test]
 async fn generator_publishes_to_every_org() {
     let listener = realtime_edge::http_server::bind(([127, 0, 0, 1], 0).into()).unwrap();
-    let sim = realtime_edge::sim::Simulator::start(
-        realtime_edge::sim::SimConfig {
+    let sim = realtime_edge_sim::Simulator::start(
+        realtime_edge_sim::SimConfig {
             jwt_secret: SECRET.into(),
-            generator: Some(realtime_edge::sim::GeneratorConfig {
+            generator: Some(realtime_edge_sim::GeneratorConfig {
                 events_per_second: 2000,
                 orgs: 3,
                 properties: 2,

@@ -331,7 +331,7 @@ async fn last_seq_from_an_earlier_run_is_not_resumed() {
 
 #[tokio::test]
 async fn a_failing_service_does_not_disturb_the_others_and_recovers() {
-    use realtime_edge::sim::Fault;
+    use realtime_edge_sim::Fault;
     let sim = start_sim(Duration::from_secs(2)).await;
     let extra = format!(
         "upstream: {{base_url: \"{}\", poll_timeout_s: 2}}\n",

@@ -363,7 +363,7 @@ async fn tls_front(target: std::net::SocketAddr, leaf: &(PathBuf, PathBuf)) -> S
 
 /// Publishes a finance event for `org` until one reaches `ws`: for sources
 /// that take only new events once subscribed, which a test cannot observe.
-async fn publish_until_delivered(sim: &realtime_edge::sim::Simulator, ws: &mut Ws, org: u64) {
+async fn publish_until_delivered(sim: &realtime_edge_sim::Simulator, ws: &mut Ws, org: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let ids = sim

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use common::*;
 use futures_util::SinkExt;
-use realtime_edge::sim::{Simulator, checksum};
 use realtime_edge::{Sidecar, uploads::UPLOAD_PATH};
+use realtime_edge_sim::{Simulator, checksum};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -480,7 +480,7 @@ async fn failing_backend_is_retried_then_reported_and_the_file_kept_for_a_retry(
 
     // 500 forever: three attempts, then UPSTREAM_ERROR and 1011.
     sim.uploads
-        .set_fault(realtime_edge::sim::Fault::Status(500), None);
+        .set_fault(realtime_edge_sim::Fault::Status(500), None);
     let mut ws = connect_as(sc.client_addr, &token(2)).await;
     let id = v2_handshake(&mut ws, v2_hello(&data)).await["uploadId"]
         .as_str()
@@ -507,7 +507,7 @@ async fn failing_backend_is_retried_then_reported_and_the_file_kept_for_a_retry(
     assert_eq!(spool_files(&spool), 1, "kept for a retry");
 
     // A hanging backend: each attempt times out.
-    sim.uploads.set_fault(realtime_edge::sim::Fault::Hang, None);
+    sim.uploads.set_fault(realtime_edge_sim::Fault::Hang, None);
     let mut ws = connect_as(sc.client_addr, &token(2)).await;
     let ready = v2_handshake(&mut ws, json!({"version": 2, "uploadId": id})).await;
     assert_eq!(ready["offset"], data.len(), "nothing to re-send");
@@ -516,7 +516,7 @@ async fn failing_backend_is_retried_then_reported_and_the_file_kept_for_a_retry(
 
     // Garbage once, then healthy: the retry delivers.
     sim.uploads
-        .set_fault(realtime_edge::sim::Fault::Garbage, Some(1));
+        .set_fault(realtime_edge_sim::Fault::Garbage, Some(1));
     let mut ws = connect_as(sc.client_addr, &token(2)).await;
     v2_handshake(&mut ws, json!({"version": 2, "uploadId": id})).await;
     let (_, complete) = until_complete(&mut ws).await;
@@ -526,7 +526,7 @@ async fn failing_backend_is_retried_then_reported_and_the_file_kept_for_a_retry(
 
     // A 4xx is final: UPSTREAM_REJECTED with the status, also on a reconnect.
     sim.uploads
-        .set_fault(realtime_edge::sim::Fault::Status(422), None);
+        .set_fault(realtime_edge_sim::Fault::Status(422), None);
     let mut ws = connect_as(sc.client_addr, &token(2)).await;
     send_json(&mut ws, &seed_handshake(&data)).await;
     send_seed_chunks(&mut ws, &data).await;

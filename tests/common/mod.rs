@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use realtime_edge::config::{Config, EnvSecrets};
-use realtime_edge::sim::{SimConfig, Simulator};
 use realtime_edge::{Listeners, Sidecar};
+use realtime_edge_sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

@@ -44,7 +44,7 @@ impl V1Clients {
         let mut tasks = Vec::with_capacity(clients * paths.len());
         for i in 0..clients {
             let org = 1 + (i as u64 % orgs.max(1));
-            let token = crate::auth::mint_hs256(secret, "orgId", org, 3600);
+            let token = realtime_edge::auth::mint_hs256(secret, "orgId", org, 3600);
             for path in paths {
                 tasks.push(tokio::spawn(poll_loop(
                     client.clone(),
@@ -104,7 +104,7 @@ async fn poll_loop(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let now = crate::clock::unix_micros();
+        let now = realtime_edge::clock::unix_micros();
         if let Ok(text) = std::str::from_utf8(&body) {
             for t in publish_times(text) {
                 latency.record(now.saturating_sub(t).max(0) as u64);

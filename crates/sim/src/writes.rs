@@ -125,7 +125,7 @@ mod tests {
     use super::*;
 
     fn services() -> Vec<(String, String)> {
-        crate::config::DEFAULT_SERVICES
+        realtime_edge::config::DEFAULT_SERVICES
             .iter()
             .map(|(n, p)| (n.to_string(), p.to_string()))
             .collect()

@@ -22,14 +22,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::state::Fault;
 use super::{Ctx, native};
-use crate::auth::OrgId;
-use crate::clock;
-use crate::http_server::{self, Body, json, json_error};
+use realtime_edge::auth::OrgId;
+use realtime_edge::clock;
+use realtime_edge::http_server::{self, Body, json, json_error};
 
 pub const HISTORY_PATH: &str = "/collaboration/chat/history";
 pub const MESSAGES_PATH: &str = "/collaboration/chat/messages";
 pub const RECEIPTS_PATH: &str = "/collaboration/chat/receipts";
-pub const STREAM_PATH: &str = crate::chat::CHAT_PATH;
+pub const STREAM_PATH: &str = realtime_edge::chat::CHAT_PATH;
 
 /// Messages kept per room.
 const ROOM_CAPACITY: usize = 1000;
@@ -301,8 +301,8 @@ type Caller = (OrgId, (String, String));
 
 /// The org and (user id, user name) of a request's token.
 fn user(ctx: &Ctx, req: &Request<Incoming>) -> Result<Caller, Box<Response<Body>>> {
-    let token =
-        crate::auth::token_from_request(req.headers(), req.uri().query()).unwrap_or_default();
+    let token = realtime_edge::auth::token_from_request(req.headers(), req.uri().query())
+        .unwrap_or_default();
     match ctx.verifier.verify(&token) {
         Ok(id) => match id.user_id {
             Some(u) => {
@@ -383,8 +383,13 @@ async fn native_stream(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> 
         let Ok(Some(Ok(Message::Text(text)))) = first else {
             return;
         };
-        let Ok(room) = crate::chat::protocol::parse_handshake(&text) else {
-            native::close(&mut ws, crate::protocol::close::POLICY, "BAD_HANDSHAKE").await;
+        let Ok(room) = realtime_edge::chat::protocol::parse_handshake(&text) else {
+            native::close(
+                &mut ws,
+                realtime_edge::protocol::close::POLICY,
+                "BAD_HANDSHAKE",
+            )
+            .await;
             return;
         };
         let mut feed = {
@@ -440,7 +445,7 @@ async fn native_stream(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> 
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = shutdown.changed() => {
-                    native::close(&mut ws, crate::protocol::close::GOING_AWAY, "backend shutting down").await;
+                    native::close(&mut ws, realtime_edge::protocol::close::GOING_AWAY, "backend shutting down").await;
                     break;
                 }
             }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::http_server::{Body, json};
+use realtime_edge::http_server::{Body, json};
 
 /// Where the simulator serves its key set.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";

@@ -13,8 +13,8 @@ use super::{
     BenchError, BenchOptions, Row, SECRET, SERVICES, SidecarProcess, V1Clients, generator,
     http_get, ms, start_sim, v1_paths, v1_request_rate, wait_for,
 };
-use crate::bench::histogram::Merged;
-use crate::sim::Simulator;
+use crate::histogram::Merged;
+use realtime_edge_sim::Simulator;
 
 /// Events per second published while the request rate is measured, as in (a).
 const RATE: u32 = 20;

@@ -26,10 +26,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{BenchError, Row, SECRET, SidecarProcess, start_sim, step};
-use crate::config::{Config, EnvSecrets};
-use crate::uploads::UPLOAD_PATH;
-use crate::uploads::multipart::MultipartForm;
-use crate::{Listeners, Sidecar};
+use realtime_edge::config::{Config, EnvSecrets};
+use realtime_edge::uploads::UPLOAD_PATH;
+use realtime_edge::uploads::multipart::MultipartForm;
+use realtime_edge::{Listeners, Sidecar};
 
 const FILE_BYTES: usize = 50 << 20;
 const V2_FRAME: usize = 1 << 20;
@@ -177,7 +177,7 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<(), BenchError> {
     let spool = std::env::temp_dir().join(format!(
         "re-bench-spool-{}-{}",
         std::process::id(),
-        crate::clock::unix_millis()
+        realtime_edge::clock::unix_millis()
     ));
     let yaml = format!(
         "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\nupstream: {{base_url: \"{}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nuploads: {{spool_dir: \"{}\"}}\n",
@@ -192,7 +192,7 @@ pub async fn run(rows: &mut Vec<Row>) -> Result<(), BenchError> {
     let sidecar = Sidecar::start(config, listeners)
         .await
         .map_err(|e| step(e.to_string()))?;
-    let token = crate::auth::mint_hs256(SECRET, "orgId", 1, 3600);
+    let token = realtime_edge::auth::mint_hs256(SECRET, "orgId", 1, 3600);
     let data: Bytes = (0..FILE_BYTES)
         .map(|i| (i as u64).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
         .collect::<Vec<u8>>()
@@ -346,7 +346,7 @@ pub async fn concurrent_memory(
     let spool = std::env::temp_dir().join(format!(
         "re-bench-spool-{}-{}",
         std::process::id(),
-        crate::clock::unix_millis()
+        realtime_edge::clock::unix_millis()
     ));
     let extra = format!(
         "uploads: {{spool_dir: \"{}\", max_spool_bytes: {}}}\n",
@@ -355,7 +355,7 @@ pub async fn concurrent_memory(
     );
     let sidecar = SidecarProcess::spawn_with(exe, &sim.base_url(), &extra).await?;
     let idle_kib = sidecar.rss_kib();
-    let token = crate::auth::mint_hs256(SECRET, "orgId", 1, 3600);
+    let token = realtime_edge::auth::mint_hs256(SECRET, "orgId", 1, 3600);
     let data: Bytes = (0..FILE_BYTES)
         .map(|i| (i as u64).wrapping_mul(40_503).rotate_right(7) as u8)
         .collect::<Vec<u8>>()

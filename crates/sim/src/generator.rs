@@ -57,7 +57,7 @@ pub(super) async fn run(
             // measure delivery latency finer than the millisecond timestamp.
             let event = json!({
                 "propertyId": property,
-                "t_us": crate::clock::unix_micros(),
+                "t_us": realtime_edge::clock::unix_micros(),
                 "data": { "seqNo": n, "amount": rand::random_range(1..10_000) },
             });
             state.publish(org, service, vec![event]);

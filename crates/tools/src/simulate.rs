@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli_output;
-use crate::sim::{GeneratorConfig, SimConfig, Simulator};
+use realtime_edge_sim::{GeneratorConfig, SimConfig, Simulator};
 
 /// The longest lifetime `--token-ttl-s` accepts.
 const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
@@ -69,7 +69,7 @@ pub enum SimulateError {
 
 /// A token the simulated backend (and a sidecar sharing its secret) accepts.
 pub fn token(opts: &SimulateOptions) -> String {
-    crate::auth::mint_hs256(
+    realtime_edge::auth::mint_hs256(
         &opts.jwt_secret,
         &opts.org_claim,
         opts.token_org,
@@ -86,10 +86,11 @@ pub async fn run(
         cli_output::line(&token(&opts));
         return Ok(());
     }
-    let listener = crate::http_server::bind(opts.listen).map_err(|source| SimulateError::Bind {
-        addr: opts.listen,
-        source,
-    })?;
+    let listener =
+        realtime_edge::http_server::bind(opts.listen).map_err(|source| SimulateError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
     let generator = (opts.events_per_second > 0 && opts.orgs > 0).then(|| GeneratorConfig {
         events_per_second: opts.events_per_second,
         orgs: opts.orgs,

@@ -26,8 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::state::Fault;
 use super::{Ctx, authorize};
-use crate::auth::OrgId;
-use crate::http_server::{self, Body, BoxError, json, json_error};
+use realtime_edge::auth::OrgId;
+use realtime_edge::http_server::{self, Body, BoxError, json, json_error};
 
 /// The legacy multipart endpoint.
 pub const LEGACY_PATH: &str = "/documents/upload";
@@ -311,7 +311,7 @@ pub(super) async fn native(ctx: std::sync::Arc<Ctx>, mut req: Request<Incoming>)
         let mut ws = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
-            Some(crate::uploads::upload_ws_config()),
+            Some(realtime_edge::uploads::upload_ws_config()),
         )
         .await;
         let answer = match receive_v1(&mut ws).await {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::auth::OrgId;
-use crate::clock;
+use realtime_edge::auth::OrgId;
+use realtime_edge::clock;
 
 /// A fault injected into one service's V1 endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::{Ctx, authorize};
-use crate::auth::OrgId;
-use crate::http_server::{Body, json_error};
-use crate::protocol::{self, ErrorCode};
+use realtime_edge::auth::OrgId;
+use realtime_edge::http_server::{Body, json_error};
+use realtime_edge::protocol::{self, ErrorCode};
 
 pub(super) async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let org = match authorize(&ctx, &req) {
@@ -49,7 +49,7 @@ const NATIVE_BATCH_BYTES: usize = 64 * 1024;
 const SIM_MAX_MESSAGE: usize = 72 << 20;
 
 fn sim_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    crate::gateway::server_ws_config().max_write_buffer_size(SIM_MAX_MESSAGE)
+    realtime_edge::gateway::server_ws_config().max_write_buffer_size(SIM_MAX_MESSAGE)
 }
 
 type ServerWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -76,7 +76,7 @@ where
         .await;
         serve(ws).await;
     });
-    crate::http_server::switching_protocols(&key)
+    realtime_edge::http_server::switching_protocols(&key)
 }
 
 pub(super) async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(

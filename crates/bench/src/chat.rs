@@ -25,7 +25,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::histogram::{Histogram, Merged};
 use super::{BenchError, BenchOptions, Rig, Row, SECRET, TICKS_PER_SEC, ms, step, wait_for};
-use crate::sim::Simulator;
+use realtime_edge_sim::Simulator;
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
@@ -72,7 +72,7 @@ impl Room {
 }
 
 fn token(org: u64, user: usize) -> String {
-    let exp = crate::clock::unix_millis() / 1000 + 3600;
+    let exp = realtime_edge::clock::unix_millis() / 1000 + 3600;
     let claims = json!({"orgId": org, "sub": format!("u{user}"), "name": format!("Member {user}"), "exp": exp});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -104,7 +104,7 @@ async fn join_room(addr: SocketAddr, members: usize, room: &str) -> Result<Arc<R
     let mut sinks = Vec::with_capacity(members);
     let mut readers = Vec::with_capacity(members);
     for i in 0..members {
-        let mut req = format!("ws://{addr}{}", crate::chat::CHAT_PATH)
+        let mut req = format!("ws://{addr}{}", realtime_edge::chat::CHAT_PATH)
             .into_client_request()
             .map_err(|e| step(e.to_string()))?;
         if let Ok(v) = format!("Bearer {}", token(1, i)).parse() {

@@ -15,10 +15,10 @@ use crate::http_server::{Body, full, json_error};
 pub const CLIENT_JS_PATH: &str = "/v2/realtime/client.js";
 
 /// The client library (`clients/js/realtime-client.js`).
-pub const CLIENT_JS: &str = include_str!("../clients/js/realtime-client.js");
+pub const CLIENT_JS: &str = include_str!("../../../clients/js/realtime-client.js");
 
 /// The ops page (`assets/ops.html`): self-contained, no external assets.
-pub const OPS_PAGE: &str = include_str!("../assets/ops.html");
+pub const OPS_PAGE: &str = include_str!("../../../assets/ops.html");
 
 /// How long a browser may use its copy of the library before revalidating.
 /// Short, because the library must follow the sidecar across upgrades; the

@@ -4,6 +4,7 @@
 //! generator, the write endpoints of the migration guide's walkthrough
 //! (`writes`), and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
+#![forbid(unsafe_code)]
 
 mod chat;
 mod generator;
@@ -33,9 +34,9 @@ pub use generator::GeneratorConfig;
 pub use state::{Fault, SimState};
 pub use uploads::{StoredFile, UploadStore, checksum};
 
-use crate::auth::{OrgId, Verifier};
-use crate::config::{AuthConfig, DEFAULT_SERVICES};
-use crate::http_server::{self, Body, BoxError, ServerLimits, json, json_error};
+use realtime_edge::auth::{OrgId, Verifier};
+use realtime_edge::config::{AuthConfig, DEFAULT_SERVICES};
+use realtime_edge::http_server::{self, Body, BoxError, ServerLimits, json, json_error};
 
 /// How the simulated backend behaves.
 #[derive(Debug, Clone)]
@@ -215,8 +216,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Box<Response<Body>>> {
-    let token =
-        crate::auth::token_from_request(req.headers(), req.uri().query()).unwrap_or_default();
+    let token = realtime_edge::auth::token_from_request(req.headers(), req.uri().query())
+        .unwrap_or_default();
     let refusal = match ctx.verifier.verify(&token) {
         Ok(id) if !ctx.state.is_revoked(&token) => return Ok(id.org_id),
         Ok(_) => "token revoked".to_string(),

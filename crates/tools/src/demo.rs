@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use crate::app::{Listeners, Sidecar, StartError};
 use crate::cli_output;
-use crate::config::{Config, ConfigError, EnvSecrets};
-use crate::sim::{GeneratorConfig, SimConfig, Simulator};
+use realtime_edge::app::{Listeners, Sidecar, StartError};
+use realtime_edge::config::{Config, ConfigError, EnvSecrets};
+use realtime_edge_sim::{GeneratorConfig, SimConfig, Simulator};
 
 pub const DEMO_SECRET: &str = "demo-secret";
 
@@ -44,7 +44,7 @@ pub enum DemoError {
 /// Runs the demo until `stop` resolves.
 pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<(), DemoError> {
     let sim_listener =
-        crate::http_server::bind(([127, 0, 0, 1], 0).into()).map_err(DemoError::Backend)?;
+        realtime_edge::http_server::bind(([127, 0, 0, 1], 0).into()).map_err(DemoError::Backend)?;
     let sim = Simulator::start(
         SimConfig {
             jwt_secret: DEMO_SECRET.into(),
@@ -74,7 +74,7 @@ pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<()
     let config = Config::from_yaml("<demo>", &yaml, &EnvSecrets::default())?;
     let listeners = Listeners::bind(&config).await?;
     let sidecar = Sidecar::start(config, listeners).await?;
-    let token = crate::auth::mint_hs256(DEMO_SECRET, "orgId", 1, 24 * 3600);
+    let token = realtime_edge::auth::mint_hs256(DEMO_SECRET, "orgId", 1, 24 * 3600);
     let stream = format!("ws://{}/v2/realtime/stream", sidecar.client_addr);
     let admin = format!("http://{}", sidecar.admin_addr);
     // Poll `stop` once before announcing anything: the signal handlers it

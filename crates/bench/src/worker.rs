@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::histogram::Histogram;
-use crate::protocol;
+use realtime_edge::protocol;
 
 /// One worker's share of the clients (also its command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -77,7 +77,7 @@ async fn client(
         socket.bind(SocketAddr::new(opts.source_ip, 0)).ok()?;
         let tcp = socket.connect(opts.target).await.ok()?;
         let _ = tcp.set_nodelay(true);
-        let token = crate::auth::mint_hs256(&opts.secret, "orgId", org, 24 * 3600);
+        let token = realtime_edge::auth::mint_hs256(&opts.secret, "orgId", org, 24 * 3600);
         let mut req = format!("ws://{}/v2/realtime/stream", opts.target)
             .into_client_request()
             .ok()?;
@@ -85,7 +85,7 @@ async fn client(
             http::header::AUTHORIZATION,
             format!("Bearer {token}").parse().ok()?,
         );
-        let cfg = crate::upstream::client_ws_config().read_buffer_size(4096);
+        let cfg = realtime_edge::upstream::client_ws_config().read_buffer_size(4096);
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(cfg))
             .await
             .ok()?;
@@ -112,7 +112,7 @@ async fn client(
     while let Some(Ok(msg)) = ws.next().await {
         if let Message::Text(t) = msg {
             counters.messages.fetch_add(1, Ordering::Relaxed);
-            let now = crate::clock::unix_micros();
+            let now = realtime_edge::clock::unix_micros();
             for published in publish_times(t.as_str()) {
                 hist.record((now - published).max(0) as u64);
                 counters.events.fetch_add(1, Ordering::Relaxed);

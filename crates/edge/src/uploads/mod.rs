@@ -46,7 +46,7 @@ pub const MAX_BINARY_FRAME: usize = 1 << 20;
 
 /// Buffers of an upload socket: frames up to 1 MiB (plus slack so that an
 /// oversized one is read and answered with an error, not a torn socket).
-pub(crate) fn upload_ws_config() -> WebSocketConfig {
+pub fn upload_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(64 * 1024)
         .write_buffer_size(0)

@@ -5,6 +5,7 @@
 //! process (so its memory and CPU are its own), and stream clients run in
 //! `bench-worker` child processes (a process here holds at most 20,000
 //! file descriptors), spread over several 127.0.0.x source addresses.
+#![forbid(unsafe_code)]
 
 mod chat;
 mod facade;
@@ -28,8 +29,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::sim::{GeneratorConfig, SimConfig, Simulator};
 use histogram::Merged;
+use realtime_edge_sim::{GeneratorConfig, SimConfig, Simulator};
 use v1_clients::V1Clients;
 
 const SECRET: &str = "bench-secret";
@@ -113,7 +114,7 @@ impl SidecarProcess {
         let dir = std::env::temp_dir().join(format!(
             "re-bench-{}-{}",
             std::process::id(),
-            crate::clock::unix_millis()
+            realtime_edge::clock::unix_millis()
         ));
         std::fs::create_dir_all(&dir)?;
         let client_addr = free_port().await?;
@@ -164,7 +165,7 @@ impl SidecarProcess {
     }
 
     async fn set_flags(&self, form: &str) -> Result<(), BenchError> {
-        crate::admin_client::request(
+        realtime_edge_tools::admin_client::request(
             &format!("http://{}", self.admin_addr),
             None,
             http::Method::POST,
@@ -382,7 +383,7 @@ async fn measure(
 }
 
 async fn start_sim(hold: Duration) -> Result<Simulator, BenchError> {
-    let listener = crate::http_server::bind(([127, 0, 0, 1], 0).into())?;
+    let listener = realtime_edge::http_server::bind(([127, 0, 0, 1], 0).into())?;
     Ok(Simulator::start(
         SimConfig {
             jwt_secret: SECRET.into(),

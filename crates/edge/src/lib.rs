@@ -7,22 +7,19 @@
 //! stream and pass-through), [`hub`] (per-org stream: positions, replay,
 //! de-duplication, batching, source switching), [`upstream`] (V1 poller and
 //! native link), [`flags`] (flag store, file watcher, rollout decision),
-//! [`admin`] (admin API), [`metrics`], [`sim`] (the simulated backend), and
-//! the tools built on them ([`demo`], [`watch`], [`admin_client`], [`bench`]).
+//! [`admin`] (admin API), [`metrics`]. This is the production library, what
+//! `serve` runs; the simulated backend, the tools and the benchmark are
+//! crates of their own built on it (docs/architecture.md).
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admin_client;
 pub mod app;
 pub mod assets;
 pub mod auth;
-pub mod bench;
 pub mod chat;
-pub mod cli_output;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod demo;
 pub mod drain;
 pub mod facade;
 pub mod flags;
@@ -31,12 +28,9 @@ pub mod http_server;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
-pub mod sim;
-pub mod simulate;
 pub mod tls;
 pub mod uploads;
 pub mod upstream;
-pub mod watch;
 
 pub use app::{Listeners, Sidecar, StartError};
 pub use config::Config;
