@@ -302,6 +302,80 @@ mod tests {
         }
     }
 
+    /// The message with its timestamp value replaced by `T` (the one field
+    /// that changes from run to run), after checking the value is RFC 3339.
+    fn with_timestamp_pinned(text: &str) -> String {
+        const KEY: &str = r#""timestamp":""#;
+        let start = text.find(KEY).expect("a timestamp") + KEY.len();
+        let len = text[start..].find('"').expect("a closing quote");
+        assert!(clock::parse_rfc3339_millis(&text[start..start + len]).is_some());
+        format!("{}T{}", &text[..start], &text[start + len..])
+    }
+
+    /// The exact bytes on the wire: the browser client, the native link and
+    /// the tests read these, field order and escaping included.
+    #[test]
+    fn wire_bytes_are_pinned() {
+        let raw: Vec<Box<RawValue>> = vec![
+            RawValue::from_string(r#"{"eventId":"e1","data":{"a": 1}}"#.into()).unwrap(),
+            RawValue::from_string(r#"{"eventId":"e2"}"#.into()).unwrap(),
+        ];
+        for (text, wire) in [
+            (
+                ack_message(5, "poll", false),
+                r#"{"type":"ack","seq":5,"timestamp":"T","mode":"poll","resumed":false}"#,
+            ),
+            (
+                ack_message(u64::MAX, "native", true),
+                r#"{"type":"ack","seq":18446744073709551615,"timestamp":"T","mode":"native","resumed":true}"#,
+            ),
+            (
+                ping_message(0),
+                r#"{"type":"ping","seq":0,"timestamp":"T"}"#,
+            ),
+            (
+                error_message(None, ErrorCode::BadHandshake, "bad", 0),
+                r#"{"type":"error","code":"BAD_HANDSHAKE","message":"bad","seq":0,"timestamp":"T"}"#,
+            ),
+            (
+                error_message(
+                    Some("fin\"ance"),
+                    ErrorCode::UpstreamError,
+                    "boom \"x\"\n\u{1}é/</",
+                    7,
+                ),
+                "{\"type\":\"error\",\"service\":\"fin\\\"ance\",\"code\":\"UPSTREAM_ERROR\",\"message\":\"boom \\\"x\\\"\\n\\u0001é/</\",\"seq\":7,\"timestamp\":\"T\"}",
+            ),
+            (
+                event_message("finance", raw.iter().map(|r| r.as_ref()), 9),
+                r#"{"type":"event","service":"finance","events":[{"eventId":"e1","data":{"a": 1}},{"eventId":"e2"}],"seq":9,"timestamp":"T"}"#,
+            ),
+            (
+                event_message("a\"b", std::iter::empty(), 1),
+                r#"{"type":"event","service":"a\"b","events":[],"seq":1,"timestamp":"T"}"#,
+            ),
+        ] {
+            assert_eq!(with_timestamp_pinned(&text), wire);
+        }
+        let services = vec!["finance".to_string(), "st\"aff".to_string()];
+        for (text, wire) in [
+            (
+                handshake_json(&services, None, None),
+                r#"{"services":["finance","st\"aff"],"version":1}"#,
+            ),
+            (
+                handshake_json(&services[..1], Some(&serde_json::json!(12)), Some(3)),
+                r#"{"filters":{"propertyId":12},"lastSeq":3,"services":["finance"],"version":1}"#,
+            ),
+            (
+                handshake_json(&services[..1], Some(&serde_json::json!("p-1")), None),
+                r#"{"filters":{"propertyId":"p-1"},"services":["finance"],"version":1}"#,
+            ),
+        ] {
+            assert_eq!(text, wire);
+        }
+    }
+
     #[test]
     fn messages_are_valid_json_with_required_fields() {
         let raw: Vec<Box<RawValue>> =
