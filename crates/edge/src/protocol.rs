@@ -3,7 +3,7 @@
 //! by the backend's native stream, so the native link and the simulator use
 //! these types too.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::clock;
@@ -15,7 +15,8 @@ pub const PROTOCOL_VERSION: u64 = 1;
 pub const MAX_HANDSHAKE_SERVICES: usize = 64;
 
 /// Machine-readable codes of `error` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     BadHandshake,
     UnsupportedVersion,
@@ -158,51 +159,123 @@ pub fn parse_handshake(text: &str) -> Result<Handshake, HandshakeError> {
     })
 }
 
+/// The handshake as a client sends it. Fields in alphabetical order: the
+/// bytes stay those of the `serde_json::Value` it was once built from.
+#[derive(Serialize)]
+struct HandshakeOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filters: Option<FiltersOut<'a>>,
+    #[serde(rename = "lastSeq", skip_serializing_if = "Option::is_none")]
+    last_seq: Option<u64>,
+    services: &'a [String],
+    version: u64,
+}
+
+#[derive(Serialize)]
+struct FiltersOut<'a> {
+    #[serde(rename = "propertyId")]
+    property_id: &'a serde_json::Value,
+}
+
 /// Encodes a handshake (the native link and test clients send one).
 pub fn handshake_json(
     services: &[String],
     property: Option<&serde_json::Value>,
     last_seq: Option<u64>,
 ) -> String {
-    let mut v = serde_json::json!({"services": services, "version": PROTOCOL_VERSION});
-    if let Some(p) = property {
-        v["filters"] = serde_json::json!({"propertyId": p});
-    }
-    if let Some(s) = last_seq {
-        v["lastSeq"] = serde_json::json!(s);
-    }
-    v.to_string()
+    encode(&HandshakeOut {
+        filters: property.map(|property_id| FiltersOut { property_id }),
+        last_seq,
+        services,
+        version: PROTOCOL_VERSION,
+    })
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+/// `ack`: the handshake was accepted.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "ack")]
+struct Ack<'a> {
+    seq: u64,
+    timestamp: &'a str,
+    mode: &'a str,
+    resumed: bool,
+}
+
+/// `ping`: the periodic keepalive, with the current position.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "ping")]
+struct Ping<'a> {
+    seq: u64,
+    timestamp: &'a str,
+}
+
+/// `error`: a problem with the whole stream (no service) or one service.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "error")]
+struct ErrorOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    code: ErrorCode,
+    message: &'a str,
+    seq: u64,
+    timestamp: &'a str,
+}
+
+/// `event`: events of one service; `seq` is the last one's position.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "event", bound = "EventList<I>: Serialize")]
+struct EventOut<'s, I> {
+    service: &'s str,
+    events: EventList<I>,
+    seq: u64,
+    timestamp: &'s str,
+}
+
+/// Already-serialised events, written as they are: a `RawValue` is copied,
+/// never parsed or re-serialised.
+struct EventList<I>(I);
+
+impl<'a, I: Iterator<Item = &'a RawValue> + Clone> Serialize for EventList<I> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone())
+    }
+}
+
+/// One message as JSON text.
+fn encode(message: &impl Serialize) -> String {
+    // These types hold strings, numbers, booleans and valid raw JSON only,
+    // so serialising cannot fail; an empty text would be refused by any
+    // reader rather than taken for a message.
+    serde_json::to_string(message).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a server message could not be serialised");
+        String::new()
+    })
 }
 
 pub fn ack_message(seq: u64, mode: &str, resumed: bool) -> String {
-    format!(
-        r#"{{"type":"ack","seq":{seq},"timestamp":"{}","mode":{},"resumed":{resumed}}}"#,
-        clock::now_rfc3339(),
-        json_str(mode)
-    )
+    encode(&Ack {
+        seq,
+        timestamp: &clock::now_rfc3339(),
+        mode,
+        resumed,
+    })
 }
 
 pub fn ping_message(seq: u64) -> String {
-    format!(
-        r#"{{"type":"ping","seq":{seq},"timestamp":"{}"}}"#,
-        clock::now_rfc3339()
-    )
+    encode(&Ping {
+        seq,
+        timestamp: &clock::now_rfc3339(),
+    })
 }
 
 pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq: u64) -> String {
-    let service = service
-        .map(|s| format!(r#""service":{},"#, json_str(s)))
-        .unwrap_or_default();
-    format!(
-        r#"{{"type":"error",{service}"code":"{}","message":{},"seq":{seq},"timestamp":"{}"}}"#,
-        code.as_str(),
-        json_str(message),
-        clock::now_rfc3339()
-    )
+    encode(&ErrorOut {
+        service,
+        code,
+        message,
+        seq,
+        timestamp: &clock::now_rfc3339(),
+    })
 }
 
 /// Bytes an `event` message adds around its events, at most: the fixed
@@ -216,26 +289,16 @@ pub fn event_envelope_bytes(service_name_len: usize) -> usize {
 
 /// An `event` message around already-serialised event objects.
 pub fn event_message<'a>(
-    service: &str,
-    events: impl Iterator<Item = &'a RawValue>,
+    service: &'a str,
+    events: impl Iterator<Item = &'a RawValue> + Clone,
     seq: u64,
 ) -> String {
-    let mut out = String::with_capacity(256);
-    out.push_str(r#"{"type":"event","service":"#);
-    out.push_str(&json_str(service));
-    out.push_str(r#","events":["#);
-    for (i, e) in events.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(e.get());
-    }
-    out.push_str(r#"],"seq":"#);
-    out.push_str(&seq.to_string());
-    out.push_str(r#","timestamp":""#);
-    out.push_str(&clock::now_rfc3339());
-    out.push_str("\"}");
-    out
+    encode(&EventOut {
+        service,
+        events: EventList(events),
+        seq,
+        timestamp: &clock::now_rfc3339(),
+    })
 }
 
 /// A server message as a client (the native link, `watch`, tests) reads it.
