@@ -6,7 +6,7 @@
 //! kind, reason, status class) — never an orgId or a token.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -88,13 +88,13 @@ pub fn register_upload_zeroes() {
     metrics::describe_counter!(UPLOADS_EXPIRED, "Idle uploads removed after their TTL");
     metrics::describe_gauge!(UPLOADS_SPOOL_BYTES, "Spool bytes reserved by held uploads");
     for version in ["1", "2"] {
-        metrics::counter!(UPLOADS_STARTED, "version" => version).increment(0);
+        metrics::counter!(UPLOADS_STARTED, label::VERSION => version).increment(0);
     }
-    for route in ["legacy", "native"] {
-        metrics::counter!(UPLOADS_COMPLETED, "delivery" => route).increment(0);
+    for route in UploadRoute::ALL {
+        metrics::counter!(UPLOADS_COMPLETED, label::DELIVERY => route.as_str()).increment(0);
     }
     for code in crate::uploads::UploadCode::ALL {
-        metrics::counter!(UPLOADS_FAILED, "reason" => code.reason()).increment(0);
+        metrics::counter!(UPLOADS_FAILED, label::REASON => code.reason()).increment(0);
     }
     metrics::counter!(UPLOADS_RECEIVED_BYTES).increment(0);
     metrics::counter!(UPLOADS_EXPIRED).increment(0);
@@ -214,50 +214,179 @@ fn register_zeroes() {
     metrics::gauge!(UPSTREAM_POLLERS).set(0.0);
     metrics::gauge!(UPSTREAM_NATIVE_LINKS).set(0.0);
     metrics::gauge!(ACTIVE_ORGS).set(0.0);
-    for kind in error_kind::ALL {
-        metrics::counter!(ERRORS, "kind" => kind).increment(0);
+    for kind in ErrorKind::ALL {
+        metrics::counter!(ERRORS, label::KIND => kind.as_str()).increment(0);
     }
-    for result in ["ok", "error"] {
-        metrics::counter!(FLAG_RELOADS, "result" => result).increment(0);
+    for result in Outcome::ALL {
+        metrics::counter!(FLAG_RELOADS, label::RESULT => result.as_str()).increment(0);
     }
     metrics::gauge!(FACADE_HELD).set(0.0);
     metrics::counter!(FACADE_REQUESTS).increment(0);
     metrics::counter!(FACADE_EVENTS).increment(0);
     for reason in crate::facade::ForwardReason::ALL {
-        metrics::counter!(FACADE_FORWARDED, "reason" => reason.as_str()).increment(0);
+        metrics::counter!(FACADE_FORWARDED, label::REASON => reason.as_str()).increment(0);
     }
 }
 
-/// Error kinds (the `kind` label of `streaming_errors`).
-pub mod error_kind {
-    pub const UPSTREAM: &str = "upstream";
-    pub const UPSTREAM_AUTH: &str = "upstream_auth";
-    pub const AUTH: &str = "auth";
-    pub const HANDSHAKE: &str = "handshake";
-    pub const SLOW_CLIENT: &str = "slow_client";
-    pub const SEND: &str = "send";
-    pub const CROSS_ORG: &str = "cross_org";
-    pub const OVERLOAD: &str = "overload";
-    /// An upstream event over `stream.max_event_bytes` (dropped).
-    pub const EVENT_TOO_LARGE: &str = "event_too_large";
-    /// A client silent for `stream.client_timeout_s` (dropped).
-    pub const TIMEOUT: &str = "timeout";
-    pub const ALL: [&str; 10] = [
-        EVENT_TOO_LARGE,
-        TIMEOUT,
-        UPSTREAM,
-        UPSTREAM_AUTH,
-        AUTH,
-        HANDSHAKE,
-        SLOW_CLIENT,
-        SEND,
-        CROSS_ORG,
-        OVERLOAD,
-    ];
+/// Label keys. Each key's values are one of the enums below or, where the
+/// value is a domain type, that type's label: `reason` of
+/// [`CONNECTIONS_CLOSED`] (`gateway::EndReason`), of [`FACADE_FORWARDED`]
+/// (`facade::ForwardReason`), of [`UPLOADS_FAILED`] (`uploads::UploadCode`)
+/// and of [`JWKS_KEYS_REFUSED`]; `trigger` of [`JWKS_REFRESHES`];
+/// `endpoint` of [`CHAT_BACKEND_REQUESTS`]; `service` is a configured
+/// service name, `version` an upload protocol version.
+pub mod label {
+    pub const KIND: &str = "kind";
+    pub const MODE: &str = "mode";
+    pub const SERVICE: &str = "service";
+    pub const STATUS: &str = "status";
+    pub const REASON: &str = "reason";
+    pub const RESULT: &str = "result";
+    pub const TRIGGER: &str = "trigger";
+    pub const TO: &str = "to";
+    pub const VERSION: &str = "version";
+    pub const DELIVERY: &str = "delivery";
+    pub const ENDPOINT: &str = "endpoint";
 }
 
-/// Counters of one sidecar instance, for the JSON metrics endpoint.
-#[derive(Default)]
+/// A closed set of label values: the enum, every value (to register series
+/// at zero) and the text of each.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+
+            /// The label value (and, where it is shown, the JSON text).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// How events are served: the `mode` of the `ack` and of
+    /// `connectionsByMode`, and (poll or native, for one service) the `mode`
+    /// label of [`DELIVERY_LATENCY_SECONDS`], [`UPSTREAM_REQUESTS`] and the
+    /// `to` label of [`MODE_SWITCHES`].
+    ServingMode {
+        /// By V1 long-pollers.
+        Poll => "poll",
+        /// By the backend's native stream.
+        Native => "native",
+        /// A connection some of whose services are polled and some native.
+        Mixed => "mixed",
+    }
+}
+
+impl From<crate::flags::Mode> for ServingMode {
+    fn from(mode: crate::flags::Mode) -> ServingMode {
+        match mode {
+            crate::flags::Mode::Poll => ServingMode::Poll,
+            crate::flags::Mode::Native => ServingMode::Native,
+        }
+    }
+}
+
+label_values! {
+    /// The `kind` label of [`ERRORS`].
+    ErrorKind {
+        /// An upstream event over `stream.max_event_bytes` (dropped).
+        EventTooLarge => "event_too_large",
+        /// A client silent for `stream.client_timeout_s` (dropped).
+        Timeout => "timeout",
+        Upstream => "upstream",
+        UpstreamAuth => "upstream_auth",
+        Auth => "auth",
+        Handshake => "handshake",
+        SlowClient => "slow_client",
+        Send => "send",
+        CrossOrg => "cross_org",
+        Overload => "overload",
+    }
+}
+
+label_values! {
+    /// The `result` label of [`FLAG_RELOADS`], [`TLS_CERT_RELOADS`] and
+    /// [`JWKS_REFRESHES`].
+    Outcome {
+        Ok => "ok",
+        /// The last good state was kept.
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// The `status` label of [`UPSTREAM_REQUESTS`]: a backend answer's class.
+    StatusClass {
+        Success => "2xx",
+        Auth => "auth",
+        TooManyRequests => "429",
+        ClientError => "4xx",
+        ServerError => "5xx",
+        Other => "other",
+        /// No answer (connection, timeout, or a broken body).
+        Error => "error",
+    }
+}
+
+impl StatusClass {
+    /// The class of an HTTP status.
+    pub fn of(status: u16) -> StatusClass {
+        match status {
+            200..=299 => StatusClass::Success,
+            401 | 403 => StatusClass::Auth,
+            429 => StatusClass::TooManyRequests,
+            400..=499 => StatusClass::ClientError,
+            500..=599 => StatusClass::ServerError,
+            _ => StatusClass::Other,
+        }
+    }
+}
+
+label_values! {
+    /// The `delivery` label of the upload series: the backend endpoint a
+    /// file went to.
+    UploadRoute {
+        /// The V1 multipart endpoint.
+        Legacy => "legacy",
+        /// The native upload endpoint.
+        Native => "native",
+    }
+}
+
+label_values! {
+    /// The `mode` label of [`CHAT_ACTIVE_CONNECTIONS`].
+    ChatMode {
+        /// Rooms hosted by the sidecar over the backend's store endpoints.
+        Hosted => "hosted",
+        /// Relayed to the backend's native chat stream.
+        Native => "native",
+    }
+}
+
+label_values! {
+    /// The `result` label of [`CHAT_MESSAGES`].
+    ChatMessageResult {
+        Saved => "saved",
+        Failed => "failed",
+        RateLimited => "rate_limited",
+    }
+}
+
+/// Counters of one sidecar instance, for the JSON metrics endpoint, and
+/// the Prometheus handles of the per-frame series. Recording a delivery
+/// takes no lock and allocates nothing: per-service counts are atomics
+/// indexed by service, and the series handles are resolved once here.
 pub struct Stats {
     pub active_connections: AtomicU64,
     pub total_connections: AtomicU64,
@@ -270,10 +399,31 @@ pub struct Stats {
     pub connections_native: AtomicU64,
     pub connections_mixed: AtomicU64,
     /// Live delivery latency over the last minute (`avgLatencyMs`).
-    latency: std::sync::Mutex<LatencyWindow>,
-    events_by_service: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    latency: LatencyWindow,
+    /// Per configured service, in configuration order.
+    services: Box<[ServiceDeliveries]>,
+    /// [`DELIVERY_LATENCY_SECONDS`] by poll and native.
+    latency_poll: metrics::Histogram,
+    latency_native: metrics::Histogram,
+    avg_latency_gauge: metrics::Gauge,
     /// The V1 facade of this instance.
     pub facade: FacadeStats,
+}
+
+/// Events delivered of one service: this instance's count and the
+/// process-wide series.
+struct ServiceDeliveries {
+    name: String,
+    events: AtomicU64,
+    series: metrics::Counter,
+}
+
+impl Default for Stats {
+    /// Counters for no configured service (deliveries are then counted in
+    /// the totals only).
+    fn default() -> Stats {
+        Stats::for_services(std::iter::empty::<&str>())
+    }
 }
 
 /// The V1 facade's counters of one instance (the Prometheus series are process-wide).
@@ -290,93 +440,173 @@ pub struct FacadeStats {
 }
 
 impl Stats {
-    pub fn count_error(&self, kind: &'static str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(ERRORS, "kind" => kind).increment(1);
-    }
-
-    /// Records `count` live events of `service` delivered after
-    /// `latency_ms` on average.
-    pub fn record_delivery(&self, service: &str, count: u64, latency_ms: f64) {
-        self.count_delivered(service, count);
-        let now = crate::clock::unix_millis();
-        let mean = match self.latency.lock() {
-            Ok(mut w) => {
-                w.record(now, count, latency_ms.max(0.0) * count as f64);
-                w.mean_ms(now)
-            }
-            Err(_) => return,
-        };
-        metrics::gauge!(AVG_LATENCY_MS).set(mean);
-    }
-
-    /// Counts delivered events without a latency (replayed events).
-    pub fn count_delivered(&self, service: &str, count: u64) {
-        self.events_delivered.fetch_add(count, Ordering::Relaxed);
-        if let Ok(mut m) = self.events_by_service.lock() {
-            if let Some(v) = m.get_mut(service) {
-                *v += count;
-            } else {
-                m.insert(service.to_string(), count);
-            }
+    /// Counters for the configured services (by their index in the
+    /// configuration). The series handles come from the recorder installed
+    /// now, so this is called after [`install_prometheus`].
+    pub fn for_services<'a>(names: impl IntoIterator<Item = &'a str>) -> Stats {
+        let services = names
+            .into_iter()
+            .map(|name| ServiceDeliveries {
+                name: name.to_string(),
+                events: AtomicU64::new(0),
+                series: metrics::counter!(EVENTS_DELIVERED, label::SERVICE => name.to_string()),
+            })
+            .collect();
+        let latency = |mode: ServingMode| metrics::histogram!(DELIVERY_LATENCY_SECONDS, label::MODE => mode.as_str());
+        Stats {
+            active_connections: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+            events_delivered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            v1_polls: AtomicU64::new(0),
+            native_connects: AtomicU64::new(0),
+            active_orgs: AtomicU64::new(0),
+            connections_poll: AtomicU64::new(0),
+            connections_native: AtomicU64::new(0),
+            connections_mixed: AtomicU64::new(0),
+            latency: LatencyWindow::default(),
+            services,
+            latency_poll: latency(ServingMode::Poll),
+            latency_native: latency(ServingMode::Native),
+            avg_latency_gauge: metrics::gauge!(AVG_LATENCY_MS),
+            facade: FacadeStats::default(),
         }
     }
 
-    /// The connections-by-mode counter for "poll", "native" or "mixed".
-    pub fn mode_counter(&self, mode: &str) -> &AtomicU64 {
+    pub fn count_error(&self, kind: ErrorKind) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(ERRORS, label::KIND => kind.as_str()).increment(1);
+    }
+
+    /// Counts `count` events of the service with this index written to a
+    /// client (live or replayed).
+    pub fn count_delivered(&self, service: u16, count: u64) {
+        self.events_delivered.fetch_add(count, Ordering::Relaxed);
+        if let Some(s) = self.services.get(usize::from(service)) {
+            s.events.fetch_add(count, Ordering::Relaxed);
+            s.series.increment(count);
+        }
+    }
+
+    /// Records the latencies (ms) of live events served in `mode`, written
+    /// to a client now: the histogram, and the minute's mean.
+    pub fn record_latency(&self, mode: ServingMode, latencies_ms: impl Iterator<Item = i64>) {
+        // Events come from one service's source: never `Mixed`.
+        let histogram = match mode {
+            ServingMode::Native => &self.latency_native,
+            ServingMode::Poll | ServingMode::Mixed => &self.latency_poll,
+        };
+        let (mut count, mut sum_ms) = (0u64, 0f64);
+        for ms in latencies_ms {
+            let ms = ms.max(0) as f64;
+            histogram.record(ms / 1000.0);
+            count += 1;
+            sum_ms += ms;
+        }
+        if count == 0 {
+            return;
+        }
+        let now = crate::clock::unix_millis();
+        self.latency.record(now, count, sum_ms);
+        self.avg_latency_gauge.set(self.latency.mean_ms(now));
+    }
+
+    /// The connections-by-mode counter.
+    pub fn mode_counter(&self, mode: ServingMode) -> &AtomicU64 {
         match mode {
-            "poll" => &self.connections_poll,
-            "native" => &self.connections_native,
-            _ => &self.connections_mixed,
+            ServingMode::Poll => &self.connections_poll,
+            ServingMode::Native => &self.connections_native,
+            ServingMode::Mixed => &self.connections_mixed,
         }
     }
 
     /// Mean latency of live deliveries over the last minute (see [`LatencyWindow`]).
     pub fn avg_latency_ms(&self) -> f64 {
-        let now = crate::clock::unix_millis();
-        self.latency.lock().map(|w| w.mean_ms(now)).unwrap_or(0.0)
+        self.latency.mean_ms(crate::clock::unix_millis())
     }
 
+    /// Events delivered by service name, for the services with any.
     pub fn events_by_service(&self) -> std::collections::BTreeMap<String, u64> {
-        self.events_by_service
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+        self.services
+            .iter()
+            .map(|s| (s.name.clone(), s.events.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
 /// The mean latency of live deliveries over the last minute: six buckets
 /// of ten seconds; the mean covers the buckets younger than 60 s (so the
 /// newest 50 to 60 s of deliveries), 0 when there were none.
+///
+/// Lock-free: every connection task records into it. A bucket is recycled
+/// by the first recorder to see it stale, which marks it [`RECYCLING`]
+/// while it zeroes the sums; a delivery recorded in those few instructions
+/// is left out of the mean (never out of the counters or the histogram).
 #[derive(Default)]
 pub struct LatencyWindow {
-    /// (bucket start in ms, events, summed latency in ms)
-    buckets: [(i64, u64, f64); LATENCY_BUCKETS],
+    buckets: [LatencyBucket; LATENCY_BUCKETS],
+}
+
+#[derive(Default)]
+struct LatencyBucket {
+    /// Start of the bucket's ten seconds (epoch ms), or [`RECYCLING`].
+    start_ms: AtomicI64,
+    events: AtomicU64,
+    /// Summed latency in microseconds.
+    latency_us: AtomicU64,
 }
 
 const LATENCY_BUCKETS: usize = 6;
 const LATENCY_BUCKET_MS: i64 = 10_000;
+/// The start of a bucket being recycled (older than any real start).
+const RECYCLING: i64 = i64::MIN;
 
 impl LatencyWindow {
-    pub fn record(&mut self, now_ms: i64, count: u64, latency_sum_ms: f64) {
+    pub fn record(&self, now_ms: i64, count: u64, latency_sum_ms: f64) {
         let start = now_ms - now_ms.rem_euclid(LATENCY_BUCKET_MS);
         let slot = (start / LATENCY_BUCKET_MS).rem_euclid(LATENCY_BUCKETS as i64) as usize;
-        let b = &mut self.buckets[slot];
-        if b.0 != start {
-            *b = (start, 0, 0.0);
+        let b = &self.buckets[slot];
+        let seen = b.start_ms.load(Ordering::Acquire);
+        if seen != start {
+            if seen == RECYCLING
+                || seen > start
+                || b.start_ms
+                    .compare_exchange(seen, RECYCLING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return;
+            }
+            b.events.store(0, Ordering::Relaxed);
+            b.latency_us.store(0, Ordering::Relaxed);
+            b.start_ms.store(start, Ordering::Release);
         }
-        b.1 = b.1.saturating_add(count);
-        b.2 += latency_sum_ms;
+        // Saturating float-to-int conversion: a sum beyond u64 stays at the top.
+        let us = (latency_sum_ms.max(0.0) * 1000.0) as u64;
+        b.events.fetch_add(count, Ordering::Relaxed);
+        b.latency_us.fetch_add(us, Ordering::Relaxed);
     }
 
     pub fn mean_ms(&self, now_ms: i64) -> f64 {
         let oldest = now_ms - LATENCY_BUCKET_MS * LATENCY_BUCKETS as i64;
-        let (n, sum) = self
+        let (n, sum_us) = self
             .buckets
             .iter()
-            .filter(|b| b.1 > 0 && b.0 > oldest)
-            .fold((0u64, 0f64), |(n, s), b| (n + b.1, s + b.2));
-        if n == 0 { 0.0 } else { sum / n as f64 }
+            .filter(|b| b.start_ms.load(Ordering::Acquire) > oldest)
+            .map(|b| {
+                (
+                    b.events.load(Ordering::Relaxed),
+                    b.latency_us.load(Ordering::Relaxed),
+                )
+            })
+            .fold((0u64, 0u64), |(n, s), (bn, bs)| {
+                (n.saturating_add(bn), s.saturating_add(bs))
+            });
+        if n == 0 {
+            0.0
+        } else {
+            sum_us as f64 / 1000.0 / n as f64
+        }
     }
 }
 
@@ -386,7 +616,7 @@ mod latency_tests {
 
     #[test]
     fn mean_of_the_last_minute() {
-        let mut w = LatencyWindow::default();
+        let w = LatencyWindow::default();
         assert_eq!(w.mean_ms(0), 0.0);
         w.record(1_000, 2, 20.0);
         w.record(15_000, 2, 60.0);
@@ -394,5 +624,57 @@ mod latency_tests {
         // Past a minute the first bucket no longer counts.
         assert_eq!(w.mean_ms(62_000), 30.0);
         assert_eq!(w.mean_ms(200_000), 0.0);
+    }
+
+    /// The label texts are what dashboards, alerts and the JSON show.
+    #[test]
+    fn label_texts() {
+        let texts = |all: &[ServingMode]| all.iter().map(|m| m.as_str()).collect::<Vec<_>>();
+        assert_eq!(texts(ServingMode::ALL), ["poll", "native", "mixed"]);
+        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "event_too_large",
+                "timeout",
+                "upstream",
+                "upstream_auth",
+                "auth",
+                "handshake",
+                "slow_client",
+                "send",
+                "cross_org",
+                "overload"
+            ]
+        );
+        assert_eq!(StatusClass::of(204).as_str(), "2xx");
+        assert_eq!(StatusClass::of(403).as_str(), "auth");
+        assert_eq!(StatusClass::of(429).as_str(), "429");
+        assert_eq!(StatusClass::of(404).as_str(), "4xx");
+        assert_eq!(StatusClass::of(502).as_str(), "5xx");
+        assert_eq!(StatusClass::of(302).as_str(), "other");
+    }
+
+    #[test]
+    fn deliveries_by_service_index() {
+        let stats = Stats::for_services(["finance", "staff", "tasks"]);
+        stats.count_delivered(1, 3);
+        stats.count_delivered(1, 2);
+        // An index outside the configuration counts in the total only.
+        stats.count_delivered(9, 1);
+        assert_eq!(stats.events_delivered.load(Ordering::Relaxed), 6);
+        let by_service = stats.events_by_service();
+        assert_eq!(by_service.len(), 1, "{by_service:?}");
+        assert_eq!(by_service.get("staff"), Some(&5));
+    }
+
+    #[test]
+    fn latency_mean_of_recorded_deliveries() {
+        let stats = Stats::default();
+        stats.record_latency(ServingMode::Native, [10, 30, -5].into_iter());
+        // A negative latency (a clock ahead of ours) counts as 0.
+        assert_eq!(stats.avg_latency_ms(), 40.0 / 3.0);
+        stats.record_latency(ServingMode::Poll, std::iter::empty());
+        assert_eq!(stats.avg_latency_ms(), 40.0 / 3.0);
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::clock;
+use crate::metrics::ServingMode;
 
 /// The only protocol version.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -252,11 +253,11 @@ fn encode(message: &impl Serialize) -> String {
     })
 }
 
-pub fn ack_message(seq: u64, mode: &str, resumed: bool) -> String {
+pub fn ack_message(seq: u64, mode: ServingMode, resumed: bool) -> String {
     encode(&Ack {
         seq,
         timestamp: &clock::now_rfc3339(),
-        mode,
+        mode: mode.as_str(),
         resumed,
     })
 }
@@ -385,11 +386,11 @@ mod tests {
         ];
         for (text, wire) in [
             (
-                ack_message(5, "poll", false),
+                ack_message(5, ServingMode::Poll, false),
                 r#"{"type":"ack","seq":5,"timestamp":"T","mode":"poll","resumed":false}"#,
             ),
             (
-                ack_message(u64::MAX, "native", true),
+                ack_message(u64::MAX, ServingMode::Native, true),
                 r#"{"type":"ack","seq":18446744073709551615,"timestamp":"T","mode":"native","resumed":true}"#,
             ),
             (
@@ -444,7 +445,7 @@ mod tests {
         let raw: Vec<Box<RawValue>> =
             vec![RawValue::from_string(r#"{"eventId":"e1"}"#.into()).unwrap()];
         for text in [
-            ack_message(5, "poll", false),
+            ack_message(5, ServingMode::Mixed, false),
             ping_message(5),
             error_message(Some("fin\"ance"), ErrorCode::UpstreamError, "boom \"x\"", 5),
             event_message("finance", raw.iter().map(|r| r.as_ref()), 5),

@@ -182,7 +182,7 @@ impl Facade {
                     self.registry
                         .context()
                         .stats
-                        .count_error(m::error_kind::OVERLOAD);
+                        .count_error(m::ErrorKind::Overload);
                     return Ok(json_error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "too many held V1 requests on this sidecar; retry shortly",
@@ -206,7 +206,7 @@ impl Facade {
     fn count_forward(&self, reason: ForwardReason) {
         let stats = &self.registry.context().stats;
         stats.facade.forwarded.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(m::FACADE_FORWARDED, "reason" => reason.as_str()).increment(1);
+        ::metrics::counter!(m::FACADE_FORWARDED, m::label::REASON => reason.as_str()).increment(1);
     }
 
     fn classify<B>(&self, req: &Request<B>, service: u16) -> Decision {

@@ -22,7 +22,7 @@ use crate::drain::StreamClose;
 use crate::hub::queue::{Outgoing, QueueClosed};
 use crate::hub::replay::batches;
 use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
-use crate::metrics::{self as m, Stats, error_kind};
+use crate::metrics::{self as m, ErrorKind, Stats};
 use crate::protocol::{self, close};
 
 /// How long a close handshake may take before the socket is dropped.
@@ -147,7 +147,7 @@ pub async fn run<S>(
         };
         match next {
             Err(_) => {
-                stats.count_error(error_kind::HANDSHAKE);
+                stats.count_error(ErrorKind::Handshake);
                 close_with(&mut ws, close::POLICY, "no handshake in time").await;
                 count_close(EndReason::Handshake);
                 return;
@@ -155,7 +155,7 @@ pub async fn run<S>(
             Ok(Some(Err(e))) => {
                 // A frame that breaks the WebSocket rules gets the close
                 // code RFC 6455 names for it (when the socket still takes one).
-                stats.count_error(error_kind::HANDSHAKE);
+                stats.count_error(ErrorKind::Handshake);
                 if let Some((code, why)) = violation_close(&e) {
                     close_with(&mut ws, code, why).await;
                 }
@@ -171,7 +171,7 @@ pub async fn run<S>(
     let hs = match protocol::parse_handshake(&text) {
         Ok(h) => h,
         Err(e) => {
-            stats.count_error(error_kind::HANDSHAKE);
+            stats.count_error(ErrorKind::Handshake);
             let msg = protocol::error_message(None, e.code(), &e.to_string(), 0);
             let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Text(msg.into()))).await;
             close_with(&mut ws, close::POLICY, e.code().as_str()).await;
@@ -221,7 +221,7 @@ pub async fn run<S>(
         .iter()
         .map(|&s| cfg.services[s as usize].name.as_str())
         .collect();
-    tracing::debug!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed, "subscribed");
+    tracing::debug!(org, session, services = ?service_names, mode = reply.mode.as_str(), resumed = reply.resumed, "subscribed");
     let started = tokio::time::Instant::now();
 
     // ---- serve --------------------------------------------------------------
@@ -245,7 +245,7 @@ pub async fn run<S>(
         }
         match queue.take(&mut batch) {
             Err(QueueClosed::Overflow) => {
-                stats.count_error(error_kind::SLOW_CLIENT);
+                stats.count_error(ErrorKind::SlowClient);
                 tracing::warn!(
                     org,
                     session,
@@ -280,7 +280,7 @@ pub async fn run<S>(
             };
             match written {
                 Ok(true) => {
-                    record_delivery(&stats, &cfg.services, &batch, &mut delivered);
+                    record_delivery(&stats, &batch, &mut delivered);
                     batch.clear();
                     continue;
                 }
@@ -293,7 +293,7 @@ pub async fn run<S>(
                     continue;
                 }
                 Err(e) => {
-                    stats.count_error(error_kind::SEND);
+                    stats.count_error(ErrorKind::Send);
                     tracing::info!(org, session, error = %e, "send error");
                     break EndReason::Error;
                 }
@@ -317,11 +317,11 @@ pub async fn run<S>(
             },
             _ = queue.notified() => {}
             _ = tokio::time::sleep_until(silent_until) => {
-                stats.count_error(error_kind::TIMEOUT);
+                stats.count_error(ErrorKind::Timeout);
                 break 'serve EndReason::Timeout;
             }
             _ = sleep_until_opt(expiry) => {
-                stats.count_error(error_kind::AUTH);
+                stats.count_error(ErrorKind::Auth);
                 close_with(&mut ws, close::TOKEN_EXPIRED, "token expired").await;
                 break 'serve EndReason::Auth;
             }
@@ -334,7 +334,7 @@ pub async fn run<S>(
     // The guard leaves the hub and gives back the counts.
     drop(guard);
     count_close(end);
-    tracing::info!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed,
+    tracing::info!(org, session, services = ?service_names, mode = reply.mode.as_str(), resumed = reply.resumed,
         duration_ms = started.elapsed().as_millis() as u64, events = delivered, reason = end.as_str(), "stream ended");
 }
 
@@ -406,7 +406,7 @@ where
                 for page in pages {
                     let Some(first) = page.first() else { continue };
                     let name = &cfg.services[first.service as usize].name;
-                    if let Some(f) = Frame::events(page, name, "replay", false) {
+                    if let Some(f) = Frame::events(page, name, None) {
                         ws.feed(Message::Text(f.text)).await?;
                     }
                 }
@@ -419,12 +419,7 @@ where
 
 /// Counts what was written: every event in the totals, live events only
 /// in the latency (a replayed event's age says nothing about delivery).
-fn record_delivery(
-    stats: &crate::metrics::Stats,
-    services: &[crate::config::ServiceConfig],
-    items: &[Outgoing],
-    delivered: &mut u64,
-) {
+fn record_delivery(stats: &crate::metrics::Stats, items: &[Outgoing], delivered: &mut u64) {
     let now = crate::clock::unix_millis();
     for item in items {
         let d = match item {
@@ -435,29 +430,17 @@ fn record_delivery(
             Outgoing::Replay(events) => {
                 for e in events {
                     *delivered += 1;
-                    let name = &services[e.service as usize].name;
-                    stats.count_delivered(name, 1);
-                    ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone())
-                        .increment(1);
+                    stats.count_delivered(e.service, 1);
                 }
                 continue;
             }
         };
         *delivered += d.count;
-        let name = &services[d.service as usize].name;
-        ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(d.count);
-        let live = d.live_origins_ms.len() as u64;
-        stats.count_delivered(name, d.count - live);
-        if live > 0 {
-            let histogram = ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
-            let mut sum = 0f64;
-            for &o in d.live_origins_ms.iter() {
-                let lat = now.saturating_sub(o).max(0) as f64;
-                sum += lat;
-                histogram.record(lat / 1000.0);
-            }
-            stats.record_delivery(name, live, sum / live as f64);
-        }
+        stats.count_delivered(d.service, d.count);
+        stats.record_latency(
+            d.mode,
+            d.live_origins_ms.iter().map(|&o| now.saturating_sub(o)),
+        );
     }
 }
 
@@ -474,7 +457,7 @@ fn violation_close(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &'
 }
 
 fn count_close(reason: EndReason) {
-    ::metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+    ::metrics::counter!(m::CONNECTIONS_CLOSED, m::label::REASON => reason.as_str()).increment(1);
 }
 
 #[cfg(test)]
