@@ -4,6 +4,8 @@
 pub mod passthrough;
 pub mod relay;
 pub mod session;
+mod stream_guard;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
