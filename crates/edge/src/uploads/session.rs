@@ -15,8 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::UploadCode;
 use super::delivery::{DeliveryError, Parcel};
-use super::handshake::{self, Handshake, UploadCode};
+use super::handshake::{self, Handshake};
 use super::registry::{AdmitError, Owner, Upload};
 use super::spool::SpoolFile;
 use super::{Uploads, v1, v2};
