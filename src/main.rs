@@ -3,169 +3,20 @@
 //! `serve`, `check`) or to the tools built on it (`realtime-edge-tools`,
 //! `realtime-edge-bench`).
 
-use std::net::SocketAddr;
+mod check;
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 
+use cli::{Cli, Command, FlagsAction, LogFormat};
 use realtime_edge::config::{CONFIG_ENV, Config, EnvSecrets};
 use realtime_edge::{Listeners, Sidecar};
 use realtime_edge_bench as bench;
 use realtime_edge_tools::{admin_client, cli_output, demo, simulate, watch};
-
-#[derive(Parser)]
-#[command(
-    name = "realtime-edge",
-    version,
-    about = "Edge-proxy sidecar: one WebSocket per browser, served from shared V1 long-pollers or the native stream, switched live by feature flags."
-)]
-struct Cli {
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the sidecar (the default).
-    Serve {
-        /// Configuration file (YAML); also REALTIME_EDGE_CONFIG.
-        #[arg(long, env = CONFIG_ENV)]
-        config: Option<PathBuf>,
-    },
-    /// Run the sidecar against a built-in simulated backend producing live events.
-    Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin_listen: SocketAddr,
-        /// Events the simulated backend publishes per second.
-        #[arg(long, default_value_t = 20)]
-        events_per_second: u32,
-        /// Orgs the events are spread over (1..=N).
-        #[arg(long, default_value_t = 3)]
-        orgs: u64,
-        /// Flags file to load and watch (default: flags/flags.yaml when present).
-        #[arg(long)]
-        flags_file: Option<PathBuf>,
-    },
-    /// Run the simulated backend alone (V1 endpoints, native stream, writes, event generator) until SIGINT/SIGTERM.
-    Simulate(simulate::SimulateOptions),
-    /// Validate the configuration and flags files; exit non-zero on any problem.
-    Check {
-        #[arg(long, env = CONFIG_ENV)]
-        config: Option<PathBuf>,
-    },
-    /// Read and change feature flags through the admin API.
-    Flags {
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9090", global = true)]
-        admin: String,
-        /// Admin token (or ADMIN_TOKEN).
-        #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
-        token: Option<String>,
-        #[command(subcommand)]
-        action: FlagsAction,
-    },
-    /// Start the shutdown sequence through the admin API (a Kubernetes preStop hook).
-    Drain {
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9090")]
-        admin: String,
-        /// Admin token (or ADMIN_TOKEN).
-        #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Then wait up to this many seconds for the sidecar to exit.
-        #[arg(long, default_value_t = 0)]
-        wait_s: u64,
-    },
-    /// Connect to a stream and print what arrives.
-    Watch {
-        /// Stream URL, e.g. ws://127.0.0.1:8080/v2/realtime/stream
-        url: String,
-        /// Bearer token.
-        #[arg(long, hide_env_values = true, env = "REALTIME_TOKEN")]
-        token: String,
-        /// Services to subscribe to, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "finance")]
-        services: Vec<String>,
-        /// Only events of this propertyId.
-        #[arg(long)]
-        property: Option<u64>,
-        /// Resume after this position.
-        #[arg(long)]
-        last_seq: Option<u64>,
-        /// Exit after this many event messages.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Print raw JSON messages.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Measure upstream load, latency, memory, fan-out and flag-flip propagation (docs/benchmarks.md).
-    Bench {
-        /// Stream clients for the load, latency and fan-out runs.
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        /// Orgs the clients are spread over.
-        #[arg(long, default_value_t = 10)]
-        orgs: u64,
-        /// Published events per second for the latency run.
-        #[arg(long, default_value_t = 1000)]
-        events_per_second: u32,
-        /// Seconds each measurement lasts.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Idle connection counts for the memory run.
-        #[arg(long, value_delimiter = ',', default_value = "1000,5000,15000")]
-        memory_steps: Vec<usize>,
-        /// Orgs in the flag-flip run.
-        #[arg(long, default_value_t = 1000)]
-        flip_orgs: usize,
-        /// Publish rates for the fan-out run.
-        #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000")]
-        fanout_rates: Vec<u32>,
-        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), r (chat room), u (uploads); r and u are not in the default.
-        #[arg(long, default_value = "abcdef")]
-        scenarios: String,
-        /// Members of the chat room (scenario f).
-        #[arg(long, default_value_t = 1000)]
-        chat_members: usize,
-        /// Runs of the scenarios; each figure is printed as the median and min-max over them.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
-        runs: u64,
-    },
-    /// A benchmark client process (started by `bench`).
-    #[command(hide = true)]
-    BenchWorker(bench::worker::WorkerOptions),
-}
-
-#[derive(Subcommand)]
-enum FlagsAction {
-    /// Show the flags, their sources and version.
-    Get,
-    /// Set overrides: KEY=VALUE...
-    Set {
-        #[arg(required = true)]
-        pairs: Vec<String>,
-    },
-    /// Drop an override.
-    Unset { key: String },
-    /// Show the decision for an org.
-    Evaluate { org: u64 },
-    /// Show recent flag changes.
-    History,
-}
 
 fn init_logging(format: LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -283,96 +134,6 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-/// `check`: the start-up validation `serve` runs (the configuration, the
-/// key and certificate files it names, the flags environment, the overrides
-/// and flags files), with every problem of all of them reported in one run.
-fn check(path: Option<&PathBuf>) -> ExitCode {
-    let (config, config_error) = match path {
-        Some(p) => Config::load_checked(p),
-        None => (Some(Config::defaults(&EnvSecrets::from_process())), None),
-    };
-    let mut problems = config_error.map(|e| e.lines()).unwrap_or_default();
-    let Some(config) = config else {
-        problems.push(
-            "the flags and key files were not checked: the configuration could not be read".into(),
-        );
-        return report_problems(&problems);
-    };
-    problems.extend(
-        Sidecar::preflight_problems(&config)
-            .iter()
-            .map(ToString::to_string),
-    );
-    let mut flags_file_missing = false;
-    match Sidecar::flag_store(&config) {
-        Err(e) => problems.push(e.to_string()),
-        Ok(store) => {
-            if let Some(file) = &config.flags.file {
-                use realtime_edge::flags::watcher::{FileState, read_flags_file};
-                match read_flags_file(file) {
-                    FileState::Text(text) => {
-                        if let Err(p) = store.schema().parse_yaml_file(&text) {
-                            problems
-                                .extend(p.into_iter().map(|x| format!("{}: {x}", file.display())));
-                        }
-                    }
-                    // Serving without the file is allowed: defaults apply
-                    // (lastError says so) until the file appears.
-                    FileState::Missing => flags_file_missing = true,
-                    FileState::Unreadable(why) => {
-                        problems.push(format!("{}: {why}", file.display()))
-                    }
-                }
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return report_problems(&problems);
-    }
-    if config.auth.jwt_secret.is_none()
-        && config.auth.jwt_public_key_file.is_none()
-        && config.auth.jwks_url.is_none()
-    {
-        eprintln!(
-            "warning: {}: auth: no jwt_secret (or JWT_SECRET), jwt_public_key_file or jwks_url; every stream would be refused with 401",
-            config.source
-        );
-    }
-    let flags = match &config.flags.file {
-        None => "none".to_string(),
-        Some(f) if flags_file_missing => format!("{} (missing)", f.display()),
-        Some(f) => f.display().to_string(),
-    };
-    let summary = format!(
-        "{}: listen {}, admin {}, upstream {}, {} services, flags file {}",
-        config.source,
-        config.listen,
-        config.admin_listen,
-        config.upstream.base_url,
-        config.services.len(),
-        flags
-    );
-    if let Some(file) = config.flags.file.as_ref().filter(|_| flags_file_missing) {
-        eprintln!(
-            "warning: {}: flags.file {}: no such file; serve starts without it: defaults, environment and overrides apply until it appears",
-            config.source,
-            file.display()
-        );
-        cli_output::line(&format!("defaults apply: {summary}"));
-    } else {
-        cli_output::line(&format!("ok: {summary}"));
-    }
-    ExitCode::SUCCESS
-}
-
-/// Prints every problem, one a line, and fails.
-fn report_problems(problems: &[String]) -> ExitCode {
-    for p in problems {
-        eprintln!("{p}");
-    }
-    ExitCode::FAILURE
-}
-
 async fn flags_command(
     admin: &str,
     token: Option<&str>,
@@ -406,7 +167,7 @@ fn main() -> ExitCode {
         config: std::env::var_os(CONFIG_ENV).map(PathBuf::from),
     });
     if let Command::Check { config } = &command {
-        return check(config.as_ref());
+        return check::check(config.as_ref());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

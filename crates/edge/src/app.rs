@@ -185,7 +185,9 @@ impl Sidecar {
             None => None,
         };
         let upstream_tls = upstream_tls(&config)?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::for_services(
+            config.services.iter().map(|s| s.name.as_str()),
+        ));
         let drain = Drain::new(config.shutdown.clone());
         let shutdown = drain.stop_signal();
         let cluster = cluster_link(&config)?;

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use super::{Ctx, authorize};
 use realtime_edge::auth::OrgId;
 use realtime_edge::http_server::{Body, json_error};
+use realtime_edge::metrics::ServingMode;
 use realtime_edge::protocol::{self, ErrorCode};
 
 pub(super) async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
@@ -124,7 +125,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         Some(n) if resumed => n,
         _ => last,
     };
-    let mut out = vec![protocol::ack_message(last, "native", resumed)];
+    let mut out = vec![protocol::ack_message(last, ServingMode::Native, resumed)];
     for u in unknown {
         out.push(protocol::error_message(
             Some(&u),

@@ -168,12 +168,12 @@ impl Jwks {
                 tracing::info!(url = %self.url, keys = keys.len(), ?kids, trigger = trigger.label(), "JWKS loaded");
                 self.keys.store(Some(Arc::new(keys)));
                 self.generation.fetch_add(1, Ordering::AcqRel);
-                ::metrics::counter!(m::JWKS_REFRESHES, "result" => "ok", "trigger" => trigger.label()).increment(1);
+                ::metrics::counter!(m::JWKS_REFRESHES, m::label::RESULT => m::Outcome::Ok.as_str(), m::label::TRIGGER => trigger.label()).increment(1);
                 true
             }
             Err(e) => {
                 tracing::warn!(url = %self.url, error = %e, trigger = trigger.label(), kept_previous = self.is_loaded(), "JWKS fetch refused; keeping the last good key set");
-                ::metrics::counter!(m::JWKS_REFRESHES, "result" => "error", "trigger" => trigger.label()).increment(1);
+                ::metrics::counter!(m::JWKS_REFRESHES, m::label::RESULT => m::Outcome::Error.as_str(), m::label::TRIGGER => trigger.label()).increment(1);
                 false
             }
         }

@@ -268,7 +268,8 @@ pub fn parse_jwks(body: &[u8]) -> Result<Vec<PublicKey>, String> {
                     reason = why.label(),
                     "JWKS key skipped"
                 );
-                ::metrics::counter!(m::JWKS_KEYS_REFUSED, "reason" => why.label()).increment(1);
+                ::metrics::counter!(m::JWKS_KEYS_REFUSED, m::label::REASON => why.label())
+                    .increment(1);
             }
         }
     }

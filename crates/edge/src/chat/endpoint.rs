@@ -17,7 +17,7 @@ use super::{ChatService, relay, session};
 use crate::auth::{self, Verifier};
 use crate::gateway::server_ws_config;
 use crate::http_server::{Body, json_error};
-use crate::metrics::{self as m, error_kind};
+use crate::metrics::{self as m, ErrorKind};
 
 /// Answers one request to the chat path.
 pub async fn upgrade(
@@ -27,7 +27,7 @@ pub async fn upgrade(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let Some(token) = auth::token_from_request(req.headers(), req.uri().query()) else {
-        svc.stats.count_error(error_kind::AUTH);
+        svc.stats.count_error(ErrorKind::Auth);
         return json_error(
             StatusCode::UNAUTHORIZED,
             "missing bearer token (Authorization header or access_token parameter)",
@@ -36,12 +36,12 @@ pub async fn upgrade(
     let identity = match verifier.verify(&token) {
         Ok(i) => i,
         Err(e) => {
-            svc.stats.count_error(error_kind::AUTH);
+            svc.stats.count_error(ErrorKind::Auth);
             return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
         }
     };
     let Some(user_id) = identity.user_id else {
-        svc.stats.count_error(error_kind::AUTH);
+        svc.stats.count_error(ErrorKind::Auth);
         return json_error(
             StatusCode::UNAUTHORIZED,
             &format!(
@@ -55,7 +55,7 @@ pub async fn upgrade(
         Err(refusal) => return *refusal,
     };
     let Ok(permit) = slots.clone().try_acquire_owned() else {
-        svc.stats.count_error(error_kind::OVERLOAD);
+        svc.stats.count_error(ErrorKind::Overload);
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections on this sidecar; retry shortly",
@@ -79,8 +79,12 @@ pub async fn upgrade(
                 return;
             }
         };
-        let mode = if native { "native" } else { "hosted" };
-        let gauge = ::metrics::gauge!(m::CHAT_ACTIVE_CONNECTIONS, "mode" => mode);
+        let mode = if native {
+            m::ChatMode::Native
+        } else {
+            m::ChatMode::Hosted
+        };
+        let gauge = ::metrics::gauge!(m::CHAT_ACTIVE_CONNECTIONS, m::label::MODE => mode.as_str());
         gauge.increment(1.0);
         let ws = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),

@@ -294,7 +294,7 @@ impl Room {
             .sends
             .try_send(Instant::now(), self.cfg.max_messages_per_s)
         {
-            ::metrics::counter!(m::CHAT_MESSAGES, "result" => "rate_limited").increment(1);
+            ::metrics::counter!(m::CHAT_MESSAGES, m::label::RESULT => m::ChatMessageResult::RateLimited.as_str()).increment(1);
             let msg = format!(
                 "more than {} messages per second; not sent",
                 self.cfg.max_messages_per_s
@@ -390,7 +390,7 @@ impl Room {
                 result,
             } => match result {
                 Ok(mut saved) => {
-                    ::metrics::counter!(m::CHAT_MESSAGES, "result" => "saved").increment(1);
+                    ::metrics::counter!(m::CHAT_MESSAGES, m::label::RESULT => m::ChatMessageResult::Saved.as_str()).increment(1);
                     // The backend's saved message is what everyone sees;
                     // fields it left out come from what the sidecar knows.
                     saved.entry("userId").or_insert_with(|| json!(&*user_id));
@@ -404,7 +404,7 @@ impl Room {
                     self.broadcast(protocol::chat(saved, &client_msg_id), None);
                 }
                 Err(e) => {
-                    ::metrics::counter!(m::CHAT_MESSAGES, "result" => "failed").increment(1);
+                    ::metrics::counter!(m::CHAT_MESSAGES, m::label::RESULT => m::ChatMessageResult::Failed.as_str()).increment(1);
                     tracing::info!(org = self.key.org, error = %e, "chat message not saved");
                     let msg = format!("message not saved: {e}");
                     self.tell(

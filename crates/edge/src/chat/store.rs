@@ -166,7 +166,7 @@ impl BackendStore {
             Err(StoreError::NotJson(_) | StoreError::Shape(_)) => "garbage",
             Err(_) => "error",
         };
-        ::metrics::counter!(m::CHAT_BACKEND_REQUESTS, "endpoint" => endpoint.as_str(), "status" => label)
+        ::metrics::counter!(m::CHAT_BACKEND_REQUESTS, m::label::ENDPOINT => endpoint.as_str(), m::label::STATUS => label)
             .increment(1);
         result
     }

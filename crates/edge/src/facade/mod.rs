@@ -18,78 +18,31 @@
 //! `stream.batch_max_events` events and `stream.batch_max_bytes`, and the
 //! answer is exactly one such message, whose position becomes the cursor.
 
+mod answer;
 pub mod cursor;
+mod forward;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::auth::{self, Identity, Verifier};
 use crate::config::Config;
 use crate::flags::FlagStore;
-use crate::http_server::{Body, full, json_error};
+use crate::http_server::{Body, json_error};
 use crate::hub::queue::{Outgoing, QueueClosed};
 use crate::hub::replay::Stored;
 use crate::hub::{HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
 use crate::metrics::{self as m, Stats};
 
+use answer::{AnswerEvents, HubMessage, V1Answer};
 pub use cursor::{Cursor, CursorKey};
-
-/// Why a V1 request went to the backend instead of the facade (the
-/// `reason` label of the forwarded counter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardReason {
-    /// No `Authorization: Bearer` token.
-    NoToken,
-    /// The token did not verify.
-    InvalidToken,
-    /// The org is in `REALTIME_DENYLIST_ORGS`.
-    Denylisted,
-    /// The query has a parameter other than the cursor.
-    ExtraParams,
-    /// The cursor was not minted by this sidecar in this position space
-    /// (the backend's own, an earlier run's, forged or altered).
-    ForeignCursor,
-    /// Our cursor, but its position left the replay window.
-    ExpiredCursor,
-    /// The facade is off and the request carried a facade cursor.
-    FacadeOff,
-    /// The sidecar is draining.
-    ShuttingDown,
-}
-
-impl ForwardReason {
-    pub const ALL: [ForwardReason; 8] = [
-        ForwardReason::NoToken,
-        ForwardReason::InvalidToken,
-        ForwardReason::Denylisted,
-        ForwardReason::ExtraParams,
-        ForwardReason::ForeignCursor,
-        ForwardReason::ExpiredCursor,
-        ForwardReason::FacadeOff,
-        ForwardReason::ShuttingDown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ForwardReason::NoToken => "no_token",
-            ForwardReason::InvalidToken => "invalid_token",
-            ForwardReason::Denylisted => "denylisted",
-            ForwardReason::ExtraParams => "extra_params",
-            ForwardReason::ForeignCursor => "foreign_cursor",
-            ForwardReason::ExpiredCursor => "expired_cursor",
-            ForwardReason::FacadeOff => "facade_off",
-            ForwardReason::ShuttingDown => "shutting_down",
-        }
-    }
-}
+pub use forward::ForwardReason;
 
 /// What to do with one V1 request.
 #[derive(Debug)]
@@ -182,7 +135,7 @@ impl Facade {
                     self.registry
                         .context()
                         .stats
-                        .count_error(m::error_kind::OVERLOAD);
+                        .count_error(m::ErrorKind::Overload);
                     return Ok(json_error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "too many held V1 requests on this sidecar; retry shortly",
@@ -206,7 +159,7 @@ impl Facade {
     fn count_forward(&self, reason: ForwardReason) {
         let stats = &self.registry.context().stats;
         stats.facade.forwarded.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(m::FACADE_FORWARDED, "reason" => reason.as_str()).increment(1);
+        ::metrics::counter!(m::FACADE_FORWARDED, m::label::REASON => reason.as_str()).increment(1);
     }
 
     fn classify<B>(&self, req: &Request<B>, service: u16) -> Decision {
@@ -429,71 +382,19 @@ impl Facade {
             service,
             position,
         });
-        let body = V1Answer {
+        V1Answer {
             events_field: &self.config.legacy.events_field,
             events,
             cursor_field: &self.config.legacy.cursor_field,
             cursor: &cursor,
-        };
-        let text = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = Response::new(full(text));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        resp
+        }
+        .response()
     }
 }
 
 enum Served {
     Answer(Response<Body>),
     Forward(ForwardReason),
-}
-
-/// The fields of a hub message the facade reads.
-#[derive(Deserialize)]
-struct HubMessage<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default)]
-    seq: u64,
-    #[serde(borrow, default)]
-    events: Option<&'a RawValue>,
-}
-
-/// The events of one answer.
-#[derive(Clone, Copy)]
-enum AnswerEvents<'a> {
-    /// Nothing new before the hold ended.
-    None,
-    /// The `events` array of one live event message, as the hub serialised it.
-    Message(&'a RawValue),
-    /// Replayed events.
-    List(&'a [&'a RawValue]),
-}
-
-/// `{"<events_field>": [...], "<cursor_field>": "..."}` with the backend's
-/// event objects passed through byte for byte.
-struct V1Answer<'a> {
-    events_field: &'a str,
-    events: AnswerEvents<'a>,
-    cursor_field: &'a str,
-    cursor: &'a str,
-}
-
-impl Serialize for V1Answer<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(2))?;
-        match self.events {
-            AnswerEvents::None => map.serialize_entry(self.events_field, &[(); 0])?,
-            AnswerEvents::Message(raw) => map.serialize_entry(self.events_field, raw)?,
-            AnswerEvents::List(list) => map.serialize_entry(self.events_field, list)?,
-        }
-        map.serialize_entry(self.cursor_field, self.cursor)?;
-        map.end()
-    }
 }
 
 /// Leaves the hub however the request ends (answered, or the client went away).

@@ -181,7 +181,8 @@ impl FlagStore {
                     l.last_error = None;
                     Ok(())
                 });
-                ::metrics::counter!(m::FLAG_RELOADS, "result" => "ok").increment(1);
+                ::metrics::counter!(m::FLAG_RELOADS, m::label::RESULT => m::Outcome::Ok.as_str())
+                    .increment(1);
                 Ok(())
             }
             Err(problems) => Err(self.reject_file(file, &problems.join("; "))),
@@ -192,7 +193,8 @@ impl FlagStore {
     pub fn reject_file(&self, file: &str, why: &str) -> String {
         let msg = format!("{file}: {why}");
         tracing::error!(file, error = %msg, "flags file rejected; the last good flags stay in force");
-        ::metrics::counter!(m::FLAG_RELOADS, "result" => "error").increment(1);
+        ::metrics::counter!(m::FLAG_RELOADS, m::label::RESULT => m::Outcome::Error.as_str())
+            .increment(1);
         let _ = self.apply("file", |l| {
             l.last_error = Some(msg.clone());
             Ok(())

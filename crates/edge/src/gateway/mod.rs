@@ -4,6 +4,8 @@
 pub mod passthrough;
 pub mod relay;
 pub mod session;
+mod stream_guard;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use crate::auth::{self, Verifier};
 use crate::drain::Drain;
 use crate::http_server::{Body, json_error};
 use crate::hub::HubRegistry;
-use crate::metrics::error_kind;
+use crate::metrics::ErrorKind;
 
 /// The path of the unified stream.
 pub const STREAM_PATH: &str = "/v2/realtime/stream";
@@ -93,7 +95,7 @@ impl Gateway {
         }
         let stats = &self.registry.context().stats;
         let Some(token) = auth::token_from_request(req.headers(), req.uri().query()) else {
-            stats.count_error(error_kind::AUTH);
+            stats.count_error(ErrorKind::Auth);
             return json_error(
                 StatusCode::UNAUTHORIZED,
                 "missing bearer token (Authorization header or access_token parameter)",
@@ -102,7 +104,7 @@ impl Gateway {
         let identity = match self.verifier.verify_refreshing(&token).await {
             Ok(i) => i,
             Err(e) => {
-                stats.count_error(error_kind::AUTH);
+                stats.count_error(ErrorKind::Auth);
                 return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
             }
         };
@@ -111,7 +113,7 @@ impl Gateway {
             Err(refusal) => return *refusal,
         };
         let Ok(permit) = self.stream_slots.clone().try_acquire_owned() else {
-            stats.count_error(error_kind::OVERLOAD);
+            stats.count_error(ErrorKind::Overload);
             return self.refuse_overloaded(req, key);
         };
         let on_upgrade = hyper::upgrade::on(&mut req);

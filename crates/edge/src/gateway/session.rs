@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -20,84 +20,15 @@ use crate::auth::Identity;
 use crate::config::Config;
 use crate::drain::StreamClose;
 use crate::hub::queue::{Outgoing, QueueClosed};
-use crate::hub::replay::batches;
-use crate::hub::{Frame, HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
-use crate::metrics::{self as m, Stats, error_kind};
+use crate::hub::{HubRegistry, JoinRequest, SessionQueue};
+use crate::metrics::ErrorKind;
 use crate::protocol::{self, close};
+
+use super::stream_guard::{EndReason, StreamGuard, count_close};
+use super::write::{record_delivery, write_items};
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Why a stream ended (the `reason` label of closed connections).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EndReason {
-    Normal,
-    Slow,
-    Auth,
-    Shutdown,
-    Error,
-    Handshake,
-    Timeout,
-}
-
-impl EndReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Normal => "normal",
-            EndReason::Slow => "slow",
-            EndReason::Auth => "auth",
-            EndReason::Shutdown => "shutdown",
-            EndReason::Error => "error",
-            EndReason::Handshake => "handshake",
-            EndReason::Timeout => "timeout",
-        }
-    }
-}
-
-/// What one stream holds in process-wide state: its place in the connection
-/// counts and, once joined, its membership of the org's hub. Dropping the
-/// guard gives both back, on every path out of [`run`], a panic included.
-struct StreamGuard {
-    stats: Arc<Stats>,
-    member: Option<(mpsc::Sender<HubMsg>, SessionId)>,
-}
-
-impl StreamGuard {
-    fn new(stats: Arc<Stats>) -> StreamGuard {
-        stats
-            .active_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .total_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ::metrics::gauge!(m::ACTIVE_CONNECTIONS).increment(1.0);
-        ::metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
-        StreamGuard {
-            stats,
-            member: None,
-        }
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if let Some((hub, session)) = self.member.take() {
-            // The hub's inbox is bounded; when it is full the leave waits
-            // in a task of its own rather than being lost.
-            if let Err(mpsc::error::TrySendError::Full(msg)) = hub.try_send(HubMsg::Leave(session))
-                && let Ok(rt) = tokio::runtime::Handle::try_current()
-            {
-                rt.spawn(async move {
-                    let _ = hub.send(msg).await;
-                });
-            }
-        }
-        self.stats
-            .active_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        ::metrics::gauge!(m::ACTIVE_CONNECTIONS).decrement(1.0);
-    }
-}
 
 /// When a token with expiry `exp` (epoch seconds) must be closed with
 /// 4001, as a point on the runtime's clock; `None` when it never expires
@@ -147,7 +78,7 @@ pub async fn run<S>(
         };
         match next {
             Err(_) => {
-                stats.count_error(error_kind::HANDSHAKE);
+                stats.count_error(ErrorKind::Handshake);
                 close_with(&mut ws, close::POLICY, "no handshake in time").await;
                 count_close(EndReason::Handshake);
                 return;
@@ -155,7 +86,7 @@ pub async fn run<S>(
             Ok(Some(Err(e))) => {
                 // A frame that breaks the WebSocket rules gets the close
                 // code RFC 6455 names for it (when the socket still takes one).
-                stats.count_error(error_kind::HANDSHAKE);
+                stats.count_error(ErrorKind::Handshake);
                 if let Some((code, why)) = violation_close(&e) {
                     close_with(&mut ws, code, why).await;
                 }
@@ -171,7 +102,7 @@ pub async fn run<S>(
     let hs = match protocol::parse_handshake(&text) {
         Ok(h) => h,
         Err(e) => {
-            stats.count_error(error_kind::HANDSHAKE);
+            stats.count_error(ErrorKind::Handshake);
             let msg = protocol::error_message(None, e.code(), &e.to_string(), 0);
             let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(Message::Text(msg.into()))).await;
             close_with(&mut ws, close::POLICY, e.code().as_str()).await;
@@ -221,7 +152,7 @@ pub async fn run<S>(
         .iter()
         .map(|&s| cfg.services[s as usize].name.as_str())
         .collect();
-    tracing::debug!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed, "subscribed");
+    tracing::debug!(org, session, services = ?service_names, mode = reply.mode.as_str(), resumed = reply.resumed, "subscribed");
     let started = tokio::time::Instant::now();
 
     // ---- serve --------------------------------------------------------------
@@ -245,7 +176,7 @@ pub async fn run<S>(
         }
         match queue.take(&mut batch) {
             Err(QueueClosed::Overflow) => {
-                stats.count_error(error_kind::SLOW_CLIENT);
+                stats.count_error(ErrorKind::SlowClient);
                 tracing::warn!(
                     org,
                     session,
@@ -280,7 +211,7 @@ pub async fn run<S>(
             };
             match written {
                 Ok(true) => {
-                    record_delivery(&stats, &cfg.services, &batch, &mut delivered);
+                    record_delivery(&stats, &batch, &mut delivered);
                     batch.clear();
                     continue;
                 }
@@ -293,7 +224,7 @@ pub async fn run<S>(
                     continue;
                 }
                 Err(e) => {
-                    stats.count_error(error_kind::SEND);
+                    stats.count_error(ErrorKind::Send);
                     tracing::info!(org, session, error = %e, "send error");
                     break EndReason::Error;
                 }
@@ -317,11 +248,11 @@ pub async fn run<S>(
             },
             _ = queue.notified() => {}
             _ = tokio::time::sleep_until(silent_until) => {
-                stats.count_error(error_kind::TIMEOUT);
+                stats.count_error(ErrorKind::Timeout);
                 break 'serve EndReason::Timeout;
             }
             _ = sleep_until_opt(expiry) => {
-                stats.count_error(error_kind::AUTH);
+                stats.count_error(ErrorKind::Auth);
                 close_with(&mut ws, close::TOKEN_EXPIRED, "token expired").await;
                 break 'serve EndReason::Auth;
             }
@@ -334,7 +265,7 @@ pub async fn run<S>(
     // The guard leaves the hub and gives back the counts.
     drop(guard);
     count_close(end);
-    tracing::info!(org, session, services = ?service_names, mode = reply.mode, resumed = reply.resumed,
+    tracing::info!(org, session, services = ?service_names, mode = reply.mode.as_str(), resumed = reply.resumed,
         duration_ms = started.elapsed().as_millis() as u64, events = delivered, reason = end.as_str(), "stream ended");
 }
 
@@ -378,89 +309,6 @@ pub fn write_buffer_limit(cfg: &Config) -> usize {
     cfg.stream.max_message_bytes.saturating_add(CONTROL_SLACK)
 }
 
-/// Writes queued items; a replay is rendered into messages page by page.
-async fn write_items<S>(
-    ws: &mut WebSocketStream<S>,
-    cfg: &Config,
-    items: &[Outgoing],
-) -> Result<bool, tokio_tungstenite::tungstenite::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    for item in items {
-        match item {
-            Outgoing::Frame(f) => {
-                ws.feed(Message::Text(f.text.clone())).await?;
-                // The keep-alive goes as a WebSocket Ping frame too (CONTRACT
-                // 2.2): the client's Pong proves the connection is not half-open.
-                if f.ws_ping {
-                    ws.feed(Message::Ping(Default::default())).await?;
-                }
-            }
-            Outgoing::Replay(events) => {
-                let pages = batches(
-                    events,
-                    cfg.stream.batch_max_events,
-                    cfg.stream.batch_max_bytes,
-                );
-                for page in pages {
-                    let Some(first) = page.first() else { continue };
-                    let name = &cfg.services[first.service as usize].name;
-                    if let Some(f) = Frame::events(page, name, "replay", false) {
-                        ws.feed(Message::Text(f.text)).await?;
-                    }
-                }
-            }
-        }
-    }
-    ws.flush().await?;
-    Ok(true)
-}
-
-/// Counts what was written: every event in the totals, live events only
-/// in the latency (a replayed event's age says nothing about delivery).
-fn record_delivery(
-    stats: &crate::metrics::Stats,
-    services: &[crate::config::ServiceConfig],
-    items: &[Outgoing],
-    delivered: &mut u64,
-) {
-    let now = crate::clock::unix_millis();
-    for item in items {
-        let d = match item {
-            Outgoing::Frame(Frame {
-                delivery: Some(d), ..
-            }) => d,
-            Outgoing::Frame(_) => continue,
-            Outgoing::Replay(events) => {
-                for e in events {
-                    *delivered += 1;
-                    let name = &services[e.service as usize].name;
-                    stats.count_delivered(name, 1);
-                    ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone())
-                        .increment(1);
-                }
-                continue;
-            }
-        };
-        *delivered += d.count;
-        let name = &services[d.service as usize].name;
-        ::metrics::counter!(m::EVENTS_DELIVERED, "service" => name.clone()).increment(d.count);
-        let live = d.live_origins_ms.len() as u64;
-        stats.count_delivered(name, d.count - live);
-        if live > 0 {
-            let histogram = ::metrics::histogram!(m::DELIVERY_LATENCY_SECONDS, "mode" => d.mode);
-            let mut sum = 0f64;
-            for &o in d.live_origins_ms.iter() {
-                let lat = now.saturating_sub(o).max(0) as f64;
-                sum += lat;
-                histogram.record(lat / 1000.0);
-            }
-            stats.record_delivery(name, live, sum / live as f64);
-        }
-    }
-}
-
 /// The close code for a frame that broke the WebSocket rules before the
 /// handshake: 1009 too big, 1007 not UTF-8, 1002 any other protocol error.
 fn violation_close(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &'static str)> {
@@ -473,32 +321,9 @@ fn violation_close(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &'
     }
 }
 
-fn count_close(reason: EndReason) {
-    ::metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A stream that fails, even by a panic, still leaves its hub and
-    /// gives back its connection count (CONTRACT 2.2).
-    #[tokio::test]
-    async fn a_panicking_stream_still_leaves_and_uncounts() {
-        let stats = Arc::new(Stats::default());
-        let (hub, mut inbox) = mpsc::channel(4);
-        let task_stats = stats.clone();
-        let task = tokio::spawn(async move {
-            let mut guard = StreamGuard::new(task_stats);
-            guard.member = Some((hub, 7));
-            panic!("a bug in a session");
-        });
-        assert!(task.await.unwrap_err().is_panic());
-        assert!(matches!(inbox.recv().await, Some(HubMsg::Leave(7))));
-        let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(r(&stats.active_connections), 0);
-        assert_eq!(r(&stats.total_connections), 1);
-    }
 
     #[tokio::test]
     async fn a_far_expiry_is_no_deadline_and_does_not_panic() {

@@ -194,7 +194,7 @@ pub struct ReadReply {
 /// What the hub answered (the ack is already queued).
 #[derive(Debug, Clone)]
 pub struct JoinReply {
-    pub mode: &'static str,
+    pub mode: crate::metrics::ServingMode,
     pub resumed: bool,
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::replay::Stored;
+use crate::metrics::ServingMode;
 use crate::protocol;
 
 /// One serialised server message, shared by every connection of a view.
@@ -34,8 +35,8 @@ pub struct Frame {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub service: u16,
-    /// The source that served the events ("poll" or "native").
-    pub mode: &'static str,
+    /// How the events were served (poll or native).
+    pub mode: ServingMode,
     /// Events in the message.
     pub count: u64,
     /// The origin times of the live events among them: replayed events and
@@ -62,13 +63,13 @@ impl Frame {
     }
 
     /// One `event` message of events of one service (the last one's
-    /// position is the message's `seq`); None for no events. `live` is
-    /// false for a replay.
+    /// position is the message's `seq`); None for no events. `live` is how
+    /// the hub's sources serve them now, None for a page of a replay (whose
+    /// events the connection counts itself: the frame carries no delivery).
     pub fn events<T: AsRef<Stored>>(
         events: &[T],
         service_name: &str,
-        mode: &'static str,
-        live: bool,
+        live: Option<ServingMode>,
     ) -> Option<Frame> {
         let last = events.last()?.as_ref();
         Some(Frame {
@@ -79,14 +80,14 @@ impl Frame {
                 last.seq,
             )
             .into(),
-            delivery: Some(Delivery {
+            delivery: live.map(|mode| Delivery {
                 service: last.service,
                 mode,
                 count: events.len() as u64,
                 live_origins_ms: events
                     .iter()
                     .map(AsRef::as_ref)
-                    .filter(|e| live && e.live)
+                    .filter(|e| e.live)
                     .map(|e| e.origin_ms)
                     .collect(),
             }),

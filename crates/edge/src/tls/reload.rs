@@ -108,7 +108,7 @@ impl ServerCert {
                 // say so once per change of state, not every tick.
                 if seen.is_some() {
                     tracing::warn!(error = %e, "TLS certificate files unreadable; keeping the current certificate");
-                    ::metrics::counter!(m::TLS_CERT_RELOADS, "result" => "error").increment(1);
+                    ::metrics::counter!(m::TLS_CERT_RELOADS, m::label::RESULT => m::Outcome::Error.as_str()).increment(1);
                 }
                 return None;
             }
@@ -121,11 +121,11 @@ impl ServerCert {
             Ok(key) => {
                 self.current.store(Arc::new(key));
                 tracing::info!(cert_file = %self.files.cert_file.display(), "TLS certificate reloaded; new connections get it");
-                ::metrics::counter!(m::TLS_CERT_RELOADS, "result" => "ok").increment(1);
+                ::metrics::counter!(m::TLS_CERT_RELOADS, m::label::RESULT => m::Outcome::Ok.as_str()).increment(1);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "new TLS certificate pair refused; keeping the current certificate");
-                ::metrics::counter!(m::TLS_CERT_RELOADS, "result" => "error").increment(1);
+                ::metrics::counter!(m::TLS_CERT_RELOADS, m::label::RESULT => m::Outcome::Error.as_str()).increment(1);
             }
         }
         Some(now)

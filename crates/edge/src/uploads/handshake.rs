@@ -1,92 +1,15 @@
-//! The first message of an upload stream (CONTRACT 7): parsing, validation
-//! against `uploads.*`, and the error codes every upload failure is
-//! reported with.
+//! The first message of an upload stream (CONTRACT 7): parsing and
+//! validation against `uploads.*`.
 
 use serde_json::{Map, Value};
 
+use super::UploadCode;
 use crate::config::UploadsConfig;
-use crate::protocol::close;
 
 /// Longest accepted filename, in bytes.
 pub const MAX_FILENAME_BYTES: usize = 255;
 /// Longest accepted text of the other handshake fields, in bytes.
 pub const MAX_FIELD_BYTES: usize = 1024;
-
-/// The `code` of an upload `error` message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UploadCode {
-    BadHandshake,
-    FileTooLarge,
-    UnsupportedType,
-    UnknownUpload,
-    ChunkOutOfOrder,
-    BadChunk,
-    SizeMismatch,
-    WindowExceeded,
-    UpstreamRejected,
-    UpstreamError,
-    Busy,
-}
-
-impl UploadCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UploadCode::BadHandshake => "BAD_HANDSHAKE",
-            UploadCode::FileTooLarge => "FILE_TOO_LARGE",
-            UploadCode::UnsupportedType => "UNSUPPORTED_TYPE",
-            UploadCode::UnknownUpload => "UNKNOWN_UPLOAD",
-            UploadCode::ChunkOutOfOrder => "CHUNK_OUT_OF_ORDER",
-            UploadCode::BadChunk => "BAD_CHUNK",
-            UploadCode::SizeMismatch => "SIZE_MISMATCH",
-            UploadCode::WindowExceeded => "WINDOW_EXCEEDED",
-            UploadCode::UpstreamRejected => "UPSTREAM_REJECTED",
-            UploadCode::UpstreamError => "UPSTREAM_ERROR",
-            UploadCode::Busy => "BUSY",
-        }
-    }
-
-    /// The `reason` label of the failed-uploads counter.
-    pub fn reason(self) -> &'static str {
-        match self {
-            UploadCode::BadHandshake => "bad_handshake",
-            UploadCode::FileTooLarge => "file_too_large",
-            UploadCode::UnsupportedType => "unsupported_type",
-            UploadCode::UnknownUpload => "unknown_upload",
-            UploadCode::ChunkOutOfOrder => "chunk_out_of_order",
-            UploadCode::BadChunk => "bad_chunk",
-            UploadCode::SizeMismatch => "size_mismatch",
-            UploadCode::WindowExceeded => "window_exceeded",
-            UploadCode::UpstreamRejected => "upstream_rejected",
-            UploadCode::UpstreamError => "upstream_error",
-            UploadCode::Busy => "busy",
-        }
-    }
-
-    pub const ALL: [UploadCode; 11] = [
-        UploadCode::BadHandshake,
-        UploadCode::FileTooLarge,
-        UploadCode::UnsupportedType,
-        UploadCode::UnknownUpload,
-        UploadCode::ChunkOutOfOrder,
-        UploadCode::BadChunk,
-        UploadCode::SizeMismatch,
-        UploadCode::WindowExceeded,
-        UploadCode::UpstreamRejected,
-        UploadCode::UpstreamError,
-        UploadCode::Busy,
-    ];
-
-    /// The close code that follows the error: 1008 for what the client (or
-    /// its file) got wrong and must not retry as is, 1013 when the sidecar
-    /// is full, 1011 when the backend failed (a version-2 client may resume).
-    pub fn close_code(self) -> u16 {
-        match self {
-            UploadCode::Busy => close::TRY_AGAIN_LATER,
-            UploadCode::UpstreamError => close::INTERNAL,
-            _ => close::POLICY,
-        }
-    }
-}
 
 /// A rejected handshake: the code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -486,13 +409,5 @@ mod tests {
                 filesize: Some(5)
             }
         );
-    }
-
-    #[test]
-    fn close_codes() {
-        assert_eq!(UploadCode::Busy.close_code(), 1013);
-        assert_eq!(UploadCode::UpstreamError.close_code(), 1011);
-        assert_eq!(UploadCode::BadChunk.close_code(), 1008);
-        assert_eq!(UploadCode::UpstreamRejected.close_code(), 1008);
     }
 }

@@ -11,6 +11,7 @@
 //! with the backend's result. A sweeper owned by the sidecar removes
 //! uploads idle for `uploads.resume_ttl_s`.
 
+mod code;
 pub mod delivery;
 pub mod handshake;
 pub mod multipart;
@@ -37,7 +38,7 @@ use crate::flags::FlagStore;
 use crate::http_server::{Body, json_error};
 use crate::metrics as m;
 
-pub use handshake::UploadCode;
+pub use code::UploadCode;
 
 /// The client-facing upload endpoint.
 pub const UPLOAD_PATH: &str = "/v2/documents/upload/stream";

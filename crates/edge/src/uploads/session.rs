@@ -15,8 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::UploadCode;
 use super::delivery::{DeliveryError, Parcel};
-use super::handshake::{self, Handshake, UploadCode};
+use super::handshake::{self, Handshake};
 use super::registry::{AdmitError, Owner, Upload};
 use super::spool::SpoolFile;
 use super::{Uploads, v1, v2};
@@ -116,7 +117,7 @@ impl Conn {
 
     /// Sends an already serialised `error` message, then the close.
     pub async fn fail_with(&mut self, code: UploadCode, message_json: &str) {
-        ::metrics::counter!(m::UPLOADS_FAILED, "reason" => code.reason()).increment(1);
+        ::metrics::counter!(m::UPLOADS_FAILED, m::label::REASON => code.reason()).increment(1);
         let _ = self.send(message_json.to_string()).await;
         self.close(code.close_code(), code.as_str()).await;
     }
@@ -150,7 +151,7 @@ impl Conn {
                 return None;
             }
         };
-        ::metrics::counter!(m::UPLOADS_STARTED, "version" => version).increment(1);
+        ::metrics::counter!(m::UPLOADS_STARTED, m::label::VERSION => version).increment(1);
         tracing::info!(upload = %upload.id, org = upload.owner.org, bytes = upload.meta.filesize, version, "upload started");
         Some(upload)
     }
@@ -203,7 +204,11 @@ pub async fn deliver(
     token: &str,
 ) -> Result<Value, DeliveryError> {
     let native = conn.service.flags.current().flags.upload_native;
-    let route = if native { "native" } else { "legacy" };
+    let route = if native {
+        m::UploadRoute::Native
+    } else {
+        m::UploadRoute::Legacy
+    };
     let started = Instant::now();
     let parcel = Parcel {
         upload_id: &upload.id,
@@ -217,16 +222,17 @@ pub async fn deliver(
         .delivery
         .deliver(&parcel, native, &mut shutdown)
         .await;
-    ::metrics::histogram!(m::UPLOADS_DELIVERY_SECONDS, "delivery" => route)
+    ::metrics::histogram!(m::UPLOADS_DELIVERY_SECONDS, m::label::DELIVERY => route.as_str())
         .record(started.elapsed().as_secs_f64());
     match &outcome {
         Ok(_) => {
-            ::metrics::counter!(m::UPLOADS_COMPLETED, "delivery" => route).increment(1);
-            tracing::info!(upload = %upload.id, org = upload.owner.org, bytes = upload.meta.filesize, delivery = route,
+            ::metrics::counter!(m::UPLOADS_COMPLETED, m::label::DELIVERY => route.as_str())
+                .increment(1);
+            tracing::info!(upload = %upload.id, org = upload.owner.org, bytes = upload.meta.filesize, delivery = route.as_str(),
                 ms = started.elapsed().as_millis() as u64, "upload delivered");
         }
         Err(e) => {
-            tracing::warn!(upload = %upload.id, org = upload.owner.org, delivery = route, error = %e, "upload not delivered");
+            tracing::warn!(upload = %upload.id, org = upload.owner.org, delivery = route.as_str(), error = %e, "upload not delivered");
         }
     }
     outcome

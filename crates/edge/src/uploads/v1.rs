@@ -6,7 +6,8 @@
 use base64::Engine;
 use serde::Deserialize;
 
-use super::handshake::{FileMeta, UploadCode};
+use super::UploadCode;
+use super::handshake::FileMeta;
 use super::registry::{Attached, Owner};
 use super::session::{self, Conn, Incoming};
 use crate::metrics as m;

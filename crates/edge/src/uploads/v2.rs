@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::MAX_BINARY_FRAME;
+use super::UploadCode;
 use super::delivery::DeliveryError;
-use super::handshake::{FileMeta, UploadCode};
+use super::handshake::FileMeta;
 use super::registry::{Attached, Owner, Phase, Upload};
 use super::session::{self, Conn, Incoming};
 use crate::metrics as m;

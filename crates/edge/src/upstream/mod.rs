@@ -161,18 +161,6 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// HTTP status class for the bounded `status` label.
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200..=299 => "2xx",
-        401 | 403 => "auth",
-        429 => "429",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{Backoff, GaugeGuard, NativeSpec, Upstream, status_label};
+use super::{Backoff, GaugeGuard, NativeSpec, Upstream};
 use crate::hub::{HubMsg, IncomingEvent, SourceStatus};
 use crate::metrics as m;
 use crate::protocol::{self, ServerMessage};
@@ -162,14 +162,14 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
             Ok(Ok((ws, _))) => {
                 // A completed upgrade answers 101: a success, counted with
                 // the 2xx the alerts treat as healthy.
-                ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => "2xx").increment(1);
+                ::metrics::counter!(m::UPSTREAM_REQUESTS, m::label::SERVICE => "*", m::label::MODE => m::ServingMode::Native.as_str(), m::label::STATUS => m::StatusClass::Success.as_str()).increment(1);
                 ws
             }
             Ok(Err(e)) => {
                 let (auth, message) = match &e {
                     tungstenite::Error::Http(resp) => {
                         let code = resp.status().as_u16();
-                        ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => status_label(code)).increment(1);
+                        ::metrics::counter!(m::UPSTREAM_REQUESTS, m::label::SERVICE => "*", m::label::MODE => m::ServingMode::Native.as_str(), m::label::STATUS => m::StatusClass::of(code).as_str()).increment(1);
                         (
                             code == 401 || code == 403,
                             format!("native stream refused the connection: HTTP {code}"),
@@ -179,7 +179,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                         // No HTTP answer at all (refused, reset, TLS): a
                         // failed request all the same, or the upstream-error
                         // alert would not see a backend that is down.
-                        ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => "*", "mode" => "native", "status" => "error").increment(1);
+                        ::metrics::counter!(m::UPSTREAM_REQUESTS, m::label::SERVICE => "*", m::label::MODE => m::ServingMode::Native.as_str(), m::label::STATUS => m::StatusClass::Error.as_str()).increment(1);
                         (false, format!("native stream connection failed: {other}"))
                     }
                 };

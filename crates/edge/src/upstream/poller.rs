@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{Backoff, GaugeGuard, MAX_POLL_BODY, PollerSpec, TokenChoice, Upstream, status_label};
+use super::{Backoff, GaugeGuard, MAX_POLL_BODY, PollerSpec, TokenChoice, Upstream};
 use crate::hub::{HubMsg, IncomingEvent, SourceStatus};
 use crate::metrics as m;
 
@@ -122,7 +122,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                         Ok(e) => events.push(e),
                         Err(e) => {
                             tracing::warn!(org = spec.org, service = %service.name, error = %e, "dropped a malformed event from the V1 endpoint");
-                            up.stats.count_error(m::error_kind::UPSTREAM);
+                            up.stats.count_error(m::ErrorKind::Upstream);
                         }
                     }
                 }
@@ -229,7 +229,7 @@ async fn poll_once(
             .await
             .map_err(|e| PollError::Transport(error_chain(&e)))?;
         let status = resp.status().as_u16();
-        ::metrics::counter!(m::UPSTREAM_REQUESTS, "service" => service.to_string(), "mode" => "poll", "status" => status_label(status))
+        ::metrics::counter!(m::UPSTREAM_REQUESTS, m::label::SERVICE => service.to_string(), m::label::MODE => m::ServingMode::Poll.as_str(), m::label::STATUS => m::StatusClass::of(status).as_str())
             .increment(1);
         match status {
             200 => {}

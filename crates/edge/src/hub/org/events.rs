@@ -161,7 +161,7 @@ impl OrgHub {
             if ev.org != Some(self.org) {
                 tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
                     "dropped an event of another org (or without orgId) from the backend");
-                self.ctx.stats.count_error(error_kind::CROSS_ORG);
+                self.ctx.stats.count_error(ErrorKind::CrossOrg);
                 ::metrics::counter!(m::CROSS_ORG_DROPPED).increment(1);
                 continue;
             }
@@ -200,8 +200,8 @@ impl OrgHub {
         let name = &self.cfg.services[service as usize].name;
         tracing::warn!(org = self.org, service = %name, event_id = %id, bytes = size, max_event_bytes = max,
             "dropped an event larger than stream.max_event_bytes");
-        self.ctx.stats.count_error(error_kind::EVENT_TOO_LARGE);
-        ::metrics::counter!(m::EVENTS_TOO_LARGE, "service" => name.clone()).increment(1);
+        self.ctx.stats.count_error(ErrorKind::EventTooLarge);
+        ::metrics::counter!(m::EVENTS_TOO_LARGE, m::label::SERVICE => name.clone()).increment(1);
         let message = format!(
             "event {id:?} ({size} bytes) is larger than the limit of {max} bytes and was dropped"
         );
@@ -277,7 +277,9 @@ impl OrgHub {
     /// One live `event` message of events of one service.
     pub(super) fn event_frame(&self, events: &[&Arc<Stored>]) -> Option<Frame> {
         let service = events.last()?.service as usize;
-        let mode = self.slots[service].serving.map_or("poll", Mode::as_str);
-        Frame::events(events, &self.cfg.services[service].name, mode, true)
+        let mode = self.slots[service]
+            .serving
+            .map_or(ServingMode::Poll, ServingMode::from);
+        Frame::events(events, &self.cfg.services[service].name, Some(mode))
     }
 }

@@ -58,7 +58,7 @@ impl OrgHub {
             Member {
                 queue: req.queue,
                 view,
-                serving: "",
+                serving: None,
             },
         );
         self.empty_since = None;
@@ -88,10 +88,10 @@ impl OrgHub {
         let Some(member) = self.members.remove(&id) else {
             return;
         };
-        if !member.serving.is_empty() {
+        if let Some(serving) = member.serving {
             self.ctx
                 .stats
-                .mode_counter(member.serving)
+                .mode_counter(serving)
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.tokens.remove(id);
@@ -116,7 +116,7 @@ impl OrgHub {
         self.reconcile();
     }
 
-    pub(super) fn ack_mode(&self, services: &[u16]) -> &'static str {
+    pub(super) fn ack_mode(&self, services: &[u16]) -> ServingMode {
         let group = &self.cfg.rollout_group;
         let mut modes = services
             .iter()
@@ -125,9 +125,9 @@ impl OrgHub {
             .next()
             .unwrap_or_else(|| decide_org(&self.flags.flags, group, self.org).0);
         if modes.all(|m| m == first) {
-            first.as_str()
+            first.into()
         } else {
-            "mixed"
+            ServingMode::Mixed
         }
     }
 
@@ -170,17 +170,17 @@ impl OrgHub {
     }
 
     /// How the slots serve a set of services now.
-    pub(super) fn serving_class(&self, services: &[u16]) -> &'static str {
+    pub(super) fn serving_class(&self, services: &[u16]) -> ServingMode {
         let mut modes = services
             .iter()
             .filter_map(|&s| self.slots[s as usize].serving);
         match modes.next() {
-            None => "poll",
+            None => ServingMode::Poll,
             Some(first) => {
                 if modes.all(|m| m == first) {
-                    first.as_str()
+                    first.into()
                 } else {
-                    "mixed"
+                    ServingMode::Mixed
                 }
             }
         }
@@ -193,11 +193,11 @@ impl OrgHub {
         };
         let now = self.serving_class(&member.view.services);
         let before = member.serving;
-        if now == before {
+        if before == Some(now) {
             return;
         }
         let stats = &self.ctx.stats;
-        if !before.is_empty() {
+        if let Some(before) = before {
             stats
                 .mode_counter(before)
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -206,7 +206,7 @@ impl OrgHub {
             .mode_counter(now)
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(m) = self.members.get_mut(&id) {
-            m.serving = now;
+            m.serving = Some(now);
         }
     }
 }

@@ -32,7 +32,7 @@ use super::{
 use crate::auth::OrgId;
 use crate::config::Config;
 use crate::flags::{Mode, Snapshot, decide, decide_org};
-use crate::metrics::{self as m, error_kind};
+use crate::metrics::{self as m, ErrorKind, ServingMode};
 use crate::protocol::{self, ErrorCode};
 use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, TokenChoice};
 
@@ -44,8 +44,8 @@ const ERROR_REPEAT: Duration = Duration::from_secs(5);
 struct Member {
     queue: Arc<SessionQueue>,
     view: ViewKey,
-    /// How the member is served now: "poll", "native" or "mixed".
-    serving: &'static str,
+    /// How the member is served now (None until first classified).
+    serving: Option<ServingMode>,
 }
 
 #[derive(Default)]

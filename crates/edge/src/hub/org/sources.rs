@@ -64,9 +64,9 @@ impl OrgHub {
                 };
                 let native = matches!(running.kind, SourceKind::Native(_));
                 self.ctx.stats.count_error(if auth {
-                    error_kind::UPSTREAM_AUTH
+                    ErrorKind::UpstreamAuth
                 } else {
-                    error_kind::UPSTREAM
+                    ErrorKind::Upstream
                 });
                 let code = if auth {
                     ErrorCode::UpstreamAuth
@@ -303,7 +303,7 @@ impl OrgHub {
                 if let (Some(from), Some(to)) = (was, serve[s]) {
                     tracing::info!(org = self.org, service = %self.cfg.services[s].name, from = from.as_str(), to = to.as_str(),
                         fallback = fallback && decided[s] == Some(Mode::Native), "mode switch");
-                    ::metrics::counter!(m::MODE_SWITCHES, "to" => to.as_str()).increment(1);
+                    ::metrics::counter!(m::MODE_SWITCHES, m::label::TO => ServingMode::from(to).as_str()).increment(1);
                 }
                 // A cursor is history once native serves: a poller that
                 // starts after the native period starts fresh.

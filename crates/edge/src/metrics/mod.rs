@@ -5,10 +5,13 @@
 //! recorder ([`install_prometheus`]); label sets are bounded (service, mode,
 //! kind, reason, status class) — never an orgId or a token.
 
+mod stats;
+
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub use stats::{FacadeStats, LatencyWindow, Stats};
 
 /// Gauge: open client streams. Used by the existing alert rules.
 pub const ACTIVE_CONNECTIONS: &str = "streaming_active_connections";
@@ -91,13 +94,13 @@ pub fn register_upload_zeroes() {
     metrics::describe_counter!(UPLOADS_EXPIRED, "Idle uploads removed after their TTL");
     metrics::describe_gauge!(UPLOADS_SPOOL_BYTES, "Spool bytes reserved by held uploads");
     for version in ["1", "2"] {
-        metrics::counter!(UPLOADS_STARTED, "version" => version).increment(0);
+        metrics::counter!(UPLOADS_STARTED, label::VERSION => version).increment(0);
     }
-    for route in ["legacy", "native"] {
-        metrics::counter!(UPLOADS_COMPLETED, "delivery" => route).increment(0);
+    for route in UploadRoute::ALL {
+        metrics::counter!(UPLOADS_COMPLETED, label::DELIVERY => route.as_str()).increment(0);
     }
     for code in crate::uploads::UploadCode::ALL {
-        metrics::counter!(UPLOADS_FAILED, "reason" => code.reason()).increment(0);
+        metrics::counter!(UPLOADS_FAILED, label::REASON => code.reason()).increment(0);
     }
     metrics::counter!(UPLOADS_RECEIVED_BYTES).increment(0);
     metrics::counter!(UPLOADS_EXPIRED).increment(0);
@@ -221,185 +224,205 @@ fn register_zeroes() {
     metrics::gauge!(UPSTREAM_POLLERS).set(0.0);
     metrics::gauge!(UPSTREAM_NATIVE_LINKS).set(0.0);
     metrics::gauge!(ACTIVE_ORGS).set(0.0);
-    for kind in error_kind::ALL {
-        metrics::counter!(ERRORS, "kind" => kind).increment(0);
+    for kind in ErrorKind::ALL {
+        metrics::counter!(ERRORS, label::KIND => kind.as_str()).increment(0);
     }
-    for result in ["ok", "error"] {
-        metrics::counter!(FLAG_RELOADS, "result" => result).increment(0);
+    for result in Outcome::ALL {
+        metrics::counter!(FLAG_RELOADS, label::RESULT => result.as_str()).increment(0);
     }
     metrics::gauge!(FACADE_HELD).set(0.0);
     metrics::counter!(FACADE_REQUESTS).increment(0);
     metrics::counter!(FACADE_EVENTS).increment(0);
     for reason in crate::facade::ForwardReason::ALL {
-        metrics::counter!(FACADE_FORWARDED, "reason" => reason.as_str()).increment(0);
+        metrics::counter!(FACADE_FORWARDED, label::REASON => reason.as_str()).increment(0);
     }
 }
 
-/// Error kinds (the `kind` label of `streaming_errors`).
-pub mod error_kind {
-    pub const UPSTREAM: &str = "upstream";
-    pub const UPSTREAM_AUTH: &str = "upstream_auth";
-    pub const AUTH: &str = "auth";
-    pub const HANDSHAKE: &str = "handshake";
-    pub const SLOW_CLIENT: &str = "slow_client";
-    pub const SEND: &str = "send";
-    pub const CROSS_ORG: &str = "cross_org";
-    pub const OVERLOAD: &str = "overload";
-    /// An upstream event over `stream.max_event_bytes` (dropped).
-    pub const EVENT_TOO_LARGE: &str = "event_too_large";
-    /// A client silent for `stream.client_timeout_s` (dropped).
-    pub const TIMEOUT: &str = "timeout";
-    pub const ALL: [&str; 10] = [
-        EVENT_TOO_LARGE,
-        TIMEOUT,
-        UPSTREAM,
-        UPSTREAM_AUTH,
-        AUTH,
-        HANDSHAKE,
-        SLOW_CLIENT,
-        SEND,
-        CROSS_ORG,
-        OVERLOAD,
-    ];
+/// Label keys. Each key's values are one of the enums below or, where the
+/// value is a domain type, that type's label: `reason` of
+/// [`CONNECTIONS_CLOSED`] (`gateway::EndReason`), of [`FACADE_FORWARDED`]
+/// (`facade::ForwardReason`), of [`UPLOADS_FAILED`] (`uploads::UploadCode`)
+/// and of [`JWKS_KEYS_REFUSED`]; `trigger` of [`JWKS_REFRESHES`];
+/// `endpoint` of [`CHAT_BACKEND_REQUESTS`]; `service` is a configured
+/// service name, `version` an upload protocol version.
+pub mod label {
+    pub const KIND: &str = "kind";
+    pub const MODE: &str = "mode";
+    pub const SERVICE: &str = "service";
+    pub const STATUS: &str = "status";
+    pub const REASON: &str = "reason";
+    pub const RESULT: &str = "result";
+    pub const TRIGGER: &str = "trigger";
+    pub const TO: &str = "to";
+    pub const VERSION: &str = "version";
+    pub const DELIVERY: &str = "delivery";
+    pub const ENDPOINT: &str = "endpoint";
 }
 
-/// Counters of one sidecar instance, for the JSON metrics endpoint.
-#[derive(Default)]
-pub struct Stats {
-    pub active_connections: AtomicU64,
-    pub total_connections: AtomicU64,
-    pub events_delivered: AtomicU64,
-    pub errors: AtomicU64,
-    pub v1_polls: AtomicU64,
-    pub native_connects: AtomicU64,
-    pub active_orgs: AtomicU64,
-    pub connections_poll: AtomicU64,
-    pub connections_native: AtomicU64,
-    pub connections_mixed: AtomicU64,
-    /// Live delivery latency over the last minute (`avgLatencyMs`).
-    latency: std::sync::Mutex<LatencyWindow>,
-    events_by_service: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
-    /// The V1 facade of this instance.
-    pub facade: FacadeStats,
-}
+/// A closed set of label values: the enum, every value (to register series
+/// at zero) and the text of each.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
 
-/// The V1 facade's counters of one instance (the Prometheus series are process-wide).
-#[derive(Default)]
-pub struct FacadeStats {
-    /// V1 requests served by the facade.
-    pub requests: AtomicU64,
-    /// V1 requests held now.
-    pub held: AtomicU64,
-    /// Events answered.
-    pub events: AtomicU64,
-    /// V1 requests forwarded to the backend.
-    pub forwarded: AtomicU64,
-}
+        impl $name {
+            /// Every value.
+            pub const ALL: &[$name] = &[$($name::$variant),+];
 
-impl Stats {
-    pub fn count_error(&self, kind: &'static str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(ERRORS, "kind" => kind).increment(1);
-    }
-
-    /// Records `count` live events of `service` delivered after
-    /// `latency_ms` on average.
-    pub fn record_delivery(&self, service: &str, count: u64, latency_ms: f64) {
-        self.count_delivered(service, count);
-        let now = crate::clock::unix_millis();
-        let mean = match self.latency.lock() {
-            Ok(mut w) => {
-                w.record(now, count, latency_ms.max(0.0) * count as f64);
-                w.mean_ms(now)
-            }
-            Err(_) => return,
-        };
-        metrics::gauge!(AVG_LATENCY_MS).set(mean);
-    }
-
-    /// Counts delivered events without a latency (replayed events).
-    pub fn count_delivered(&self, service: &str, count: u64) {
-        self.events_delivered.fetch_add(count, Ordering::Relaxed);
-        if let Ok(mut m) = self.events_by_service.lock() {
-            if let Some(v) = m.get_mut(service) {
-                *v += count;
-            } else {
-                m.insert(service.to_string(), count);
+            /// The label value (and, where it is shown, the JSON text).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
             }
         }
-    }
+    };
+}
 
-    /// The connections-by-mode counter for "poll", "native" or "mixed".
-    pub fn mode_counter(&self, mode: &str) -> &AtomicU64 {
+label_values! {
+    /// How events are served: the `mode` of the `ack` and of
+    /// `connectionsByMode`, and (poll or native, for one service) the `mode`
+    /// label of [`DELIVERY_LATENCY_SECONDS`], [`UPSTREAM_REQUESTS`] and the
+    /// `to` label of [`MODE_SWITCHES`].
+    ServingMode {
+        /// By V1 long-pollers.
+        Poll => "poll",
+        /// By the backend's native stream.
+        Native => "native",
+        /// A connection some of whose services are polled and some native.
+        Mixed => "mixed",
+    }
+}
+
+impl From<crate::flags::Mode> for ServingMode {
+    fn from(mode: crate::flags::Mode) -> ServingMode {
         match mode {
-            "poll" => &self.connections_poll,
-            "native" => &self.connections_native,
-            _ => &self.connections_mixed,
+            crate::flags::Mode::Poll => ServingMode::Poll,
+            crate::flags::Mode::Native => ServingMode::Native,
         }
-    }
-
-    /// Mean latency of live deliveries over the last minute (see [`LatencyWindow`]).
-    pub fn avg_latency_ms(&self) -> f64 {
-        let now = crate::clock::unix_millis();
-        self.latency.lock().map(|w| w.mean_ms(now)).unwrap_or(0.0)
-    }
-
-    pub fn events_by_service(&self) -> std::collections::BTreeMap<String, u64> {
-        self.events_by_service
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
     }
 }
 
-/// The mean latency of live deliveries over the last minute: six buckets
-/// of ten seconds; the mean covers the buckets younger than 60 s (so the
-/// newest 50 to 60 s of deliveries), 0 when there were none.
-#[derive(Default)]
-pub struct LatencyWindow {
-    /// (bucket start in ms, events, summed latency in ms)
-    buckets: [(i64, u64, f64); LATENCY_BUCKETS],
+label_values! {
+    /// The `kind` label of [`ERRORS`].
+    ErrorKind {
+        /// An upstream event over `stream.max_event_bytes` (dropped).
+        EventTooLarge => "event_too_large",
+        /// A client silent for `stream.client_timeout_s` (dropped).
+        Timeout => "timeout",
+        Upstream => "upstream",
+        UpstreamAuth => "upstream_auth",
+        Auth => "auth",
+        Handshake => "handshake",
+        SlowClient => "slow_client",
+        Send => "send",
+        CrossOrg => "cross_org",
+        Overload => "overload",
+    }
 }
 
-const LATENCY_BUCKETS: usize = 6;
-const LATENCY_BUCKET_MS: i64 = 10_000;
-
-impl LatencyWindow {
-    pub fn record(&mut self, now_ms: i64, count: u64, latency_sum_ms: f64) {
-        let start = now_ms - now_ms.rem_euclid(LATENCY_BUCKET_MS);
-        let slot = (start / LATENCY_BUCKET_MS).rem_euclid(LATENCY_BUCKETS as i64) as usize;
-        let b = &mut self.buckets[slot];
-        if b.0 != start {
-            *b = (start, 0, 0.0);
-        }
-        b.1 = b.1.saturating_add(count);
-        b.2 += latency_sum_ms;
+label_values! {
+    /// The `result` label of [`FLAG_RELOADS`], [`TLS_CERT_RELOADS`] and
+    /// [`JWKS_REFRESHES`].
+    Outcome {
+        Ok => "ok",
+        /// The last good state was kept.
+        Error => "error",
     }
+}
 
-    pub fn mean_ms(&self, now_ms: i64) -> f64 {
-        let oldest = now_ms - LATENCY_BUCKET_MS * LATENCY_BUCKETS as i64;
-        let (n, sum) = self
-            .buckets
-            .iter()
-            .filter(|b| b.1 > 0 && b.0 > oldest)
-            .fold((0u64, 0f64), |(n, s), b| (n + b.1, s + b.2));
-        if n == 0 { 0.0 } else { sum / n as f64 }
+label_values! {
+    /// The `status` label of [`UPSTREAM_REQUESTS`]: a backend answer's class.
+    StatusClass {
+        Success => "2xx",
+        Auth => "auth",
+        TooManyRequests => "429",
+        ClientError => "4xx",
+        ServerError => "5xx",
+        Other => "other",
+        /// No answer (connection, timeout, or a broken body).
+        Error => "error",
+    }
+}
+
+impl StatusClass {
+    /// The class of an HTTP status.
+    pub fn of(status: u16) -> StatusClass {
+        match status {
+            200..=299 => StatusClass::Success,
+            401 | 403 => StatusClass::Auth,
+            429 => StatusClass::TooManyRequests,
+            400..=499 => StatusClass::ClientError,
+            500..=599 => StatusClass::ServerError,
+            _ => StatusClass::Other,
+        }
+    }
+}
+
+label_values! {
+    /// The `delivery` label of the upload series: the backend endpoint a
+    /// file went to.
+    UploadRoute {
+        /// The V1 multipart endpoint.
+        Legacy => "legacy",
+        /// The native upload endpoint.
+        Native => "native",
+    }
+}
+
+label_values! {
+    /// The `mode` label of [`CHAT_ACTIVE_CONNECTIONS`].
+    ChatMode {
+        /// Rooms hosted by the sidecar over the backend's store endpoints.
+        Hosted => "hosted",
+        /// Relayed to the backend's native chat stream.
+        Native => "native",
+    }
+}
+
+label_values! {
+    /// The `result` label of [`CHAT_MESSAGES`].
+    ChatMessageResult {
+        Saved => "saved",
+        Failed => "failed",
+        RateLimited => "rate_limited",
     }
 }
 
 #[cfg(test)]
-mod latency_tests {
+mod tests {
     use super::*;
 
+    /// The label texts are what dashboards, alerts and the JSON show.
     #[test]
-    fn mean_of_the_last_minute() {
-        let mut w = LatencyWindow::default();
-        assert_eq!(w.mean_ms(0), 0.0);
-        w.record(1_000, 2, 20.0);
-        w.record(15_000, 2, 60.0);
-        assert_eq!(w.mean_ms(16_000), 20.0);
-        // Past a minute the first bucket no longer counts.
-        assert_eq!(w.mean_ms(62_000), 30.0);
-        assert_eq!(w.mean_ms(200_000), 0.0);
+    fn label_texts() {
+        let texts = |all: &[ServingMode]| all.iter().map(|m| m.as_str()).collect::<Vec<_>>();
+        assert_eq!(texts(ServingMode::ALL), ["poll", "native", "mixed"]);
+        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "event_too_large",
+                "timeout",
+                "upstream",
+                "upstream_auth",
+                "auth",
+                "handshake",
+                "slow_client",
+                "send",
+                "cross_org",
+                "overload"
+            ]
+        );
+        assert_eq!(StatusClass::of(204).as_str(), "2xx");
+        assert_eq!(StatusClass::of(403).as_str(), "auth");
+        assert_eq!(StatusClass::of(429).as_str(), "429");
+        assert_eq!(StatusClass::of(404).as_str(), "4xx");
+        assert_eq!(StatusClass::of(502).as_str(), "5xx");
+        assert_eq!(StatusClass::of(302).as_str(), "other");
     }
 }
