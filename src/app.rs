@@ -196,6 +196,7 @@ impl Sidecar {
             stats: stats.clone(),
             upstream: Arc::new(upstream),
             shutdown: shutdown.clone(),
+            cluster: cluster.clone(),
         });
         let facade = Arc::new(Facade::new(
             config.clone(),
