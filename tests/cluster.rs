@@ -149,3 +149,167 @@ async fn one_poller_per_org_for_the_cluster_and_resume_on_another_replica() {
     assert_eq!(ack["resumed"], false, "{ack}");
     assert_eq!(sim.state.active_polls(), 1);
 }
+
+/// The real binary as one replica, killed when dropped.
+struct Replica(std::process::Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary as a replica of cluster `name`; returns it and its
+/// client address.
+fn spawn_replica(
+    sim: &realtime_edge::sim::Simulator,
+    redis: &RedisServer,
+    name: &str,
+) -> (Replica, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let dir = unique_dir("cluster-bin");
+    let cfg = dir.join("edge.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\nflags: {{file: null}}\n\
+             auth: {{jwt_secret: \"{SECRET}\"}}\nupstream: {{base_url: \"{}\"}}\n\
+             stream: {{batch_window_ms: 20, hub_linger_ms: 500}}\n{}",
+            sim.base_url(),
+            cluster_extra(redis, name)
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_realtime-edge"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("REALTIME_EDGE_CONFIG")
+        .env_remove("JWT_SECRET")
+        .env_remove("ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let replica = Replica(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // Keeps reading after the test stopped listening, so the
+            // child never blocks on a full pipe.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let line = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("realtime-edge serving") => break line,
+            Ok(_) => {}
+            Err(e) => panic!("the replica did not start: {e}"),
+        }
+    };
+    let addr = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("listen="))
+        .expect("client address in the serving line")
+        .parse()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    (replica, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_killed_is_replaced_without_loss_or_duplicates() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_sim(std::time::Duration::from_secs(25)).await;
+    // The child replica is alone with demand for org 1: it owns the org.
+    let (mut owner, owner_addr) = spawn_replica(&sim, &redis, "failover");
+    let (mut on_owner, _) = subscribe(owner_addr, 1, hello(&["finance"])).await;
+    pollers(&sim, 1).await;
+    let survivor = start_sidecar(config(&sim.base_url(), &cluster_extra(&redis, "failover"))).await;
+    let (mut ws, _) = subscribe(survivor.client_addr, 1, hello(&["finance"])).await;
+    let before = publish(&sim, 1, 3);
+    receive_exactly(&mut on_owner, &before).await;
+    let mut got = Vec::new();
+    let want: HashSet<String> = before.iter().cloned().collect();
+    got.extend(collect_ids(&mut ws, &want).await.0);
+
+    // SIGKILL: no release, the lease has to lapse.
+    owner.0.kill().unwrap();
+    owner.0.wait().unwrap();
+    let during = publish(&sim, 1, 3);
+    let want: HashSet<String> = during.iter().cloned().collect();
+    got.extend(collect_ids(&mut ws, &want).await.0);
+    let after = publish(&sim, 1, 2);
+    let want: HashSet<String> = after.iter().cloned().collect();
+    got.extend(collect_ids(&mut ws, &want).await.0);
+    got.extend(drain_ids(&mut ws, std::time::Duration::from_millis(300)).await);
+    let expected: Vec<String> = before.into_iter().chain(during).chain(after).collect();
+    assert_eq!(got, expected, "every event once, in order");
+    pollers(&sim, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_then_back_empty_clients_keep_receiving_and_old_positions_do_not_resume() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_sim(std::time::Duration::from_secs(25)).await;
+    let extra = cluster_extra(&redis, "degraded");
+    let a = start_sidecar(config(&sim.base_url(), &extra)).await;
+    let b = start_sidecar(config(&sim.base_url(), &extra)).await;
+    let (mut wa, _) = subscribe(a.client_addr, 2, hello(&["finance"])).await;
+    let (mut wb, _) = subscribe(b.client_addr, 2, hello(&["finance"])).await;
+    pollers(&sim, 1).await;
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    let mut expected = Vec::new();
+    let mut round = async |wa: &mut Ws, wb: &mut Ws| -> u64 {
+        let ids = publish(&sim, 2, 2);
+        let want: HashSet<String> = ids.iter().cloned().collect();
+        let (ga, ma) = collect_ids(wa, &want).await;
+        got_a.extend(ga);
+        got_b.extend(collect_ids(wb, &want).await.0);
+        expected.extend(ids);
+        ma.iter().filter_map(|m| m["seq"].as_u64()).max().unwrap()
+    };
+    let shared_seq = round(&mut wa, &mut wb).await;
+
+    redis.kill();
+    eventually("both replicas serve on their own", || async {
+        !redis_up(&a) && !redis_up(&b)
+    })
+    .await;
+    // Each replica polls for its own clients now.
+    pollers(&sim, 2).await;
+    round(&mut wa, &mut wb).await;
+
+    redis.restart();
+    eventually("both replicas back in the cluster", || async {
+        redis_up(&a) && redis_up(&b)
+    })
+    .await;
+    pollers(&sim, 1).await;
+    round(&mut wa, &mut wb).await;
+    round(&mut wa, &mut wb).await;
+    got_a.extend(drain_ids(&mut wa, std::time::Duration::from_millis(300)).await);
+    got_b.extend(drain_ids(&mut wb, std::time::Duration::from_millis(300)).await);
+    assert_eq!(got_a, expected, "replica a: every event once, in order");
+    assert_eq!(got_b, expected, "replica b: every event once, in order");
+
+    // A position from before Redis lost the stream is not resumed.
+    let (_ws, ack) = subscribe(
+        b.client_addr,
+        2,
+        json!({"services": ["finance"], "version": 1, "lastSeq": shared_seq}),
+    )
+    .await;
+    assert_eq!(ack["resumed"], false, "{ack}");
+}

@@ -13,6 +13,7 @@
 //! Dropping the [`OrgLink`] ends the task, which releases the lease (if
 //! still held) and the demand, so another replica can take over at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,31 +227,24 @@ impl Agent {
         let _ = self.hub.send(HubMsg::Cluster(update)).await;
     }
 
-    /// One renewal round: join the shared stream when local and Redis is
-    /// up; renew demand and the lease (or take a free one) when shared.
+    /// One renewal round: join the shared stream first if not reading it
+    /// (at once for a hub that waits; when back from local serving, once
+    /// Redis is up and the org has an owner), then renew demand and the
+    /// lease, or take a free one.
     async fn round(&mut self) {
         if !self.shared {
-            // Before the first word the hub waits: try at once, whatever
-            // the heartbeat said so far; later, only once Redis is back.
-            if self.local_told && !*self.link.up().borrow() {
-                return;
-            }
-            if let Err(e) = self.join().await {
-                tracing::debug!(org = self.org, error = %e, "org could not join the shared stream");
-                if !self.local_told {
-                    self.local_told = true;
-                    self.tell(ClusterUpdate::Local).await;
+            if self.local_told {
+                if !*self.link.up().borrow() || !self.rejoin().await {
+                    return;
                 }
+            } else if let Err(e) = self.join().await {
+                tracing::debug!(org = self.org, error = %e, "org could not join the shared stream");
+                self.local_told = true;
+                self.tell(ClusterUpdate::Local).await;
                 return;
             }
         }
-        let mut conn = self.link.conn();
-        let held = self.held.clone();
-        let claim = self.claim();
-        let result = self
-            .ownership
-            .tick(&mut conn, &claim, held.as_deref())
-            .await;
+        let result = self.ownership_tick().await;
         match result {
             Ok(Ownership::Kept) => {}
             Ok(Ownership::Taken { lease, stored }) => {
@@ -258,11 +252,7 @@ impl Agent {
                     // Our lease lapsed and we took it again: a new epoch.
                     self.tell(ClusterUpdate::NotOwner).await;
                 }
-                tracing::info!(org = self.org, lease = %lease, "took over the org's sources");
-                ::metrics::counter!(m::CLUSTER_OWNERSHIPS).increment(1);
-                self.held = Some(lease);
-                let stored = source_positions(&stored, &self.names);
-                self.tell(ClusterUpdate::Owner { stored }).await;
+                self.take(lease, stored).await;
             }
             Ok(Ownership::Other { holder }) => {
                 if let Some(lost) = self.held.take() {
@@ -272,6 +262,42 @@ impl Agent {
                 }
             }
             Err(e) => self.go_local(&e.to_string()).await,
+        }
+    }
+
+    async fn ownership_tick(&mut self) -> redis::RedisResult<Ownership> {
+        let mut conn = self.link.conn();
+        let held = self.held.clone();
+        let claim = self.claim();
+        self.ownership
+            .tick(&mut conn, &claim, held.as_deref())
+            .await
+    }
+
+    async fn take(&mut self, lease: String, stored: HashMap<String, String>) {
+        tracing::info!(org = self.org, lease = %lease, "took over the org's sources");
+        ::metrics::counter!(m::CLUSTER_OWNERSHIPS).increment(1);
+        self.held = Some(lease);
+        let stored = source_positions(&stored, &self.names);
+        self.tell(ClusterUpdate::Owner { stored }).await;
+    }
+
+    /// Back from serving on its own: the hub's local sources keep running
+    /// until the org has an owner, this replica (whose sources then simply
+    /// go on, now appending) or another one (whose coverage has begun), so
+    /// nothing falls between the two. True once the stream is read again.
+    async fn rejoin(&mut self) -> bool {
+        match self.ownership_tick().await {
+            Ok(Ownership::Taken { lease, stored }) => self.take(lease, stored).await,
+            Ok(Ownership::Other { holder: Some(_) }) => {}
+            Ok(_) | Err(_) => return false,
+        }
+        match self.join().await {
+            Ok(()) => true,
+            Err(e) => {
+                self.go_local(&e.to_string()).await;
+                false
+            }
         }
     }
 
@@ -379,12 +405,16 @@ impl Agent {
     /// Leaves shared mode: the hub serves its clients on its own.
     async fn go_local(&mut self, why: &str) {
         self.reader = None;
-        self.held = None;
+        // Serving locally, the hub keeps its sources (it no longer owns the
+        // org: `Local` says so, or `NotOwner` when it already serves locally).
+        let held = self.held.take();
         if self.shared || !self.local_told {
             self.shared = false;
             self.local_told = true;
             tracing::debug!(org = self.org, error = %why, "org served by this replica alone until Redis is back");
             self.tell(ClusterUpdate::Local).await;
+        } else if held.is_some() {
+            self.tell(ClusterUpdate::NotOwner).await;
         }
     }
 

@@ -124,7 +124,15 @@ impl OrgHub {
                 if let Some(c) = self.cluster.as_mut() {
                     c.owner = false;
                 }
-                self.drop_pending();
+                if self.shared() {
+                    // The new owner fetches from the stored positions;
+                    // ours are history, and what is pending is its to append.
+                    self.drop_pending();
+                    for slot in &mut self.slots {
+                        slot.cursor = None;
+                    }
+                    self.native_seq = None;
+                }
                 self.reconcile();
             }
             ClusterUpdate::Local => self.go_local(),
@@ -181,12 +189,18 @@ impl OrgHub {
     }
 
     fn became_owner(&mut self, stored: SourcePositions) {
+        let running = self.runs_sources();
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
         c.owner = true;
-        // Sources start afresh from where the last owner stopped (or, when
-        // Redis holds nothing, from where this replica's own ones were).
+        if running {
+            // Serving on its own until now: the same sources go on, and
+            // their next flushes are appended.
+            return;
+        }
+        // Sources start from where the last owner stopped (or, when Redis
+        // holds nothing, from where this replica's own ones were).
         for (_, r) in self.sources.drain() {
             r.handle.stop();
         }
