@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -67,6 +68,7 @@ pub struct AppendBatch {
 
 /// The hub's handle on its org's link; dropping it ends the link.
 pub struct OrgLink {
+    id: u64,
     appends: mpsc::Sender<AppendBatch>,
     floor: watch::Sender<u64>,
 }
@@ -87,7 +89,10 @@ impl OrgLink {
         let (appends, rx) = mpsc::channel(config.cluster.append_queue.max(1));
         let (floor, floor_rx) = watch::channel(0);
         let names: Arc<[String]> = config.services.iter().map(|s| s.name.clone()).collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let agent = Agent {
+            id,
             keys: OrgKeys::new(&link, org),
             org,
             names,
@@ -117,7 +122,12 @@ impl OrgLink {
             ownership: OwnershipScripts::default(),
         };
         tokio::spawn(agent.run(rx));
-        OrgLink { appends, floor }
+        OrgLink { id, appends, floor }
+    }
+
+    /// Tells this link's updates from those of a link it replaced.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Queues accepted events for their append; never waits.
@@ -149,6 +159,7 @@ impl Drop for Reader {
 }
 
 struct Agent {
+    id: u64,
     link: Arc<ClusterLink>,
     keys: OrgKeys,
     org: OrgId,
@@ -224,7 +235,13 @@ impl Agent {
     }
 
     async fn tell(&self, update: ClusterUpdate) {
-        let _ = self.hub.send(HubMsg::Cluster(update)).await;
+        let _ = self
+            .hub
+            .send(HubMsg::Cluster {
+                link: self.id,
+                update,
+            })
+            .await;
     }
 
     /// One renewal round: join the shared stream first if not reading it
@@ -338,6 +355,7 @@ impl Agent {
         let (failed_tx, failed) = oneshot::channel();
         let spec = ReaderSpec {
             org: self.org,
+            link: self.id,
             key: self.keys.events.clone(),
             after,
             names: self.names.clone(),

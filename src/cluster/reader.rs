@@ -19,6 +19,8 @@ use crate::hub::HubMsg;
 /// Where and how one reader reads.
 pub struct ReaderSpec {
     pub org: OrgId,
+    /// The id of the org link the reader belongs to.
+    pub link: u64,
     pub key: String,
     /// The entry id after which reading starts.
     pub after: String,
@@ -68,7 +70,10 @@ pub async fn run(
         if !events.is_empty()
             && spec
                 .hub
-                .send(HubMsg::Cluster(ClusterUpdate::Events(events)))
+                .send(HubMsg::Cluster {
+                    link: spec.link,
+                    update: ClusterUpdate::Events(events),
+                })
                 .await
                 .is_err()
         {

@@ -149,8 +149,12 @@ pub enum HubMsg {
         source: SourceId,
         status: SourceStatus,
     },
-    /// From the org's cluster link (cluster mode).
-    Cluster(crate::cluster::org::ClusterUpdate),
+    /// From the org's cluster link (cluster mode); `link` tells a
+    /// replaced link's late words from the current one's.
+    Cluster {
+        link: u64,
+        update: crate::cluster::org::ClusterUpdate,
+    },
 }
 
 /// A client connection asking to be served.

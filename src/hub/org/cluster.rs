@@ -112,8 +112,13 @@ impl OrgHub {
         }
     }
 
-    pub(super) fn cluster_update(&mut self, update: ClusterUpdate) {
-        if self.cluster.as_ref().is_none_or(|c| c.link.is_none()) {
+    pub(super) fn cluster_update(&mut self, link: u64, update: ClusterUpdate) {
+        let current = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.link.as_ref())
+            .is_some_and(|l| l.id() == link);
+        if !current {
             return;
         }
         match update {

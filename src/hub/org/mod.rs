@@ -296,7 +296,7 @@ impl OrgHub {
             other => other,
         };
         match msg {
-            HubMsg::Cluster(update) => self.cluster_update(update),
+            HubMsg::Cluster { link, update } => self.cluster_update(link, update),
             HubMsg::Join(req) => self.join(*req),
             HubMsg::Leave(id) => self.leave(id),
             HubMsg::Events {
