@@ -139,6 +139,20 @@ async fn one_poller_per_org_for_the_cluster_and_resume_on_another_replica() {
         extra_ids.is_empty(),
         "only the missed events: {extra_ids:?}"
     );
+    // A position just delivered by one replica resumes on another at once,
+    // even if that one's reader is a moment behind.
+    let just = publish(&sim, 1, 2);
+    let seq = receive_exactly(&mut clients[1], &just).await;
+    let (mut ws, ack) = subscribe(
+        replicas[0].client_addr,
+        1,
+        json!({"services": ["finance"], "version": 1, "lastSeq": seq}),
+    )
+    .await;
+    assert_eq!(ack["resumed"], true, "{ack}");
+    let later = publish(&sim, 1, 1);
+    let more = receive_exactly(&mut ws, &later).await;
+    assert!(more > seq);
     // A position from another cluster's run does not resume.
     let (_ws, ack) = subscribe(
         replicas[1].client_addr,

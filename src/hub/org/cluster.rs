@@ -23,6 +23,8 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::*;
 use crate::cluster::org::{AppendBatch, ClusterUpdate, OrgLink};
 use crate::cluster::stream::{Outgoing, SourcePositions, StreamEvent};
@@ -46,6 +48,10 @@ pub(super) struct ClusterSide {
     pub(super) waiting: Vec<HubMsg>,
     /// Nothing was ever served: the first `Joined` may set the positions.
     pub(super) fresh: bool,
+    /// Joins whose `lastSeq` is ahead of what this replica has read (it
+    /// came from a replica whose reader is a little ahead), until the
+    /// reader reaches it or `cluster.redis_timeout_ms` passed.
+    pub(super) ahead: Vec<(Instant, JoinRequest)>,
 }
 
 impl ClusterSide {
@@ -56,6 +62,7 @@ impl ClusterSide {
             owner: false,
             waiting: Vec::new(),
             fresh: true,
+            ahead: Vec::new(),
         }
     }
 }
@@ -100,13 +107,59 @@ impl OrgHub {
         Some(msg)
     }
 
+    /// Holds back a join whose `lastSeq` is a position of the shared
+    /// stream this replica has not read yet; returns it when it may go on.
+    pub(super) fn wait_until_read(&mut self, req: JoinRequest) -> Option<JoinRequest> {
+        let seq = self.seq;
+        let timeout = self.cfg.cluster.redis_timeout;
+        let Some(c) = self.cluster.as_mut() else {
+            return Some(req);
+        };
+        match req.last_seq {
+            Some(n) if c.serving == Serving::Shared && n > seq => {
+                c.ahead.push((Instant::now() + timeout, req));
+                None
+            }
+            _ => Some(req),
+        }
+    }
+
+    /// Lets held-back joins go on: those whose position was read, those
+    /// that waited long enough (they get `resumed: false`), or all.
+    pub(super) fn release_ahead(&mut self, now: Instant, all: bool) {
+        let seq = self.seq;
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if c.ahead.is_empty() {
+            return;
+        }
+        let (ready, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut c.ahead)
+                .into_iter()
+                .partition(|(deadline, r)| {
+                    all || now >= *deadline || r.last_seq.is_none_or(|n| n <= seq)
+                });
+        c.ahead = held;
+        for (_, req) in ready {
+            self.join_now(req);
+        }
+    }
+
+    /// When the oldest held-back join stops waiting.
+    pub(super) fn ahead_deadline(&self) -> Option<Instant> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.ahead.iter().map(|(d, _)| *d).min())
+    }
+
     /// Drops the link when the org has no local demand left (the lease and
     /// demand are released); called from `reconcile`.
     pub(super) fn track_demand(&mut self, demand: bool) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        if !demand && c.waiting.is_empty() && c.link.take().is_some() {
+        if !demand && c.waiting.is_empty() && c.ahead.is_empty() && c.link.take().is_some() {
             c.owner = false;
             c.serving = Serving::Waiting;
         }
@@ -247,6 +300,7 @@ impl OrgHub {
         }
         self.reconcile();
         self.release_waiting();
+        self.release_ahead(Instant::now(), true);
     }
 
     /// Starts a new run of positions at the current one: the window
@@ -364,5 +418,6 @@ impl OrgHub {
         }
         self.publish(stored);
         self.heads.send_replace(self.seq);
+        self.release_ahead(Instant::now(), false);
     }
 }

@@ -213,6 +213,7 @@ impl OrgHub {
                 _ = shutdown.changed() => break,
             }
             let now = Instant::now();
+            self.release_ahead(now, false);
             self.flush_due(now, busy);
             if now >= self.next_ping {
                 self.next_ping = now + self.cfg.stream.ping_interval;
@@ -265,6 +266,9 @@ impl OrgHub {
         // the past would spin this loop).
         if let Some(f) = self.fallback_deadline().filter(|_| !self.in_fallback) {
             d = d.min(f);
+        }
+        if let Some(a) = self.ahead_deadline() {
+            d = d.min(a);
         }
         if self.members.is_empty()
             && let Some(t) = self.empty_since
