@@ -327,3 +327,30 @@ async fn redis_lost_then_back_empty_clients_keep_receiving_and_old_positions_do_
     .await;
     assert_eq!(ack["resumed"], false, "{ack}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_native_link_per_org_for_the_cluster() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_sim(std::time::Duration::from_secs(25)).await;
+    let extra = cluster_extra(&redis, "native");
+    let a = start_sidecar(config(&sim.base_url(), &extra)).await;
+    let b = start_sidecar(config(&sim.base_url(), &extra)).await;
+    // Set on both: sharing flags through Redis is not what this checks.
+    for r in [&a, &b] {
+        set_flags(r, "REALTIME_STREAMING_V2=true&REALTIME_ROLLOUT_PERCENT=100").await;
+    }
+    let (mut wa, ack) = subscribe(a.client_addr, 3, hello(&["finance", "staff"])).await;
+    assert_eq!(ack["mode"], "native", "{ack}");
+    let (mut wb, _) = subscribe(b.client_addr, 3, hello(&["finance", "staff"])).await;
+    eventually("one native link for the org", || async {
+        sim.state.native_active() == 1
+    })
+    .await;
+    let ids = publish(&sim, 3, 3);
+    receive_exactly(&mut wa, &ids).await;
+    receive_exactly(&mut wb, &ids).await;
+    assert_eq!(sim.state.native_active(), 1);
+    assert_eq!(sim.state.active_polls(), 0);
+}
