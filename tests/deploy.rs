@@ -413,6 +413,11 @@ fn compose_runs_simulate_two_replicas_redis_prometheus_and_grafana() {
             format!("http://simulate:{simulate_port}")
         );
         assert!(!cfg.admin_listen.ip().is_loopback());
+        assert_eq!(
+            cfg.cluster.redis_url.as_deref(),
+            Some("redis://redis:6379"),
+            "{r}: the replicas share the compose Redis"
+        );
         let flags = cfg.flags.file.as_ref().expect("a flags file");
         let dir = flags.parent().unwrap().display().to_string();
         assert!(

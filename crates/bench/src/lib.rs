@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod chat;
+mod cluster;
 mod facade;
 pub mod histogram;
 mod runs;
@@ -46,7 +47,7 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-f, r, u).
+    /// Letters of the scenarios to run (a-f, n, r, u).
     pub scenarios: String,
     /// Members of the chat room (scenario f).
     pub chat_members: usize,
@@ -777,6 +778,10 @@ async fn run_once(o: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         eprintln!("bench: u. document upload ...");
         uploads::run(&mut rows).await?;
         uploads::concurrent_memory(&exe, &mut rows).await?;
+    }
+    if has('n') {
+        eprintln!("bench: n. several replicas on Redis ...");
+        cluster::replicas(&exe, &o, &mut rows).await?;
     }
     if has('r') {
         eprintln!("bench: r. chat room ...");

@@ -198,6 +198,7 @@ impl Sidecar {
             stats: stats.clone(),
             upstream: Arc::new(upstream),
             shutdown: shutdown.clone(),
+            cluster: cluster.clone(),
         });
         let facade = Arc::new(Facade::new(
             config.clone(),

@@ -11,6 +11,11 @@
 //! Redis keys (all under `{cluster.name}:`):
 //! - `replicas` — sorted set: replica id → membership expiry (Redis ms).
 
+pub mod org;
+pub mod ownership;
+pub mod reader;
+pub mod stream;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -14,6 +14,10 @@ const NAME: &str = "realtime-edge";
 const LEASE_MS: u64 = 3000;
 /// `cluster.redis_timeout_ms`.
 const REDIS_TIMEOUT_MS: u64 = 1000;
+/// `cluster.append_queue`.
+const APPEND_QUEUE: u64 = 256;
+/// `cluster.read_batch`.
+const READ_BATCH: u64 = 500;
 
 /// Several replicas on Redis (CONTRACT 9).
 #[derive(Debug, Clone)]
@@ -29,6 +33,12 @@ pub struct ClusterConfig {
     /// How long one Redis command may take before Redis counts as
     /// unavailable (and the replica serves its clients on its own).
     pub redis_timeout: Duration,
+    /// Batches of accepted events an org's owner may have waiting for
+    /// their append to Redis; past it the org is served locally (degraded)
+    /// until Redis keeps up again.
+    pub append_queue: usize,
+    /// Stream entries one blocking read of an org's reader takes at most.
+    pub read_batch: usize,
 }
 
 /// `cluster` as written.
@@ -39,6 +49,8 @@ pub(super) struct RawCluster {
     name: Option<String>,
     lease_ms: Option<u64>,
     redis_timeout_ms: Option<u64>,
+    append_queue: Option<u64>,
+    read_batch: Option<u64>,
 }
 
 impl RawCluster {
@@ -75,7 +87,17 @@ impl RawCluster {
                 format!("{timeout_ms} must be below cluster.lease_ms ({lease_ms}): a lease is renewed within it"),
             );
         }
+        let append_queue = p.range(
+            "cluster.append_queue",
+            c.append_queue,
+            APPEND_QUEUE,
+            1,
+            1 << 20,
+        );
+        let read_batch = p.range("cluster.read_batch", c.read_batch, READ_BATCH, 1, 100_000);
         ClusterConfig {
+            append_queue: append_queue as usize,
+            read_batch: read_batch as usize,
             redis_url,
             name,
             lease: Duration::from_millis(lease_ms),

@@ -149,6 +149,12 @@ pub enum HubMsg {
         source: SourceId,
         status: SourceStatus,
     },
+    /// From the org's cluster link (cluster mode); `link` tells a
+    /// replaced link's late words from the current one's.
+    Cluster {
+        link: u64,
+        update: crate::cluster::org::ClusterUpdate,
+    },
 }
 
 /// A client connection asking to be served.
@@ -205,6 +211,8 @@ pub struct HubContext {
     pub stats: Arc<Stats>,
     pub upstream: Arc<dyn SourceSpawner>,
     pub shutdown: watch::Receiver<bool>,
+    /// The replica's cluster link (`cluster.redis_url` set).
+    pub cluster: Option<Arc<crate::cluster::ClusterLink>>,
 }
 
 /// Finds or creates the hub of an org.

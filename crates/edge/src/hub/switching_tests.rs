@@ -189,6 +189,7 @@ fn fixture() -> Fixture {
         stats: stats.clone(),
         upstream: Arc::new(ScriptedSpawner(scripted.clone())),
         shutdown,
+        cluster: None,
     });
     Fixture {
         registry,

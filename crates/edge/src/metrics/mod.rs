@@ -60,6 +60,13 @@ pub const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
 /// Gauge: 1 when Redis answered the last cluster heartbeat, else 0 (CONTRACT 9).
 pub const CLUSTER_REDIS_UP: &str = "cluster_redis_up";
+/// Counter: orgs whose sources this replica took over (cluster mode).
+pub const CLUSTER_OWNERSHIPS: &str = "cluster_org_ownerships_total";
+/// Counter: events this replica appended to orgs' Redis streams as owner.
+pub const CLUSTER_EVENTS_APPENDED: &str = "cluster_events_appended_total";
+/// Counter: times an owner's appends outran Redis (`cluster.append_queue`)
+/// and the org was served locally.
+pub const CLUSTER_APPEND_OVERFLOWS: &str = "cluster_append_overflows_total";
 
 /// Counter by `version`: uploads admitted (CONTRACT 7).
 pub const UPLOADS_STARTED: &str = "uploads_started_total";
@@ -180,6 +187,18 @@ fn describe() {
     metrics::describe_gauge!(
         CLUSTER_REDIS_UP,
         "1 when Redis answered the last cluster heartbeat (cluster mode only)"
+    );
+    metrics::describe_counter!(
+        CLUSTER_OWNERSHIPS,
+        "Orgs whose sources this replica took over"
+    );
+    metrics::describe_counter!(
+        CLUSTER_EVENTS_APPENDED,
+        "Events appended to orgs' Redis streams by this replica as owner"
+    );
+    metrics::describe_counter!(
+        CLUSTER_APPEND_OVERFLOWS,
+        "Times an owner's appends outran Redis and the org was served locally"
     );
     metrics::describe_counter!(FACADE_REQUESTS, "V1 requests served by the facade");
     metrics::describe_gauge!(FACADE_HELD, "V1 requests the facade holds now");

@@ -238,11 +238,19 @@ impl OrgHub {
     }
 
     pub(super) fn flush(&mut self, service: u16) {
+        if self.shared() {
+            self.flush_shared();
+            return;
+        }
         let slot = &mut self.slots[service as usize];
         let pending = std::mem::take(&mut slot.pending);
         slot.pending_since = None;
         let mut stored = Vec::with_capacity(pending.len());
         for ev in pending {
+            // Already delivered from the shared stream before Redis failed.
+            if !self.delivered.insert(&ev.id) {
+                continue;
+            }
             self.seq += 1;
             stored.push(Arc::new(Stored {
                 seq: self.seq,
@@ -252,6 +260,17 @@ impl OrgHub {
                 origin_ms: ev.origin_ms,
                 live: ev.live,
             }));
+        }
+        self.publish(stored);
+        if let Some(link) = self.cluster.as_ref().and_then(|c| c.link.as_ref()) {
+            link.set_floor(self.seq);
+        }
+    }
+
+    /// Keeps positioned events for replay and pushes them to every view.
+    pub(super) fn publish(&mut self, stored: Vec<Arc<Stored>>) {
+        if stored.is_empty() {
+            return;
         }
         for e in &stored {
             self.replay.push(e.clone());

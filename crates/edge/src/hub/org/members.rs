@@ -8,6 +8,12 @@ use super::*;
 
 impl OrgHub {
     pub(super) fn join(&mut self, req: JoinRequest) {
+        if let Some(req) = self.wait_until_read(req) {
+            self.join_now(req);
+        }
+    }
+
+    pub(super) fn join_now(&mut self, req: JoinRequest) {
         let view = ViewKey {
             services: req.services.clone(),
             property: req.property.clone(),

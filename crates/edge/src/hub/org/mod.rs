@@ -9,6 +9,7 @@
 //! flags move the org: start the new source, and stop the old one only when
 //! the new one is ready, de-duplicating the overlap by eventId.
 
+mod cluster;
 mod events;
 mod members;
 mod sources;
@@ -109,7 +110,14 @@ pub(super) struct OrgHub {
     /// The newest position, for readers waiting for the next event.
     heads: watch::Sender<u64>,
     replay: ReplayWindow,
+    /// Source-side de-duplication: eventIds accepted from the sources.
     recent: RecentIds,
+    /// Delivery-side de-duplication: eventIds delivered to this replica's
+    /// clients (in cluster mode they may come from local sources and from
+    /// the shared stream across a change of serving).
+    delivered: RecentIds,
+    /// Set in cluster mode (`cluster.redis_url`).
+    cluster: Option<cluster::ClusterSide>,
     members: HashMap<SessionId, Member>,
     views: HashMap<ViewKey, Vec<(SessionId, Arc<SessionQueue>)>>,
     slots: Vec<Slot>,
@@ -144,6 +152,8 @@ impl OrgHub {
             org,
             slots: (0..cfg.services.len()).map(|_| Slot::default()).collect(),
             recent: RecentIds::new(cfg.stream.dedup_events),
+            delivered: RecentIds::new(cfg.stream.dedup_events),
+            cluster: ctx.cluster.as_ref().map(|_| cluster::ClusterSide::new()),
             next_ping: Instant::now() + cfg.stream.ping_interval,
             registry,
             ctx,
@@ -203,6 +213,7 @@ impl OrgHub {
                 _ = shutdown.changed() => break,
             }
             let now = Instant::now();
+            self.release_ahead(now, false);
             self.flush_due(now, busy);
             if now >= self.next_ping {
                 self.next_ping = now + self.cfg.stream.ping_interval;
@@ -232,6 +243,10 @@ impl OrgHub {
         for (_, r) in self.sources.drain() {
             r.handle.stop();
         }
+        // Releases the org's lease and demand.
+        if let Some(c) = self.cluster.as_mut() {
+            c.link = None;
+        }
     }
 
     fn next_deadline(&self) -> Instant {
@@ -251,6 +266,9 @@ impl OrgHub {
         // the past would spin this loop).
         if let Some(f) = self.fallback_deadline().filter(|_| !self.in_fallback) {
             d = d.min(f);
+        }
+        if let Some(a) = self.ahead_deadline() {
+            d = d.min(a);
         }
         if self.members.is_empty()
             && let Some(t) = self.empty_since
@@ -274,7 +292,15 @@ impl OrgHub {
     }
 
     fn handle(&mut self, msg: HubMsg) {
+        let msg = match msg {
+            HubMsg::Join(_) | HubMsg::Read(_) => match self.hold_until_served(msg) {
+                Some(msg) => msg,
+                None => return,
+            },
+            other => other,
+        };
         match msg {
+            HubMsg::Cluster { link, update } => self.cluster_update(link, update),
             HubMsg::Join(req) => self.join(*req),
             HubMsg::Leave(id) => self.leave(id),
             HubMsg::Events {

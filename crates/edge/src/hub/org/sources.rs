@@ -93,6 +93,11 @@ impl OrgHub {
     /// without a token could only fail. Positions and cursors stay for
     /// `resume_ttl` (see [`OrgHub::run`]).
     pub(super) fn active(&self, s: usize, now: Instant) -> bool {
+        self.wanted(s, now) && self.runs_sources()
+    }
+
+    /// Whether this replica has demand for service `s` (see `active`).
+    pub(super) fn wanted(&self, s: usize, now: Instant) -> bool {
         let slot = &self.slots[s];
         let linger = self.cfg.stream.hub_linger;
         slot.subscribers > 0
@@ -106,6 +111,8 @@ impl OrgHub {
     pub(super) fn reconcile(&mut self) {
         let now = Instant::now();
         let n = self.slots.len();
+        let demand = !self.members.is_empty() || (0..n).any(|s| self.wanted(s, now));
+        self.track_demand(demand);
         let group = self.cfg.rollout_group.clone();
         let flags = self.flags.flags.clone();
         let fallback = self.fallback_deadline().is_some_and(|d| now >= d);
