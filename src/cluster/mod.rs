@@ -11,6 +11,8 @@
 //! Redis keys (all under `{cluster.name}:`):
 //! - `replicas` — sorted set: replica id → membership expiry (Redis ms).
 
+pub mod flags;
+
 use std::sync::Arc;
 use std::time::Duration;
 
