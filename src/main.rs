@@ -131,7 +131,7 @@ enum Command {
         /// Publish rates for the fan-out run.
         #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000")]
         fanout_rates: Vec<u32>,
-        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), r (chat room), u (uploads); r and u are not in the default.
+        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), k (flag propagation across 3 replicas; needs redis-server), r (chat room), u (uploads); k, r and u are not in the default.
         #[arg(long, default_value = "abcdef")]
         scenarios: String,
         /// Members of the chat room (scenario f).

@@ -7,6 +7,7 @@
 //! file descriptors), spread over several 127.0.0.x source addresses.
 
 mod chat;
+mod cluster_flags;
 mod facade;
 pub mod histogram;
 mod runs;
@@ -45,7 +46,7 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-f, r, u).
+    /// Letters of the scenarios to run (a-f, k, r, u).
     pub scenarios: String,
     /// Members of the chat room (scenario f).
     pub chat_members: usize,
@@ -780,6 +781,10 @@ async fn run_once(o: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     if has('r') {
         eprintln!("bench: r. chat room ...");
         chat::chat_room(&exe, &o, &mut rows).await?;
+    }
+    if has('k') {
+        eprintln!("bench: k. flag propagation across replicas ...");
+        cluster_flags::flag_propagation(&exe, &mut rows).await?;
     }
     Ok(rows)
 }
