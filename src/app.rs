@@ -233,6 +233,7 @@ impl Sidecar {
                 flags.clone(),
                 stats.clone(),
                 shutdown.clone(),
+                cluster.clone(),
             ),
         });
         let ready = Arc::new(AtomicBool::new(false));
