@@ -129,7 +129,21 @@ async fn one_version_sequence_one_history_and_shared_deletes() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (sim, a, b) = two_replicas(&redis, "cf-seq").await;
+    let sim = start_sim(Duration::from_secs(25)).await;
+    // A keeps a local copy of the cluster's overrides in its overrides file.
+    let copy = unique_dir("cf-copy").join("overrides.yaml");
+    let a_extra = format!(
+        "{}flags: {{file: null, overrides_file: \"{}\"}}\n",
+        cluster_extra(&redis, "cf-seq"),
+        copy.display()
+    );
+    let a = start_sidecar(config(&sim.base_url(), &a_extra)).await;
+    let b = start_sidecar(config(&sim.base_url(), &cluster_extra(&redis, "cf-seq"))).await;
+    eventually("both replicas synced", || async {
+        let (va, vb) = (a.flags.cluster_version(), b.flags.cluster_version());
+        va.is_some() && va == vb
+    })
+    .await;
     let (status, v1) = post_flags(&a, "REALTIME_ROLLOUT_PERCENT=10").await;
     assert_eq!(status, 200, "{v1}");
     let v1 = v1["version"].as_u64().unwrap();
@@ -141,6 +155,10 @@ async fn one_version_sequence_one_history_and_shared_deletes() {
     let on_a = wait_version(&a, &json!(v1 + 1)).await;
     assert_eq!(on_a["flags"]["REALTIME_ROLLOUT_PERCENT"], 20);
     assert_eq!(on_a["flags"]["REALTIME_DENYLIST_ORGS"], json!([4, 5]));
+    eventually("A's local copy has B's change", || async {
+        std::fs::read_to_string(&copy).is_ok_and(|t| t.contains("REALTIME_ROLLOUT_PERCENT: 20"))
+    })
+    .await;
 
     // The same value again is no change: no new version anywhere.
     let (_, same) = post_flags(&a, "REALTIME_ROLLOUT_PERCENT=20").await;
@@ -181,6 +199,7 @@ async fn one_version_sequence_one_history_and_shared_deletes() {
     a.shutdown().await;
     b.shutdown().await;
     sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(copy.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
