@@ -267,3 +267,37 @@ async fn redis_down_refuses_changes_keeps_serving_and_converges_when_back() {
     b.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_change_notice_is_caught_by_the_version_check() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (sim, a, b) = two_replicas(&redis, "cf-lost").await;
+    let (_, set) = post_flags(&a, "REALTIME_ROLLOUT_PERCENT=3").await;
+    let version = set["version"].as_u64().unwrap();
+    wait_version(&b, &json!(version)).await;
+    // A change written to Redis without its PUBLISH: as if the notice was lost.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg("cf-lost:flags:overrides")
+        .arg("REALTIME_ROLLOUT_PERCENT")
+        .arg("4")
+        .ignore()
+        .cmd("INCR")
+        .arg("cf-lost:flags:version")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for sc in [&a, &b] {
+        let v = wait_version(sc, &json!(version + 1)).await;
+        assert_eq!(v["flags"]["REALTIME_ROLLOUT_PERCENT"], 4);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
