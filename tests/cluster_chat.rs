@@ -217,3 +217,70 @@ async fn a_replica_that_leaves_takes_its_members_offline() {
     a.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_carry_on_alone_without_redis_and_converge_when_it_is_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_sim(Duration::from_secs(25)).await;
+    let a = start_sidecar(config(&sim.base_url(), &cluster_extra(&redis, "cc3"))).await;
+    let b = start_sidecar(config(&sim.base_url(), &cluster_extra(&redis, "cc3"))).await;
+    wait_bus(&redis, "cc3").await;
+    let (mut alice, _) = join(a.client_addr, 1, "alice", "r").await;
+    let (mut bob, snap) = join(b.client_addr, 1, "bob", "r").await;
+    if member_ids(&snap) == ["bob"] {
+        expect_presence(&mut bob, "alice", "online").await;
+    }
+    expect_presence(&mut alice, "bob", "online").await;
+
+    redis.kill();
+    let up = |sc: &realtime_edge::Sidecar| *sc.cluster.as_ref().unwrap().up().borrow();
+    eventually("Redis seen down", || async { !up(&a) && !up(&b) }).await;
+    // Each replica's room still works for its own members.
+    send(
+        &mut bob,
+        json!({"type": "chat", "text": "alone", "clientMsgId": "c-2"}),
+    )
+    .await;
+    let m = next_json(&mut bob).await;
+    assert_eq!(
+        (&m["type"], &m["text"]),
+        (&json!("chat"), &json!("alone")),
+        "{m}"
+    );
+    // carol joins on B while A cannot hear of it.
+    let (_carol, _) = join(b.client_addr, 1, "carol", "r").await;
+    expect_presence(&mut bob, "carol", "online").await;
+
+    // Redis is back (empty): the rooms say hello again and A learns of carol.
+    redis.restart();
+    wait_bus(&redis, "cc3").await;
+    loop {
+        let m = next_json(&mut alice).await;
+        assert_eq!(m["type"], "presence", "{m}");
+        // Membership may flap while both replicas re-register: bob may be
+        // seen gone and back; carol must end up online.
+        if m["userId"] == "carol" {
+            assert_eq!(m["status"], "online", "{m}");
+            break;
+        }
+    }
+    // And messages cross again.
+    send(
+        &mut bob,
+        json!({"type": "chat", "text": "together", "clientMsgId": "c-3"}),
+    )
+    .await;
+    loop {
+        let m = next_json(&mut alice).await;
+        if m["type"] == "chat" {
+            assert_eq!(m["text"], "together", "{m}");
+            break;
+        }
+        assert_eq!(m["type"], "presence", "{m}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}

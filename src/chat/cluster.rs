@@ -251,7 +251,7 @@ impl ChatBus {
     }
 
     /// Tells every room when replicas leave the membership, so their users
-    /// go offline here.
+    /// go offline here, and when replicas join it, so they say hello.
     async fn membership_loop(&self, rooms: Weak<RoomRegistry>, mut stop: watch::Receiver<bool>) {
         let mut members = self.link.members();
         let mut known: BTreeSet<String> = members.borrow_and_update().iter().cloned().collect();
@@ -267,6 +267,15 @@ impl ChatBus {
             for gone in known.difference(&now) {
                 let gone: Arc<str> = Arc::from(gone.as_str());
                 registry.send_all(|| RoomMsg::ReplicaGone(gone.clone()));
+            }
+            // A replica (re)joined — after a Redis restart it may have been
+            // counted as gone a moment ago: the rooms say hello, so their
+            // presence lists include its members again.
+            if now
+                .iter()
+                .any(|r| !known.contains(r) && r != self.replica())
+            {
+                registry.send_all(|| RoomMsg::Rejoin);
             }
             known = now;
         }
