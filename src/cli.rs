@@ -129,7 +129,7 @@ pub enum Command {
         /// Publish rates for the fan-out run.
         #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000")]
         fanout_rates: Vec<u32>,
-        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), n (three replicas on Redis; needs redis-server), r (chat room), u (uploads); n, r and u are not in the default.
+        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), k (flag propagation across 3 replicas; needs redis-server), n (three replicas on Redis; needs redis-server), r (chat room), u (uploads); k, n, r and u are not in the default.
         #[arg(long, default_value = "abcdef")]
         scenarios: String,
         /// Members of the chat room (scenario f).

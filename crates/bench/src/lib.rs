@@ -9,6 +9,7 @@
 
 mod chat;
 mod cluster;
+mod cluster_flags;
 mod facade;
 pub mod histogram;
 mod runs;
@@ -47,7 +48,7 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-f, n, r, u).
+    /// Letters of the scenarios to run (a-f, k, n, r, u).
     pub scenarios: String,
     /// Members of the chat room (scenario f).
     pub chat_members: usize,
@@ -786,6 +787,10 @@ async fn run_once(o: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     if has('r') {
         eprintln!("bench: r. chat room ...");
         chat::chat_room(&exe, &o, &mut rows).await?;
+    }
+    if has('k') {
+        eprintln!("bench: k. flag propagation across replicas ...");
+        cluster_flags::flag_propagation(&exe, &mut rows).await?;
     }
     Ok(rows)
 }

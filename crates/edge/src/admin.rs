@@ -11,6 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::cluster::flags::{SharedFlags, SharedFlagsError};
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::flags::{FlagStore, FlagValue, Snapshot, bucket, decide, decide_org};
@@ -32,6 +33,8 @@ pub struct Admin {
     pub drain: Arc<Drain>,
     /// Not ready until its key set (if any) has loaded.
     pub verifier: Arc<crate::auth::Verifier>,
+    /// In cluster mode, overrides are changed through Redis for every replica.
+    pub shared_flags: Option<Arc<SharedFlags>>,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -86,6 +89,12 @@ impl Admin {
                 let key = &p["/feature-flags/".len()..];
                 if !self.flags.schema().keys().iter().any(|k| k == key) {
                     return json_error(StatusCode::BAD_REQUEST, &format!("unknown flag {key:?}"));
+                }
+                if let Some(shared) = &self.shared_flags {
+                    return match shared.delete(&who, key).await {
+                        Ok(_) => json(StatusCode::OK, &snapshot_json(&self.flags.current())),
+                        Err(e) => cluster_error(&e),
+                    };
                 }
                 match self.flags.delete_override_persisted(&who, key).await {
                     Ok(_) => json(StatusCode::OK, &snapshot_json(&self.flags.current())),
@@ -197,6 +206,12 @@ impl Admin {
             Ok(c) => c,
             Err(problems) => return json_error(StatusCode::BAD_REQUEST, &problems.join("; ")),
         };
+        if let Some(shared) = &self.shared_flags {
+            return match shared.set(who, &changes).await {
+                Ok(snap) => json(StatusCode::OK, &snapshot_json(&snap)),
+                Err(e) => cluster_error(&e),
+            };
+        }
         match self.flags.set_overrides_persisted(who, changes).await {
             Ok(snap) => json(StatusCode::OK, &snapshot_json(&snap)),
             Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -275,6 +290,16 @@ impl Admin {
             },
         })
     }
+}
+
+/// A shared flag change refused because Redis is unreachable: 503, so an
+/// operator does not believe it reached every replica.
+fn cluster_error(e: &SharedFlagsError) -> Response<Body> {
+    tracing::warn!(error = %e, "flag change refused");
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": e.to_string(), "code": "CLUSTER_UNAVAILABLE"}),
+    )
 }
 
 /// The body of `GET /feature-flags`.

@@ -14,6 +14,7 @@ use tokio_rustls::rustls;
 
 use crate::admin::Admin;
 use crate::auth::Verifier;
+use crate::cluster::flags::SharedFlags;
 use crate::cluster::{ClusterError, ClusterLink};
 use crate::config::{Config, TlsConfig};
 use crate::drain::Drain;
@@ -235,9 +236,13 @@ impl Sidecar {
                 flags.clone(),
                 stats.clone(),
                 shutdown.clone(),
+                cluster.clone(),
             ),
         });
         let ready = Arc::new(AtomicBool::new(false));
+        let shared_flags = cluster
+            .as_ref()
+            .map(|link| SharedFlags::new(link.clone(), flags.clone()));
         let admin = Arc::new(Admin {
             config: config.clone(),
             flags: flags.clone(),
@@ -247,6 +252,7 @@ impl Sidecar {
             ready: ready.clone(),
             drain: drain.clone(),
             verifier: verifier.clone(),
+            shared_flags: shared_flags.clone(),
         });
         let local = |l: &TcpListener, addr: SocketAddr| {
             l.local_addr()
@@ -258,6 +264,9 @@ impl Sidecar {
         let mut tasks = vec![uploads_sweeper];
         if let Some(link) = &cluster {
             tasks.push(tokio::spawn(link.clone().run_heartbeat(shutdown.clone())));
+        }
+        if let Some(shared) = shared_flags {
+            tasks.push(tokio::spawn(shared.run(shutdown.clone())));
         }
         let client_limits = ServerLimits {
             max_connections: config.limits.client_connections,

@@ -9,6 +9,7 @@
 //! With `true`, [`relay`] passes each connection through to the backend's
 //! native chat stream.
 
+pub mod cluster;
 pub mod endpoint;
 pub mod protocol;
 pub mod receipts;
@@ -45,15 +46,27 @@ pub struct ChatService {
 }
 
 impl ChatService {
+    /// The chat service; with a cluster link, rooms span the replicas and
+    /// the room bus task is spawned (it ends with `shutdown`).
     pub fn new(
         config: Arc<Config>,
         flags: Arc<FlagStore>,
         stats: Arc<Stats>,
         shutdown: watch::Receiver<bool>,
+        cluster: Option<Arc<crate::cluster::ClusterLink>>,
     ) -> Arc<ChatService> {
         let store = Arc::new(store::BackendStore::new(&config));
-        let rooms =
-            registry::RoomRegistry::new(config.chat.clone(), store.clone(), shutdown.clone());
+        let bus =
+            cluster.map(|link| cluster::ChatBus::new(link, config.chat.cluster_publish_queue));
+        let rooms = registry::RoomRegistry::new(
+            config.chat.clone(),
+            store.clone(),
+            shutdown.clone(),
+            bus.as_ref().map(|(bus, _)| bus.clone()),
+        );
+        if let Some((bus, outgoing)) = bus {
+            tokio::spawn(bus.run(Arc::downgrade(&rooms), outgoing, shutdown.clone()));
+        }
         Arc::new(ChatService {
             config,
             flags,

@@ -62,6 +62,14 @@ impl Status {
         }
     }
 
+    /// Any status, as replicas tell each other (cluster mode).
+    pub fn from_wire(s: &str) -> Option<Status> {
+        match s {
+            "offline" => Some(Status::Offline),
+            other => Self::from_client(other),
+        }
+    }
+
     /// The statuses a client may choose (`offline` is the sidecar's to say).
     fn from_client(s: &str) -> Option<Status> {
         match s {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::cluster::ChatBus;
 use super::room::{JoinOutcome, Member, Room, RoomMsg};
 use super::store::BackendStore;
 use crate::auth::OrgId;
@@ -45,6 +46,8 @@ pub struct RoomRegistry {
     cfg: ChatConfig,
     store: Arc<BackendStore>,
     shutdown: watch::Receiver<bool>,
+    /// Cluster mode: the bus to the same rooms on the other replicas.
+    bus: Option<Arc<ChatBus>>,
 }
 
 impl RoomRegistry {
@@ -52,6 +55,7 @@ impl RoomRegistry {
         cfg: ChatConfig,
         store: Arc<BackendStore>,
         shutdown: watch::Receiver<bool>,
+        bus: Option<Arc<ChatBus>>,
     ) -> Arc<RoomRegistry> {
         Arc::new(RoomRegistry {
             rooms: Mutex::new(HashMap::new()),
@@ -59,7 +63,35 @@ impl RoomRegistry {
             cfg,
             store,
             shutdown,
+            bus,
         })
+    }
+
+    /// Hands `msg` to the live room `key`, never waiting; `false` when the
+    /// room's inbox is full. No room here: nothing to do (`true`).
+    pub(super) fn send_to(&self, key: &RoomKey, msg: RoomMsg) -> bool {
+        let inbox = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.get(key).map(|e| e.inbox.clone())
+        };
+        match inbox {
+            Some(inbox) => !matches!(inbox.try_send(msg), Err(mpsc::error::TrySendError::Full(_))),
+            None => true,
+        }
+    }
+
+    /// Hands a message made by `msg` to every live room, never waiting.
+    pub(super) fn send_all(&self, msg: impl Fn() -> RoomMsg) {
+        let inboxes: Vec<mpsc::Sender<RoomMsg>> = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.values().map(|e| e.inbox.clone()).collect()
+        };
+        for inbox in inboxes {
+            if inbox.try_send(msg()).is_err() {
+                ::metrics::counter!(crate::metrics::CHAT_CLUSTER_DROPPED, "reason" => "room_inbox_full")
+                    .increment(1);
+            }
+        }
     }
 
     /// Puts `member` in the room `key`, creating the room when needed;
@@ -120,6 +152,7 @@ impl RoomRegistry {
             self.cfg.clone(),
             self.store.clone(),
             self.clone(),
+            self.bus.clone(),
         );
         tokio::spawn(room.run(rx, self.shutdown.clone()));
         (id, tx)

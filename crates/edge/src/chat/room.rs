@@ -9,6 +9,12 @@
 //!
 //! A message is broadcast only after the backend saved it; a failed or slow
 //! save is told to its sender alone (`SEND_FAILED`).
+//!
+//! In cluster mode the room also publishes what members elsewhere must see
+//! on the room bus ([`super::cluster`]) and replays what the same room on
+//! other replicas did; presence then spans the replicas: a user is in the
+//! room while any replica has them, and `online`/`offline` are said when the
+//! user first appears anywhere and when they are gone everywhere.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -19,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::cluster::{ChatBus, Remote, Wire, WireMember};
 use super::protocol::{self, ChatErrorCode, ClientMessage, MemberView, Status};
 use super::receipts::{Next, Receipt, ReceiptSlot};
 use super::registry::{RoomKey, RoomRegistry};
@@ -63,6 +70,12 @@ pub enum RoomMsg {
         conn: ConnId,
         msg: ClientMessage,
     },
+    /// Cluster mode: what the same room did on another replica.
+    Remote(Remote),
+    /// Cluster mode: this replica left the membership; its users are gone.
+    ReplicaGone(Arc<str>),
+    /// Cluster mode: the room bus reconnected; say hello again.
+    Rejoin,
 }
 
 /// A backend call finished.
@@ -116,6 +129,17 @@ pub(super) struct Room {
     receipts: HashMap<Arc<str>, ReceiptSlot>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     jobs: JoinSet<JobDone>,
+    /// Cluster mode: the bus to the same room on the other replicas.
+    bus: Option<Arc<ChatBus>>,
+    /// Cluster mode: the members the other replicas have, by replica.
+    remote: HashMap<Arc<str>, HashMap<Arc<str>, RemoteUser>>,
+}
+
+/// A member of the room on another replica.
+#[derive(Debug, Clone)]
+struct RemoteUser {
+    name: Arc<str>,
+    status: Status,
 }
 
 impl Room {
@@ -125,6 +149,7 @@ impl Room {
         cfg: ChatConfig,
         store: Arc<BackendStore>,
         registry: Arc<RoomRegistry>,
+        bus: Option<Arc<ChatBus>>,
     ) -> Room {
         Room {
             key,
@@ -137,6 +162,8 @@ impl Room {
             receipts: HashMap::new(),
             timers: BinaryHeap::new(),
             jobs: JoinSet::new(),
+            bus,
+            remote: HashMap::new(),
         }
     }
 
@@ -148,6 +175,7 @@ impl Room {
         mut shutdown: watch::Receiver<bool>,
     ) {
         ::metrics::gauge!(m::CHAT_ROOMS).increment(1.0);
+        self.hello();
         loop {
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
@@ -197,6 +225,9 @@ impl Room {
                 }
             }
             RoomMsg::Leave(conn) => self.leave(conn),
+            RoomMsg::Remote(remote) => self.remote(remote),
+            RoomMsg::ReplicaGone(replica) => self.replica_gone(&replica),
+            RoomMsg::Rejoin => self.hello(),
             RoomMsg::Client { conn, msg } => {
                 let Some(user_id) = self.conns.get(&conn).map(|c| c.user.clone()) else {
                     return;
@@ -242,8 +273,12 @@ impl Room {
             }
         };
         if !returning {
-            let frame = protocol::presence(&member.user_id, &member.user_name, Status::Online);
-            self.broadcast(frame, None);
+            // Someone the room already has through another replica is not new.
+            if !self.is_remote(&member.user_id, None) {
+                let frame = protocol::presence(&member.user_id, &member.user_name, Status::Online);
+                self.broadcast(frame, None);
+            }
+            self.publish_presence(&member.user_id, &member.user_name, Status::Online);
         }
         self.conns.insert(
             member.conn,
@@ -253,7 +288,7 @@ impl Room {
                 queue: member.queue.clone(),
             },
         );
-        let members: Vec<MemberView<'_>> = self
+        let mut members: Vec<MemberView<'_>> = self
             .users
             .iter()
             .map(|(id, u)| MemberView {
@@ -262,6 +297,19 @@ impl Room {
                 status: u.status,
             })
             .collect();
+        // Members on other replicas, each user once.
+        let mut listed: std::collections::HashSet<&str> = self.users.keys().map(|k| &**k).collect();
+        for users in self.remote.values() {
+            for (id, u) in users {
+                if listed.insert(id) {
+                    members.push(MemberView {
+                        user_id: id,
+                        user_name: &u.name,
+                        status: u.status,
+                    });
+                }
+            }
+        }
         member
             .queue
             .push(Frame::control(protocol::presence_snapshot(&members)));
@@ -337,6 +385,7 @@ impl Room {
             return;
         }
         let frame = protocol::typing(user_id, &user.name);
+        self.publish_frame(&frame);
         self.broadcast(frame, Some(conn));
     }
 
@@ -345,12 +394,16 @@ impl Room {
             return;
         };
         user.status = status;
-        let frame = protocol::presence(user_id, &user.name, status);
+        let name = user.name.clone();
+        let frame = protocol::presence(user_id, &name, status);
         self.broadcast(frame, None);
+        self.publish_presence(user_id, &name, status);
     }
 
     fn ack(&mut self, conn: ConnId, user_id: Arc<str>, message_id: Value) {
-        self.broadcast(protocol::receipt(&user_id, &message_id), None);
+        let frame = protocol::receipt(&user_id, &message_id);
+        self.publish_frame(&frame);
+        self.broadcast(frame, None);
         let Some(token) = self.token_of(conn) else {
             return;
         };
@@ -401,7 +454,9 @@ impl Room {
                     saved
                         .entry("timestamp")
                         .or_insert_with(|| json!(crate::clock::now_rfc3339()));
-                    self.broadcast(protocol::chat(saved, &client_msg_id), None);
+                    let frame = protocol::chat(saved, &client_msg_id);
+                    self.publish_frame(&frame);
+                    self.broadcast(frame, None);
                 }
                 Err(e) => {
                     ::metrics::counter!(m::CHAT_MESSAGES, m::label::RESULT => m::ChatMessageResult::Failed.as_str()).increment(1);
@@ -444,8 +499,12 @@ impl Room {
                         .get(&user_id)
                         .is_some_and(|u| u.conns == 0 && u.offline_at == Some(at));
                     if due && let Some(user) = self.users.remove(&user_id) {
-                        let frame = protocol::presence(&user_id, &user.name, Status::Offline);
-                        self.broadcast(frame, None);
+                        // Still here through another replica: not offline.
+                        if !self.is_remote(&user_id, None) {
+                            let frame = protocol::presence(&user_id, &user.name, Status::Offline);
+                            self.broadcast(frame, None);
+                        }
+                        self.publish_presence(&user_id, &user.name, Status::Offline);
                     }
                 }
                 Timer::Receipt(user_id) => {
@@ -461,6 +520,143 @@ impl Room {
             }
         }
         self.receipts.retain(|_, slot| !slot.is_idle(now));
+    }
+
+    /// Cluster mode: whether another replica (but `except`) has this user.
+    fn is_remote(&self, user_id: &str, except: Option<&str>) -> bool {
+        self.remote
+            .iter()
+            .any(|(replica, users)| Some(&**replica) != except && users.contains_key(user_id))
+    }
+
+    /// Whether the room has this user anywhere but on replica `except`.
+    fn is_member_elsewhere(&self, user_id: &str, except: &str) -> bool {
+        self.users.contains_key(user_id) || self.is_remote(user_id, Some(except))
+    }
+
+    fn publish(&self, wire: Wire) {
+        if let Some(bus) = &self.bus {
+            bus.publish(&self.key, wire);
+        }
+    }
+
+    fn publish_frame(&self, frame: &str) {
+        if self.bus.is_some() {
+            self.publish(Wire::Frame {
+                frame: frame.to_string(),
+            });
+        }
+    }
+
+    fn publish_presence(&self, user_id: &str, user_name: &str, status: Status) {
+        self.publish(Wire::Presence {
+            user_id: user_id.to_string(),
+            user_name: user_name.to_string(),
+            status: status.as_str().to_string(),
+        });
+    }
+
+    /// This replica's members, as the other replicas are told them.
+    fn local_members(&self) -> Vec<WireMember> {
+        self.users
+            .iter()
+            .map(|(id, u)| WireMember {
+                user_id: id.to_string(),
+                user_name: u.name.to_string(),
+                status: u.status.as_str().to_string(),
+            })
+            .collect()
+    }
+
+    /// Tells the same room elsewhere that it lives here, with its members.
+    fn hello(&self) {
+        if self.bus.is_some() {
+            self.publish(Wire::Hello {
+                members: self.local_members(),
+            });
+        }
+    }
+
+    /// What the same room did on another replica.
+    fn remote(&mut self, Remote { from, wire }: Remote) {
+        match wire {
+            Wire::Frame { frame } => self.broadcast(frame, None),
+            Wire::Presence {
+                user_id,
+                user_name,
+                status,
+            } => self.remote_presence(&from, &user_id, &user_name, &status),
+            Wire::Hello { members } => {
+                for m in &members {
+                    self.remote_presence(&from, &m.user_id, &m.user_name, &m.status);
+                }
+                let answer = Wire::Members {
+                    to: from.to_string(),
+                    members: self.local_members(),
+                };
+                self.publish(answer);
+            }
+            Wire::Members { to, members } => {
+                if self.bus.as_ref().is_some_and(|b| b.replica() == to) {
+                    for m in &members {
+                        self.remote_presence(&from, &m.user_id, &m.user_name, &m.status);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A user's presence on replica `from`: the room says `online` when the
+    /// user is new to it, `offline` when gone everywhere, and every change
+    /// of status of a user it knows.
+    fn remote_presence(&mut self, from: &Arc<str>, user_id: &str, user_name: &str, status: &str) {
+        let Some(status) = Status::from_wire(status) else {
+            return;
+        };
+        let elsewhere = self.is_member_elsewhere(user_id, from);
+        if status == Status::Offline {
+            let removed = self
+                .remote
+                .get_mut(from)
+                .and_then(|users| users.remove(user_id));
+            if self.remote.get(from).is_some_and(|u| u.is_empty()) {
+                self.remote.remove(from);
+            }
+            if removed.is_some() && !elsewhere {
+                self.broadcast(
+                    protocol::presence(user_id, user_name, Status::Offline),
+                    None,
+                );
+            }
+            return;
+        }
+        let previous = self.remote.entry(from.clone()).or_default().insert(
+            Arc::from(user_id),
+            RemoteUser {
+                name: Arc::from(user_name),
+                status,
+            },
+        );
+        let changed = match previous {
+            None => !elsewhere,
+            Some(p) => p.status != status,
+        };
+        if changed {
+            self.broadcast(protocol::presence(user_id, user_name, status), None);
+        }
+    }
+
+    /// Replica `replica` left the cluster: its users are offline unless the
+    /// room has them elsewhere.
+    fn replica_gone(&mut self, replica: &str) {
+        let Some(users) = self.remote.remove(replica) else {
+            return;
+        };
+        for (user_id, u) in users {
+            if !self.users.contains_key(&user_id) && !self.is_remote(&user_id, None) {
+                self.broadcast(protocol::presence(&user_id, &u.name, Status::Offline), None);
+            }
+        }
     }
 
     /// Pushes one frame to every connection, except `except`.

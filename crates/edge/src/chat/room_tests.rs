@@ -22,7 +22,7 @@ fn registry(max_members: usize) -> (Arc<RoomRegistry>, watch::Sender<bool>) {
     cfg.chat.max_room_members = max_members;
     let (tx, rx) = watch::channel(false);
     let store = Arc::new(BackendStore::new(&cfg));
-    (RoomRegistry::new(cfg.chat, store, rx), tx)
+    (RoomRegistry::new(cfg.chat, store, rx, None), tx)
 }
 
 fn key(org: u64) -> RoomKey {

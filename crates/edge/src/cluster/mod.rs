@@ -11,6 +11,7 @@
 //! Redis keys (all under `{cluster.name}:`):
 //! - `replicas` — sorted set: replica id → membership expiry (Redis ms).
 
+pub mod flags;
 pub mod org;
 pub mod ownership;
 pub mod reader;

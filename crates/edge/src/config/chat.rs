@@ -31,6 +31,8 @@ const MAX_RESPONSE_BYTES: u64 = 4 << 20;
 const MAX_QUEUE_BYTES: u64 = 1_048_576;
 /// `chat.room_inbox`.
 const ROOM_INBOX: u64 = 1024;
+/// `chat.cluster_publish_queue`.
+const CLUSTER_PUBLISH_QUEUE: u64 = 4096;
 
 /// Chat rooms (CONTRACT 8): the backend's store endpoints and the rooms' bounds.
 #[derive(Debug, Clone)]
@@ -59,6 +61,9 @@ pub struct ChatConfig {
     pub max_queue_bytes: usize,
     /// Messages waiting in one room's inbox; senders wait when it is full.
     pub room_inbox: usize,
+    /// Cluster mode: room messages waiting to be published to the other
+    /// replicas; past it they are dropped and counted.
+    pub cluster_publish_queue: usize,
 }
 
 /// `chat` as written.
@@ -77,6 +82,7 @@ pub(super) struct RawChat {
     max_response_bytes: Option<u64>,
     max_queue_bytes: Option<u64>,
     room_inbox: Option<u64>,
+    cluster_publish_queue: Option<u64>,
 }
 
 impl RawChat {
@@ -153,6 +159,13 @@ impl RawChat {
             ) as usize,
             room_inbox: p.range("chat.room_inbox", c.room_inbox, ROOM_INBOX, 16, 1_000_000)
                 as usize,
+            cluster_publish_queue: p.range(
+                "chat.cluster_publish_queue",
+                c.cluster_publish_queue,
+                CLUSTER_PUBLISH_QUEUE,
+                16,
+                1_000_000,
+            ) as usize,
         }
     }
 }
@@ -176,6 +189,7 @@ mod tests {
         assert_eq!(c.chat.receipt_flush, Duration::from_millis(1000));
         assert_eq!(c.chat.max_room_members, 1000);
         assert_eq!(c.chat.max_messages_per_s, 5);
+        assert_eq!(c.chat.cluster_publish_queue, 4096);
         let c = parse("auth: {user_claim: uid, name_claim: display}\nchat: {history_limit: 10, leave_grace_s: 0}\n").unwrap();
         assert_eq!(
             (c.auth.user_claim.as_str(), c.auth.name_claim.as_str()),
@@ -189,10 +203,11 @@ mod tests {
         .join("\n");
         assert!(joined.contains("colour"), "{joined}");
         let joined = problems(
-            "auth: {user_claim: \"\"}\nchat: {messages_path: nope, max_room_members: 0, max_messages_per_s: 0, room_inbox: 1}\n",
+            "auth: {user_claim: \"\"}\nchat: {messages_path: nope, max_room_members: 0, max_messages_per_s: 0, room_inbox: 1, cluster_publish_queue: 0}\n",
         )
         .join("\n");
         for key in [
+            "chat.cluster_publish_queue",
             "auth.user_claim",
             "chat.messages_path",
             "chat.max_room_members",

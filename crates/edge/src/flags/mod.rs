@@ -16,7 +16,7 @@ use std::fmt;
 use crate::auth::OrgId;
 
 pub use rollout::{Mode, Reason, bucket, decide, decide_org};
-pub use store::{FlagStore, HistoryEntry, Snapshot, Source};
+pub use store::{ClusterState, FlagStore, HistoryEntry, Snapshot, Source};
 
 pub const STREAMING_V2: &str = "REALTIME_STREAMING_V2";
 pub const ROLLOUT_PERCENT: &str = "REALTIME_ROLLOUT_PERCENT";

@@ -8,6 +8,11 @@
 //! its entries in the history (tagged with it), and a change that leaves
 //! every value as it was (the same value set again, a rejected file) keeps
 //! the version; `sources` and `lastError` are updated all the same.
+//!
+//! In cluster mode (CONTRACT 9, [`crate::cluster::flags`]) the overrides
+//! layer, the version and the admin history are the cluster's, read from
+//! Redis and installed with [`FlagStore::apply_cluster`]; the file layer
+//! stays this replica's own, and a file reload keeps the cluster version.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -63,7 +68,8 @@ pub struct HistoryEntry {
     pub new: String,
 }
 
-const HISTORY_LIMIT: usize = 500;
+/// How many changes the history keeps (locally, and in Redis in cluster mode).
+pub const HISTORY_LIMIT: usize = 500;
 
 #[derive(Default)]
 struct Layers {
@@ -71,6 +77,28 @@ struct Layers {
     file: BTreeMap<String, FlagValue>,
     overrides: BTreeMap<String, FlagValue>,
     last_error: Option<String>,
+    /// Set once the cluster's state was installed: the version and admin
+    /// history come from Redis from then on.
+    cluster: Option<ClusterLayer>,
+}
+
+/// What the cluster owns of the flags, as last read from Redis.
+#[derive(Debug, Clone, Default)]
+struct ClusterLayer {
+    version: u64,
+    /// Oldest first.
+    history: Vec<HistoryEntry>,
+}
+
+/// The cluster's shared flag state (CONTRACT 9), as read from Redis.
+#[derive(Debug, Clone)]
+pub struct ClusterState {
+    /// The cluster-wide flags version.
+    pub version: u64,
+    /// The admin overrides every replica applies.
+    pub overrides: BTreeMap<String, FlagValue>,
+    /// The admin changes, oldest first.
+    pub history: Vec<HistoryEntry>,
 }
 
 /// Why an admin change was refused; nothing was applied.
@@ -137,11 +165,87 @@ impl FlagStore {
         self.notify.subscribe()
     }
 
+    /// The recorded changes, oldest first. In cluster mode: the cluster's
+    /// admin changes merged by time with this replica's file reloads.
     pub fn history(&self) -> Vec<HistoryEntry> {
-        self.history
+        let local: Vec<HistoryEntry> = self
+            .history
             .lock()
             .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let Some(cluster) = self.lock_layers().cluster.clone() else {
+            return local;
+        };
+        let mut all = cluster.history;
+        all.extend(local);
+        // RFC 3339 in UTC with milliseconds sorts as text; stable for ties.
+        all.sort_by(|a, b| a.time.cmp(&b.time));
+        let excess = all.len().saturating_sub(HISTORY_LIMIT);
+        all.drain(..excess);
+        all
+    }
+
+    /// The admin overrides in force.
+    pub fn overrides(&self) -> BTreeMap<String, FlagValue> {
+        self.lock_layers().overrides.clone()
+    }
+
+    /// The value `key` has below the overrides (default, environment, file)
+    /// on this replica; `None` for an unknown key.
+    pub fn base_value(&self, key: &str) -> Option<FlagValue> {
+        let layers = self.lock_layers();
+        layers
+            .file
+            .get(key)
+            .or_else(|| layers.env.get(key))
+            .cloned()
+            .or_else(|| self.schema.defaults().remove(key))
+    }
+
+    /// Whether the cluster's state was installed (cluster mode, synced once).
+    pub fn cluster_version(&self) -> Option<u64> {
+        self.lock_layers().cluster.as_ref().map(|c| c.version)
+    }
+
+    /// Installs the cluster's overrides, version and history (cluster
+    /// mode). Publishes a new snapshot when anything visible changed.
+    pub fn apply_cluster(&self, state: ClusterState) -> Arc<Snapshot> {
+        let mut layers = self.lock_layers();
+        let old = self.current.load_full();
+        let ClusterState {
+            version,
+            overrides,
+            history,
+        } = state;
+        for (key, value) in &overrides {
+            if old.values.get(key) != Some(value) {
+                tracing::info!(key, new = %value, version, "flag changed through the cluster");
+            }
+        }
+        layers.overrides = overrides;
+        layers.cluster = Some(ClusterLayer { version, history });
+        let next = build(&self.schema, &layers, version);
+        if next.version == old.version
+            && next.values == old.values
+            && next.sources == old.sources
+            && next.last_error == old.last_error
+        {
+            return old;
+        }
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        ::metrics::gauge!(m::FLAGS_VERSION).set(next.version as f64);
+        self.notify.send_replace(next.clone());
+        next
+    }
+
+    /// Writes the overrides in force to `flags.overrides_file` (if set): in
+    /// cluster mode a local copy of the cluster's overrides, so a replica
+    /// restarted while Redis is down starts with the last ones it knew.
+    pub async fn save_overrides_copy(&self) -> Result<(), StoreError> {
+        let _order = self.override_writers.lock().await;
+        let overrides = self.overrides();
+        self.persist_off_thread(&overrides).await
     }
 
     /// Loads the persisted overrides at start-up. A bad file is an error.
@@ -327,8 +431,10 @@ impl FlagStore {
         if changed.is_empty() && !sources_changed && next.last_error == old.last_error {
             return Ok(old);
         }
-        // Only a change of the effective flags is a new version.
-        if !changed.is_empty() {
+        // Only a change of the effective flags is a new version; in cluster
+        // mode the version is the cluster's, and a change of this replica's
+        // file keeps it.
+        if !changed.is_empty() && layers.cluster.is_none() {
             next.version = old.version + 1;
         }
         let next = Arc::new(next);
@@ -500,6 +606,55 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.current().version, v);
+    }
+
+    #[test]
+    fn cluster_state_owns_version_and_admin_history() {
+        let s = store(None);
+        s.apply_file("f.yaml", "REALTIME_ROLLOUT_PERCENT: 20")
+            .unwrap();
+        let entry = HistoryEntry {
+            version: 41,
+            time: "2026-01-01T00:00:00.000Z".into(),
+            who: "api 10.0.0.1:5 via replica r1".into(),
+            key: STREAMING_V2.into(),
+            old: "false".into(),
+            new: "true".into(),
+        };
+        let snap = s.apply_cluster(ClusterState {
+            version: 41,
+            overrides: BTreeMap::from([(STREAMING_V2.to_string(), FlagValue::Bool(true))]),
+            history: vec![entry.clone()],
+        });
+        assert_eq!(snap.version, 41);
+        assert!(snap.flags.streaming_v2);
+        assert_eq!(snap.sources[STREAMING_V2], Source::Override);
+        assert_eq!(s.cluster_version(), Some(41));
+        assert_eq!(s.base_value(ROLLOUT_PERCENT), Some(FlagValue::Percent(20)));
+        assert_eq!(s.base_value(STREAMING_V2), Some(FlagValue::Bool(false)));
+        // This replica's file still applies, under the cluster's version.
+        s.apply_file("f.yaml", "REALTIME_ROLLOUT_PERCENT: 30")
+            .unwrap();
+        assert_eq!(s.current().flags.rollout_percent, 30);
+        assert_eq!(s.current().version, 41);
+        let hist = s.history();
+        assert_eq!(
+            hist.first().map(|h| h.who.as_str()),
+            Some(entry.who.as_str())
+        );
+        assert!(
+            hist.iter()
+                .any(|h| h.key == ROLLOUT_PERCENT && h.new == "30")
+        );
+        // The same state again publishes nothing new.
+        let mut rx = s.subscribe();
+        rx.borrow_and_update();
+        s.apply_cluster(ClusterState {
+            version: 41,
+            overrides: s.overrides(),
+            history: vec![entry],
+        });
+        assert!(!rx.has_changed().unwrap());
     }
 
     #[test]

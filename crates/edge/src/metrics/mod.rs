@@ -122,6 +122,8 @@ pub const CHAT_MESSAGES: &str = "chat_messages_total";
 pub const CHAT_BACKEND_REQUESTS: &str = "chat_backend_requests_total";
 /// Counter: native chat relays the backend refused or did not answer.
 pub const CHAT_RELAY_FAILURES: &str = "chat_relay_failures_total";
+/// Room messages between replicas not delivered, by `reason` (cluster mode).
+pub const CHAT_CLUSTER_DROPPED: &str = "chat_cluster_dropped_total";
 /// Counter by `service`: events dropped for exceeding `stream.max_event_bytes`.
 pub const EVENTS_TOO_LARGE: &str = "streaming_events_too_large_total";
 
@@ -221,6 +223,10 @@ fn describe() {
     );
     metrics::describe_gauge!(CHAT_ACTIVE_CONNECTIONS, "Open chat connections by mode");
     metrics::describe_gauge!(CHAT_ROOMS, "Hosted chat rooms alive");
+    metrics::describe_counter!(
+        CHAT_CLUSTER_DROPPED,
+        "Chat room messages between replicas dropped, by reason (publish_queue_full, publish_failed, room_inbox_full)"
+    );
     metrics::describe_counter!(CHAT_MESSAGES, "Chat messages sent by clients, by result");
     metrics::describe_counter!(
         CHAT_BACKEND_REQUESTS,
