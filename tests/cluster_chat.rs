@@ -258,6 +258,11 @@ async fn rooms_carry_on_alone_without_redis_and_converge_when_it_is_back() {
     wait_bus(&redis, "cc3").await;
     loop {
         let m = next_json(&mut alice).await;
+        // What bob said while Redis was away may still arrive: the
+        // replica's publish queue keeps it until Redis is back.
+        if m["type"] == "chat" && m["text"] == "alone" {
+            continue;
+        }
         assert_eq!(m["type"], "presence", "{m}");
         // Membership may flap while both replicas re-register: bob may be
         // seen gone and back; carol must end up online.
