@@ -15,25 +15,32 @@
 //! other replicas did; presence then spans the replicas: a user is in the
 //! room while any replica has them, and `online`/`offline` are said when the
 //! user first appears anywhere and when they are gone everywhere.
+//!
+//! This module is the actor: its state, the loop, membership (join, leave,
+//! the leave grace) and the timers. What members say is `messages`'s;
+//! the same room on other replicas is `replicas`'.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::cluster::{ChatBus, Remote, Wire, WireMember};
-use super::protocol::{self, ChatErrorCode, ClientMessage, MemberView, Status};
-use super::receipts::{Next, Receipt, ReceiptSlot};
+use super::cluster::{ChatBus, Remote};
+use super::protocol::{self, ClientMessage, MemberView, Status};
+use super::receipts::ReceiptSlot;
 use super::registry::{RoomKey, RoomRegistry};
 use super::store::{BackendStore, StoreError};
 use super::throttle::{SendWindow, TypingThrottle};
 use crate::config::ChatConfig;
 use crate::hub::{Frame, SessionQueue};
 use crate::metrics as m;
+
+mod messages;
+mod replicas;
 
 /// A chat connection's id, unique in the process.
 pub type ConnId = u64;
@@ -331,158 +338,6 @@ impl Room {
         }
     }
 
-    fn chat(&mut self, conn: ConnId, user_id: Arc<str>, text: String, client_msg_id: String) {
-        let Some(token) = self.token_of(conn) else {
-            return;
-        };
-        let Some(user) = self.users.get_mut(&user_id) else {
-            return;
-        };
-        if !user
-            .sends
-            .try_send(Instant::now(), self.cfg.max_messages_per_s)
-        {
-            ::metrics::counter!(m::CHAT_MESSAGES, m::label::RESULT => m::ChatMessageResult::RateLimited.as_str()).increment(1);
-            let msg = format!(
-                "more than {} messages per second; not sent",
-                self.cfg.max_messages_per_s
-            );
-            self.tell(
-                conn,
-                protocol::error(ChatErrorCode::RateLimited, &msg, Some(&client_msg_id)),
-            );
-            return;
-        }
-        let user_name = user.name.clone();
-        let store = self.store.clone();
-        let room = self.key.room.clone();
-        self.jobs.spawn(async move {
-            let result = store
-                .save_message(&token, &room, &text, &client_msg_id)
-                .await;
-            JobDone::Saved {
-                conn,
-                user_id,
-                user_name,
-                text,
-                client_msg_id,
-                result,
-            }
-        });
-    }
-
-    fn token_of(&self, conn: ConnId) -> Option<Arc<str>> {
-        self.conns.get(&conn).map(|c| c.token.clone())
-    }
-
-    /// Typing goes to every connection but the one typing (a user's other
-    /// tabs included: the client filters its own user if it wants to).
-    fn typing(&mut self, conn: ConnId, user_id: &Arc<str>) {
-        let Some(user) = self.users.get_mut(user_id) else {
-            return;
-        };
-        if !user.typing.allow(Instant::now()) {
-            return;
-        }
-        let frame = protocol::typing(user_id, &user.name);
-        self.publish_frame(&frame);
-        self.broadcast(frame, Some(conn));
-    }
-
-    fn presence(&mut self, user_id: &Arc<str>, status: Status) {
-        let Some(user) = self.users.get_mut(user_id) else {
-            return;
-        };
-        user.status = status;
-        let name = user.name.clone();
-        let frame = protocol::presence(user_id, &name, status);
-        self.broadcast(frame, None);
-        self.publish_presence(user_id, &name, status);
-    }
-
-    fn ack(&mut self, conn: ConnId, user_id: Arc<str>, message_id: Value) {
-        let frame = protocol::receipt(&user_id, &message_id);
-        self.publish_frame(&frame);
-        self.broadcast(frame, None);
-        let Some(token) = self.token_of(conn) else {
-            return;
-        };
-        let slot = self.receipts.entry(user_id.clone()).or_default();
-        let next = slot.ack(
-            Receipt { message_id, token },
-            Instant::now(),
-            self.cfg.receipt_flush,
-        );
-        self.receipt_next(user_id, next);
-    }
-
-    /// Acts on what a user's receipt slot asks for.
-    fn receipt_next(&mut self, user_id: Arc<str>, next: Next) {
-        match next {
-            Next::Store(r) => {
-                let store = self.store.clone();
-                let room = self.key.room.clone();
-                self.jobs.spawn(async move {
-                    let result = store.save_receipt(&r.token, &room, &r.message_id).await;
-                    JobDone::Receipt { user_id, result }
-                });
-            }
-            Next::WakeAt(at) => self.timers.push(Reverse((at, Timer::Receipt(user_id)))),
-            Next::Wait => {}
-        }
-    }
-
-    fn job_done(&mut self, done: JobDone) {
-        match done {
-            JobDone::Saved {
-                conn,
-                user_id,
-                user_name,
-                text,
-                client_msg_id,
-                result,
-            } => match result {
-                Ok(mut saved) => {
-                    ::metrics::counter!(m::CHAT_MESSAGES, m::label::RESULT => m::ChatMessageResult::Saved.as_str()).increment(1);
-                    // The backend's saved message is what everyone sees;
-                    // fields it left out come from what the sidecar knows.
-                    saved.entry("userId").or_insert_with(|| json!(&*user_id));
-                    saved
-                        .entry("userName")
-                        .or_insert_with(|| json!(&*user_name));
-                    saved.entry("text").or_insert_with(|| json!(text));
-                    saved
-                        .entry("timestamp")
-                        .or_insert_with(|| json!(crate::clock::now_rfc3339()));
-                    let frame = protocol::chat(saved, &client_msg_id);
-                    self.publish_frame(&frame);
-                    self.broadcast(frame, None);
-                }
-                Err(e) => {
-                    ::metrics::counter!(m::CHAT_MESSAGES, m::label::RESULT => m::ChatMessageResult::Failed.as_str()).increment(1);
-                    tracing::info!(org = self.key.org, error = %e, "chat message not saved");
-                    let msg = format!("message not saved: {e}");
-                    self.tell(
-                        conn,
-                        protocol::error(ChatErrorCode::SendFailed, &msg, Some(&client_msg_id)),
-                    );
-                }
-            },
-            JobDone::Receipt { user_id, result } => {
-                if let Err(e) = result {
-                    tracing::info!(org = self.key.org, error = %e, "read receipt not stored");
-                }
-                let next = self
-                    .receipts
-                    .get_mut(&user_id)
-                    .map(|slot| slot.stored(Instant::now(), self.cfg.receipt_flush));
-                if let Some(next) = next {
-                    self.receipt_next(user_id, next);
-                }
-            }
-        }
-    }
-
     fn fire_timers(&mut self) {
         let now = Instant::now();
         while let Some(Reverse((at, _))) = self.timers.peek() {
@@ -520,143 +375,6 @@ impl Room {
             }
         }
         self.receipts.retain(|_, slot| !slot.is_idle(now));
-    }
-
-    /// Cluster mode: whether another replica (but `except`) has this user.
-    fn is_remote(&self, user_id: &str, except: Option<&str>) -> bool {
-        self.remote
-            .iter()
-            .any(|(replica, users)| Some(&**replica) != except && users.contains_key(user_id))
-    }
-
-    /// Whether the room has this user anywhere but on replica `except`.
-    fn is_member_elsewhere(&self, user_id: &str, except: &str) -> bool {
-        self.users.contains_key(user_id) || self.is_remote(user_id, Some(except))
-    }
-
-    fn publish(&self, wire: Wire) {
-        if let Some(bus) = &self.bus {
-            bus.publish(&self.key, wire);
-        }
-    }
-
-    fn publish_frame(&self, frame: &str) {
-        if self.bus.is_some() {
-            self.publish(Wire::Frame {
-                frame: frame.to_string(),
-            });
-        }
-    }
-
-    fn publish_presence(&self, user_id: &str, user_name: &str, status: Status) {
-        self.publish(Wire::Presence {
-            user_id: user_id.to_string(),
-            user_name: user_name.to_string(),
-            status: status.as_str().to_string(),
-        });
-    }
-
-    /// This replica's members, as the other replicas are told them.
-    fn local_members(&self) -> Vec<WireMember> {
-        self.users
-            .iter()
-            .map(|(id, u)| WireMember {
-                user_id: id.to_string(),
-                user_name: u.name.to_string(),
-                status: u.status.as_str().to_string(),
-            })
-            .collect()
-    }
-
-    /// Tells the same room elsewhere that it lives here, with its members.
-    fn hello(&self) {
-        if self.bus.is_some() {
-            self.publish(Wire::Hello {
-                members: self.local_members(),
-            });
-        }
-    }
-
-    /// What the same room did on another replica.
-    fn remote(&mut self, Remote { from, wire }: Remote) {
-        match wire {
-            Wire::Frame { frame } => self.broadcast(frame, None),
-            Wire::Presence {
-                user_id,
-                user_name,
-                status,
-            } => self.remote_presence(&from, &user_id, &user_name, &status),
-            Wire::Hello { members } => {
-                for m in &members {
-                    self.remote_presence(&from, &m.user_id, &m.user_name, &m.status);
-                }
-                let answer = Wire::Members {
-                    to: from.to_string(),
-                    members: self.local_members(),
-                };
-                self.publish(answer);
-            }
-            Wire::Members { to, members } => {
-                if self.bus.as_ref().is_some_and(|b| b.replica() == to) {
-                    for m in &members {
-                        self.remote_presence(&from, &m.user_id, &m.user_name, &m.status);
-                    }
-                }
-            }
-        }
-    }
-
-    /// A user's presence on replica `from`: the room says `online` when the
-    /// user is new to it, `offline` when gone everywhere, and every change
-    /// of status of a user it knows.
-    fn remote_presence(&mut self, from: &Arc<str>, user_id: &str, user_name: &str, status: &str) {
-        let Some(status) = Status::from_wire(status) else {
-            return;
-        };
-        let elsewhere = self.is_member_elsewhere(user_id, from);
-        if status == Status::Offline {
-            let removed = self
-                .remote
-                .get_mut(from)
-                .and_then(|users| users.remove(user_id));
-            if self.remote.get(from).is_some_and(|u| u.is_empty()) {
-                self.remote.remove(from);
-            }
-            if removed.is_some() && !elsewhere {
-                self.broadcast(
-                    protocol::presence(user_id, user_name, Status::Offline),
-                    None,
-                );
-            }
-            return;
-        }
-        let previous = self.remote.entry(from.clone()).or_default().insert(
-            Arc::from(user_id),
-            RemoteUser {
-                name: Arc::from(user_name),
-                status,
-            },
-        );
-        let changed = match previous {
-            None => !elsewhere,
-            Some(p) => p.status != status,
-        };
-        if changed {
-            self.broadcast(protocol::presence(user_id, user_name, status), None);
-        }
-    }
-
-    /// Replica `replica` left the cluster: its users are offline unless the
-    /// room has them elsewhere.
-    fn replica_gone(&mut self, replica: &str) {
-        let Some(users) = self.remote.remove(replica) else {
-            return;
-        };
-        for (user_id, u) in users {
-            if !self.users.contains_key(&user_id) && !self.is_remote(&user_id, None) {
-                self.broadcast(protocol::presence(&user_id, &u.name, Status::Offline), None);
-            }
-        }
     }
 
     /// Pushes one frame to every connection, except `except`.

@@ -13,6 +13,10 @@
 //! layer, the version and the admin history are the cluster's, read from
 //! Redis and installed with [`FlagStore::apply_cluster`]; the file layer
 //! stays this replica's own, and a file reload keeps the cluster version.
+//!
+//! This module holds the layers and publishes snapshots; how a snapshot
+//! is built is `snapshot`'s, the change record `history`'s, and the
+//! overrides file `overrides`'s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -21,55 +25,16 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::{FlagSchema, FlagValue, Flags};
-use crate::clock;
+use super::{FlagSchema, FlagValue};
 use crate::metrics as m;
 
-/// Which layer a flag's effective value comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Default,
-    Env,
-    File,
-    Override,
-}
+mod history;
+mod overrides;
+mod snapshot;
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Default => "default",
-            Source::Env => "env",
-            Source::File => "file",
-            Source::Override => "override",
-        }
-    }
-}
-
-/// One immutable state of the flags.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub version: u64,
-    pub flags: Flags,
-    pub values: BTreeMap<String, FlagValue>,
-    pub sources: BTreeMap<String, Source>,
-    /// The last rejected file or start-up problem, until a good file replaces it.
-    pub last_error: Option<String>,
-}
-
-/// One recorded change.
-#[derive(Debug, Clone)]
-pub struct HistoryEntry {
-    /// The flags version this change produced.
-    pub version: u64,
-    pub time: String,
-    pub who: String,
-    pub key: String,
-    pub old: String,
-    pub new: String,
-}
-
-/// How many changes the history keeps (locally, and in Redis in cluster mode).
-pub const HISTORY_LIMIT: usize = 500;
+pub use history::{HISTORY_LIMIT, HistoryEntry};
+use snapshot::build;
+pub use snapshot::{Snapshot, Source};
 
 #[derive(Default)]
 struct Layers {
@@ -165,26 +130,6 @@ impl FlagStore {
         self.notify.subscribe()
     }
 
-    /// The recorded changes, oldest first. In cluster mode: the cluster's
-    /// admin changes merged by time with this replica's file reloads.
-    pub fn history(&self) -> Vec<HistoryEntry> {
-        let local: Vec<HistoryEntry> = self
-            .history
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default();
-        let Some(cluster) = self.lock_layers().cluster.clone() else {
-            return local;
-        };
-        let mut all = cluster.history;
-        all.extend(local);
-        // RFC 3339 in UTC with milliseconds sorts as text; stable for ties.
-        all.sort_by(|a, b| a.time.cmp(&b.time));
-        let excess = all.len().saturating_sub(HISTORY_LIMIT);
-        all.drain(..excess);
-        all
-    }
-
     /// The admin overrides in force.
     pub fn overrides(&self) -> BTreeMap<String, FlagValue> {
         self.lock_layers().overrides.clone()
@@ -239,41 +184,6 @@ impl FlagStore {
         next
     }
 
-    /// Writes the overrides in force to `flags.overrides_file` (if set): in
-    /// cluster mode a local copy of the cluster's overrides, so a replica
-    /// restarted while Redis is down starts with the last ones it knew.
-    pub async fn save_overrides_copy(&self) -> Result<(), StoreError> {
-        let _order = self.override_writers.lock().await;
-        let overrides = self.overrides();
-        self.persist_off_thread(&overrides).await
-    }
-
-    /// Loads the persisted overrides at start-up. A bad file is an error.
-    pub fn load_overrides(&self) -> Result<(), String> {
-        let Some(path) = &self.overrides_file else {
-            return Ok(());
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
-        // Our own file; one emptied by hand means "no overrides".
-        if super::is_empty_document(&text) {
-            return Ok(());
-        }
-        let layer = self
-            .schema
-            .parse_yaml_file(&text)
-            .map_err(|p| format!("{}: {}", path.display(), p.join("; ")))?;
-        self.apply("overrides file", |l| {
-            l.overrides = layer;
-            Ok(())
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    }
-
     /// Replaces the file layer with a freshly read file, or records why it
     /// was rejected (an empty file is rejected: CONTRACT 4).
     pub fn apply_file(&self, file: &str, text: &str) -> Result<(), String> {
@@ -306,100 +216,8 @@ impl FlagStore {
         msg
     }
 
-    /// Sets admin overrides atomically (all or nothing): written to the
-    /// overrides file (off the async threads, temp file then rename) before
-    /// they take effect, so a failed write changes nothing.
-    pub async fn set_overrides_persisted(
-        &self,
-        who: &str,
-        changes: BTreeMap<String, FlagValue>,
-    ) -> Result<Arc<Snapshot>, StoreError> {
-        let _order = self.override_writers.lock().await;
-        let mut next = self.lock_layers().overrides.clone();
-        next.extend(changes);
-        self.persist_off_thread(&next).await?;
-        self.apply(who, |l| {
-            l.overrides = next;
-            Ok(())
-        })
-    }
-
-    /// Drops one override like [`Self::set_overrides_persisted`]; `Ok(false)` when there was none.
-    pub async fn delete_override_persisted(
-        &self,
-        who: &str,
-        key: &str,
-    ) -> Result<bool, StoreError> {
-        let _order = self.override_writers.lock().await;
-        let mut next = self.lock_layers().overrides.clone();
-        if next.remove(key).is_none() {
-            return Ok(false);
-        }
-        self.persist_off_thread(&next).await?;
-        self.apply(who, |l| {
-            l.overrides = next;
-            Ok(())
-        })?;
-        Ok(true)
-    }
-
-    async fn persist_off_thread(
-        &self,
-        overrides: &BTreeMap<String, FlagValue>,
-    ) -> Result<(), StoreError> {
-        let Some(path) = self.overrides_file.clone() else {
-            return Ok(());
-        };
-        let text = overrides_text(overrides);
-        let file = path.display().to_string();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &text))
-            .await
-            .map_err(|e| StoreError::Persist {
-                file,
-                source: std::io::Error::other(e),
-            })?
-    }
-
     fn lock_layers(&self) -> std::sync::MutexGuard<'_, Layers> {
         self.layers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sets admin overrides atomically and persists them, blocking; for
-    /// tools and tests (the admin API uses [`Self::set_overrides_persisted`]).
-    pub fn set_overrides(
-        &self,
-        who: &str,
-        changes: BTreeMap<String, FlagValue>,
-    ) -> Result<Arc<Snapshot>, StoreError> {
-        self.apply(who, |l| {
-            let mut next = l.overrides.clone();
-            next.extend(changes);
-            self.persist(&next)?;
-            l.overrides = next;
-            Ok(())
-        })
-    }
-
-    /// Drops one override; `Ok(false)` when there was none.
-    pub fn delete_override(&self, who: &str, key: &str) -> Result<bool, StoreError> {
-        let mut existed = false;
-        self.apply(who, |l| {
-            let mut next = l.overrides.clone();
-            existed = next.remove(key).is_some();
-            if existed {
-                self.persist(&next)?;
-                l.overrides = next;
-            }
-            Ok(())
-        })?;
-        Ok(existed)
-    }
-
-    fn persist(&self, overrides: &BTreeMap<String, FlagValue>) -> Result<(), StoreError> {
-        match &self.overrides_file {
-            None => Ok(()),
-            Some(path) => write_atomically(path, &overrides_text(overrides)),
-        }
     }
 
     /// Runs `change` on the layers under the writer lock, then publishes a
@@ -440,74 +258,11 @@ impl FlagStore {
         let next = Arc::new(next);
         self.current.store(next.clone());
         if !changed.is_empty() {
-            let now = clock::now_rfc3339();
-            let mut hist = self.history.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, old_v, new_v) in changed {
-                tracing::info!(who, key, old = %old_v, new = %new_v, version = next.version, "flag changed");
-                hist.push_back(HistoryEntry {
-                    version: next.version,
-                    time: now.clone(),
-                    who: who.to_string(),
-                    key,
-                    old: old_v,
-                    new: new_v,
-                });
-                while hist.len() > HISTORY_LIMIT {
-                    hist.pop_front();
-                }
-            }
+            self.record_history(next.version, who, changed);
         }
         ::metrics::gauge!(m::FLAGS_VERSION).set(next.version as f64);
         self.notify.send_replace(next.clone());
         Ok(next)
-    }
-}
-
-/// The overrides file's text.
-fn overrides_text(overrides: &BTreeMap<String, FlagValue>) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = overrides
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_json()))
-        .collect();
-    format!(
-        "# Admin overrides written by realtime-edge; edit through the admin API.\n{}",
-        yaml_serde::to_string(&map).unwrap_or_default()
-    )
-}
-
-/// Write then rename, so a crash never leaves a half-written file.
-fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), StoreError> {
-    let err = |source| StoreError::Persist {
-        file: path.display().to_string(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
-fn build(schema: &FlagSchema, layers: &Layers, version: u64) -> Snapshot {
-    let mut values = schema.defaults();
-    let mut sources: BTreeMap<String, Source> = values
-        .keys()
-        .map(|k| (k.clone(), Source::Default))
-        .collect();
-    for (layer, source) in [
-        (&layers.env, Source::Env),
-        (&layers.file, Source::File),
-        (&layers.overrides, Source::Override),
-    ] {
-        for (k, v) in layer {
-            values.insert(k.clone(), v.clone());
-            sources.insert(k.clone(), source);
-        }
-    }
-    Snapshot {
-        version,
-        flags: schema.typed(&values),
-        values,
-        sources,
-        last_error: layers.last_error.clone(),
     }
 }
 
@@ -655,26 +410,5 @@ mod tests {
             history: vec![entry],
         });
         assert!(!rx.has_changed().unwrap());
-    }
-
-    #[test]
-    fn overrides_persist_and_reload() {
-        let dir = std::env::temp_dir().join(format!(
-            "re-flags-{}-{}",
-            std::process::id(),
-            clock::unix_millis()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("overrides.yaml");
-        let s = store(Some(path.clone()));
-        s.set_overrides(
-            "t",
-            BTreeMap::from([(ROLLOUT_PERCENT.to_string(), FlagValue::Percent(77))]),
-        )
-        .unwrap();
-        let again = store(Some(path.clone()));
-        again.load_overrides().unwrap();
-        assert_eq!(again.current().flags.rollout_percent, 77);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
