@@ -21,17 +21,17 @@ use crate::metrics::Stats;
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
-pub struct Admin {
-    pub config: Arc<Config>,
-    pub flags: Arc<FlagStore>,
-    pub stats: Arc<Stats>,
-    pub registry: Arc<HubRegistry>,
-    pub prometheus: Option<PrometheusHandle>,
-    pub ready: Arc<AtomicBool>,
+pub(crate) struct Admin {
+    pub(crate) config: Arc<Config>,
+    pub(crate) flags: Arc<FlagStore>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) registry: Arc<HubRegistry>,
+    pub(crate) prometheus: Option<PrometheusHandle>,
+    pub(crate) ready: Arc<AtomicBool>,
     /// `POST /drain` starts it; `/readyz` is 503 from then on.
-    pub drain: Arc<Drain>,
+    pub(crate) drain: Arc<Drain>,
     /// Not ready until its key set (if any) has loaded.
-    pub verifier: Arc<crate::auth::Verifier>,
+    pub(crate) verifier: Arc<crate::auth::Verifier>,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -39,7 +39,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admin {
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
@@ -278,7 +278,7 @@ impl Admin {
 }
 
 /// The body of `GET /feature-flags`.
-pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+pub(crate) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     let flags: serde_json::Map<String, serde_json::Value> = s
         .values
         .iter()

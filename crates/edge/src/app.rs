@@ -66,8 +66,8 @@ pub enum StartError {
 
 /// The two bound listeners.
 pub struct Listeners {
-    pub client: TcpListener,
-    pub admin: TcpListener,
+    pub(crate) client: TcpListener,
+    pub(crate) admin: TcpListener,
 }
 
 impl Listeners {
@@ -86,8 +86,6 @@ impl Listeners {
 pub struct Sidecar {
     pub client_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub flags: Arc<FlagStore>,
-    pub stats: Arc<Stats>,
     drain: Arc<Drain>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -299,8 +297,6 @@ impl Sidecar {
         Ok(Sidecar {
             client_addr,
             admin_addr,
-            flags,
-            stats,
             drain,
             tasks,
         })

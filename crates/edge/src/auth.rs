@@ -9,8 +9,8 @@
 //!
 //! [`keys`] reads PEM and JWK keys; [`jwks`] keeps the remote key set fresh.
 
-pub mod jwks;
-pub mod keys;
+pub(crate) mod jwks;
+pub(crate) mod keys;
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::AuthConfig;
 use jwks::Jwks;
-pub use keys::KeyError;
+pub(crate) use keys::KeyError;
 use keys::PublicKey;
 
 /// An organisation id.
@@ -118,7 +118,7 @@ impl Verifier {
     }
 
     /// Whether any key is configured at all.
-    pub fn has_keys(&self) -> bool {
+    pub(crate) fn has_keys(&self) -> bool {
         self.secret.is_some() || !self.file_keys.is_empty() || self.jwks.is_some()
     }
 

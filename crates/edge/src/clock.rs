@@ -42,7 +42,7 @@ pub fn now_rfc3339() -> String {
 
 /// Parses an RFC 3339 timestamp (`Z` or a numeric offset, optional
 /// fraction) into epoch milliseconds. `None` when it is not one.
-pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339_millis(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;

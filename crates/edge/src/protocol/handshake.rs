@@ -9,7 +9,7 @@ use super::{ErrorCode, MAX_HANDSHAKE_SERVICES, PROTOCOL_VERSION, PropertyKey, en
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handshake {
     pub services: Vec<String>,
-    pub property: Option<PropertyKey>,
+    pub(crate) property: Option<PropertyKey>,
     pub last_seq: Option<u64>,
 }
 

@@ -14,10 +14,10 @@ pub use handshake::{Handshake, HandshakeError, handshake_json, parse_handshake};
 pub use messages::{ack_message, error_message, event_envelope_bytes, event_message, ping_message};
 
 /// The only protocol version.
-pub const PROTOCOL_VERSION: u64 = 1;
+pub(crate) const PROTOCOL_VERSION: u64 = 1;
 /// Most service names one handshake may list (a deployment has ten): a
 /// longer list is refused before any name is looked at.
-pub const MAX_HANDSHAKE_SERVICES: usize = 64;
+pub(crate) const MAX_HANDSHAKE_SERVICES: usize = 64;
 
 /// Machine-readable codes of `error` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,15 +46,15 @@ impl ErrorCode {
 
 /// WebSocket close codes the server uses.
 pub mod close {
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
+    pub(crate) const PROTOCOL: u16 = 1002;
+    pub(crate) const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub(crate) const TOO_BIG: u16 = 1009;
+    pub(crate) const INTERNAL: u16 = 1011;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+    pub(crate) const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// A property id in canonical text form, so `123` and `"123"` compare equal.
@@ -63,7 +63,7 @@ pub struct PropertyKey(pub Box<str>);
 
 impl PropertyKey {
     /// Canonical form of a JSON value; `None` for null, objects and lists.
-    pub fn from_json(v: &serde_json::Value) -> Option<PropertyKey> {
+    pub(crate) fn from_json(v: &serde_json::Value) -> Option<PropertyKey> {
         match v {
             serde_json::Value::Number(n) => Some(PropertyKey(n.to_string().into())),
             serde_json::Value::String(s) => Some(PropertyKey(s.as_str().into())),
@@ -111,7 +111,7 @@ pub(crate) mod strategies {
     use serde_json::Value;
 
     /// Arbitrary JSON, biased towards the field names the parsers read.
-    pub fn json_value() -> impl Strategy<Value = Value> {
+    pub(crate) fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),

@@ -88,7 +88,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsCli
 /// roots when the backend may be reached over TLS; an `http://` backend
 /// without a CA file needs no trust store (and a machine without system
 /// roots can still run it).
-pub fn upstream_config(
+pub(crate) fn upstream_config(
     upstream: &crate::config::UpstreamConfig,
 ) -> Result<Arc<ClientConfig>, TlsClientError> {
     if upstream.base_url.scheme() == "https" || upstream.ca_file.is_some() {
@@ -100,7 +100,7 @@ pub fn upstream_config(
 
 /// A client configuration that trusts nothing: for clients that only ever
 /// speak plain `http://` (any `https://` attempt fails verification).
-pub fn no_roots_config() -> Result<Arc<ClientConfig>, TlsClientError> {
+pub(crate) fn no_roots_config() -> Result<Arc<ClientConfig>, TlsClientError> {
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

@@ -4,8 +4,8 @@
 //! [`reload`] serves the client-facing certificate and re-reads it when its
 //! files change, without touching open connections.
 
-pub mod client;
-pub mod reload;
+pub(crate) mod client;
+pub(crate) mod reload;
 
 pub use client::{HttpsConnector, TlsClientError, client_config, https_connector};
 pub use reload::{CertError, ServerCert};

@@ -132,7 +132,7 @@ impl ServerCert {
     }
 
     /// Polls the files every `interval` until `shutdown` turns true.
-    pub async fn watch(
+    pub(crate) async fn watch(
         self: Arc<Self>,
         interval: std::time::Duration,
         mut shutdown: watch::Receiver<bool>,

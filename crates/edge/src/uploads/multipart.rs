@@ -72,7 +72,7 @@ impl MultipartForm {
     }
 
     /// The whole body's length for a file of `file_len` bytes.
-    pub fn content_length(&self, file_len: u64) -> Option<u64> {
+    pub(crate) fn content_length(&self, file_len: u64) -> Option<u64> {
         (self.head.len() as u64)
             .checked_add(file_len)?
             .checked_add(self.tail.len() as u64)

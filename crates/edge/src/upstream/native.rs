@@ -70,7 +70,7 @@ impl MalformedLog {
 }
 
 /// The native stream URL: the base URL with a ws scheme.
-pub fn native_url(up: &Upstream) -> String {
+pub(crate) fn native_url(up: &Upstream) -> String {
     let base = &up.config.upstream.base_url;
     let scheme = if base.scheme() == "https" {
         "wss"
