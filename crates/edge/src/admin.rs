@@ -1,4 +1,5 @@
 //! The admin API of CONTRACT section 5: feature flags, metrics, health.
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

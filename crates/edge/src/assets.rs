@@ -4,6 +4,7 @@
 //! listener at `GET /`. Both are compiled in with `include_str!`, so a
 //! deployment is still the one binary, and the library a browser loads always
 //! matches the sidecar it talks to.
+#![warn(missing_docs)]
 
 use std::sync::OnceLock;
 

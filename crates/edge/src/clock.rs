@@ -1,6 +1,7 @@
 //! Wall-clock helpers: RFC 3339 timestamps with milliseconds (the protocol's
 //! `timestamp`) and parsing of the event timestamps that latency is measured
 //! from. Kept dependency-free: only UTC formatting and a strict parser are needed.
+#![warn(missing_docs)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

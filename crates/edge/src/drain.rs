@@ -21,6 +21,7 @@
 //! pollers, native links, the flags watcher) ends on. Everything a drain
 //! must wait for — client connections, streams, relayed WebSockets — is
 //! spawned on [`Drain::tracker`].
+#![warn(missing_docs)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The accept loop shared by the client listener, the admin listener and
 //! the simulator: optional TLS, HTTP/1.1 with upgrades, a cap on open
 //! connections, a header-read timeout, and graceful drain on shutdown.
+#![warn(missing_docs)]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+/// Any error a body or handler may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every handler answers with.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -98,6 +100,8 @@ pub(crate) fn websocket_upgrade_key<B>(
     Ok(key)
 }
 
+/// The `101 Switching Protocols` answer to a WebSocket upgrade with this
+/// `Sec-WebSocket-Key`.
 pub fn switching_protocols(key: &http::HeaderValue) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -8,6 +8,7 @@
 //! [`store`] the backend's three HTTP endpoints that keep the messages.
 //! With `true`, [`relay`] passes each connection through to the backend's
 //! native chat stream.
+#![warn(missing_docs)]
 
 pub(crate) mod endpoint;
 pub mod protocol;

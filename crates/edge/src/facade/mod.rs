@@ -17,6 +17,7 @@
 //! own bounds shape each answer: an event message carries at most
 //! `stream.batch_max_events` events and `stream.batch_max_bytes`, and the
 //! answer is exactly one such message, whose position becomes the cursor.
+#![warn(missing_docs)]
 
 mod answer;
 pub(crate) mod cursor;

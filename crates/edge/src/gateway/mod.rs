@@ -1,5 +1,6 @@
 //! The client-facing listener: `/v2/realtime/stream` is served here, every
 //! other request and upgrade goes to the backend unchanged (pass-through).
+#![warn(missing_docs)]
 
 pub(crate) mod passthrough;
 pub(crate) mod relay;

@@ -4,6 +4,7 @@
 //! Prometheus series go through the `metrics` facade to a process-wide
 //! recorder ([`install_prometheus`]); label sets are bounded (service, mode,
 //! kind, reason, status class) — never an orgId or a token.
+#![warn(missing_docs)]
 
 mod stats;
 
@@ -307,13 +308,21 @@ label_values! {
         EventTooLarge => "event_too_large",
         /// A client silent for `stream.client_timeout_s` (dropped).
         Timeout => "timeout",
+        /// The backend failed a poll or the native link.
         Upstream => "upstream",
+        /// The backend refused the token a source used.
         UpstreamAuth => "upstream_auth",
+        /// A client's token was refused or expired.
         Auth => "auth",
+        /// A client's handshake was refused.
         Handshake => "handshake",
+        /// A client fell past its send queue (closed with 1013).
         SlowClient => "slow_client",
+        /// Writing to a client failed.
         Send => "send",
+        /// An event of another org was dropped.
         CrossOrg => "cross_org",
+        /// A connection limit was reached.
         Overload => "overload",
     }
 }
@@ -322,6 +331,7 @@ label_values! {
     /// The `result` label of [`FLAG_RELOADS`], [`TLS_CERT_RELOADS`] and
     /// [`JWKS_REFRESHES`].
     Outcome {
+        /// Done.
         Ok => "ok",
         /// The last good state was kept.
         Error => "error",
@@ -331,11 +341,17 @@ label_values! {
 label_values! {
     /// The `status` label of [`UPSTREAM_REQUESTS`]: a backend answer's class.
     StatusClass {
+        /// 2xx.
         Success => "2xx",
+        /// 401 or 403.
         Auth => "auth",
+        /// 429.
         TooManyRequests => "429",
+        /// Any other 4xx.
         ClientError => "4xx",
+        /// 5xx.
         ServerError => "5xx",
+        /// 1xx or 3xx.
         Other => "other",
         /// No answer (connection, timeout, or a broken body).
         Error => "error",
@@ -380,8 +396,11 @@ label_values! {
 label_values! {
     /// The `result` label of [`CHAT_MESSAGES`].
     ChatMessageResult {
+        /// Stored by the backend.
         Saved => "saved",
+        /// The backend did not store it.
         Failed => "failed",
+        /// Over `chat.max_messages_per_s`.
         RateLimited => "rate_limited",
     }
 }

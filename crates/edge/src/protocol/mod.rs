@@ -3,6 +3,7 @@
 //! by the backend's native stream, so the native link and the simulator use
 //! these types too. The handshake is in [`handshake`], the messages the
 //! server sends in [`messages`].
+#![warn(missing_docs)]
 
 mod handshake;
 mod messages;
@@ -23,15 +24,22 @@ pub(crate) const MAX_HANDSHAKE_SERVICES: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
+    /// The handshake was not valid.
     BadHandshake,
+    /// A protocol version other than 1.
     UnsupportedVersion,
+    /// The handshake named services that are not configured.
     UnknownService,
+    /// The backend failed to serve a service.
     UpstreamError,
+    /// The backend refused the token used for a service.
     UpstreamAuth,
+    /// An event over `stream.max_event_bytes` was dropped.
     EventTooLarge,
 }
 
 impl ErrorCode {
+    /// The code as it appears in messages and close reasons.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadHandshake => "BAD_HANDSHAKE",
@@ -46,10 +54,15 @@ impl ErrorCode {
 
 /// WebSocket close codes the server uses.
 pub mod close {
+    /// Normal closure.
     pub(crate) const NORMAL: u16 = 1000;
+    /// The server is shutting down (resume with `lastSeq`).
     pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket protocol violation.
     pub(crate) const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
     pub(crate) const INVALID_DATA: u16 = 1007;
+    /// A refused handshake or token.
     pub const POLICY: u16 = 1008;
     pub(crate) const TOO_BIG: u16 = 1009;
     pub(crate) const INTERNAL: u16 = 1011;
@@ -86,20 +99,28 @@ fn encode(message: &impl Serialize) -> String {
 /// A server message as a client (the native link, `watch`, tests) reads it.
 #[derive(Debug, Deserialize)]
 pub struct ServerMessage<'a> {
+    /// `type`: ack, event, ping or error.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The position (every message has one).
     #[serde(default)]
     pub seq: Option<u64>,
+    /// The service of an event or error message.
     #[serde(default)]
     pub service: Option<String>,
+    /// The events of an event message, as they were sent.
     #[serde(default, borrow)]
     pub events: Option<Vec<&'a RawValue>>,
+    /// The code of an error message.
     #[serde(default)]
     pub code: Option<String>,
+    /// The text of an error message.
     #[serde(default)]
     pub message: Option<String>,
+    /// The serving mode of an ack.
     #[serde(default)]
     pub mode: Option<String>,
+    /// Whether an ack resumed from `lastSeq`.
     #[serde(default)]
     pub resumed: Option<bool>,
 }

@@ -21,24 +21,36 @@ pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// Why the client TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsClientError {
+    /// The CA file could not be read.
     #[error("{file}: cannot read CA file: {source}")]
     ReadCa {
+        /// The CA file.
         file: String,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
+    /// The CA file is not PEM.
     #[error("{file}: not a PEM certificate file: {source}")]
     ParseCa {
+        /// The CA file.
         file: String,
+        /// The parse error.
         #[source]
         source: std::io::Error,
     },
+    /// The CA file holds no certificate rustls accepts.
     #[error("{file}: no usable CA certificate in the file")]
-    EmptyCa { file: String },
+    EmptyCa {
+        /// The CA file.
+        file: String,
+    },
+    /// No CA file is set and the system has no root certificates.
     #[error(
         "no system root certificates found (install ca-certificates or set SSL_CERT_FILE; for the backend, upstream.ca_file also works)"
     )]
     NoSystemRoots,
+    /// rustls refused the configuration.
     #[error("TLS client configuration: {0}")]
     Rustls(#[source] rustls::Error),
 }

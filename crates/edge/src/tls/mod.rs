@@ -3,6 +3,7 @@
 //! polls, pass-through, the native `wss://` link) and for fetching a JWKS;
 //! [`reload`] serves the client-facing certificate and re-reads it when its
 //! files change, without touching open connections.
+#![warn(missing_docs)]
 
 pub(crate) mod client;
 pub(crate) mod reload;

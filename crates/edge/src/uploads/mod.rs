@@ -10,6 +10,7 @@
 //! native upload stream, chosen by `DOCUMENTS_UPLOAD_NATIVE`) and answers
 //! with the backend's result. A sweeper owned by the sidecar removes
 //! uploads idle for `uploads.resume_ttl_s`.
+#![warn(missing_docs)]
 
 mod code;
 pub(crate) mod delivery;

@@ -14,7 +14,9 @@ use rand::Rng;
 #[derive(Debug, Clone)]
 pub struct MultipartForm {
     boundary: String,
+    /// The form's parts before the file's bytes, up to its part's headers.
     pub head: Bytes,
+    /// The end of the file's part and of the form.
     pub tail: Bytes,
 }
 

@@ -1,6 +1,7 @@
 //! Sources of events: the V1 long-poller and the native stream link. Each
 //! runs as its own task, owned by a hub through a [`SourceHandle`]; dropping
 //! or stopping the handle ends the task. Sources only push into their hub.
+#![warn(missing_docs)]
 
 mod native;
 mod poller;
@@ -34,6 +35,7 @@ pub(crate) enum TokenChoice {
     Session(Arc<TokenPool>, SessionId),
 }
 
+/// What a V1 poller is started with: one org and service.
 pub struct PollerSpec {
     pub(crate) org: OrgId,
     pub(crate) service: u16,
@@ -43,6 +45,7 @@ pub struct PollerSpec {
     pub(crate) hub: mpsc::Sender<HubMsg>,
 }
 
+/// What a native link is started with: one org and its native services.
 pub struct NativeSpec {
     pub(crate) org: OrgId,
     pub(crate) services: Vec<u16>,
@@ -103,7 +106,9 @@ impl Upstream {
 /// Starts sources for a hub. The hub depends on this seam, not on HTTP, so
 /// its switching logic is tested with scripted sources.
 pub trait SourceSpawner: Send + Sync {
+    /// Starts a V1 poller.
     fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle;
+    /// Starts a native link.
     fn spawn_native(&self, spec: NativeSpec) -> SourceHandle;
 }
 

@@ -22,6 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A link that hears nothing (not even a ping) for this long is presumed dead.
 const SILENCE_LIMIT_FACTOR: u32 = 3;
 
+/// The WebSocket settings of a client of a native stream (the native link,
+/// and the tools' stream clients).
 pub fn client_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
