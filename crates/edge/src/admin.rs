@@ -1,4 +1,5 @@
 //! The admin API of CONTRACT section 5: feature flags, metrics, health.
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,19 +23,19 @@ use crate::metrics::Stats;
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
-pub struct Admin {
-    pub config: Arc<Config>,
-    pub flags: Arc<FlagStore>,
-    pub stats: Arc<Stats>,
-    pub registry: Arc<HubRegistry>,
-    pub prometheus: Option<PrometheusHandle>,
-    pub ready: Arc<AtomicBool>,
+pub(crate) struct Admin {
+    pub(crate) config: Arc<Config>,
+    pub(crate) flags: Arc<FlagStore>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) registry: Arc<HubRegistry>,
+    pub(crate) prometheus: Option<PrometheusHandle>,
+    pub(crate) ready: Arc<AtomicBool>,
     /// `POST /drain` starts it; `/readyz` is 503 from then on.
-    pub drain: Arc<Drain>,
+    pub(crate) drain: Arc<Drain>,
     /// Not ready until its key set (if any) has loaded.
-    pub verifier: Arc<crate::auth::Verifier>,
+    pub(crate) verifier: Arc<crate::auth::Verifier>,
     /// In cluster mode, overrides are changed through Redis for every replica.
-    pub shared_flags: Option<Arc<SharedFlags>>,
+    pub(crate) shared_flags: Option<Arc<SharedFlags>>,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -42,7 +43,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admin {
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
@@ -303,7 +304,7 @@ fn cluster_error(e: &SharedFlagsError) -> Response<Body> {
 }
 
 /// The body of `GET /feature-flags`.
-pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+pub(crate) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     let flags: serde_json::Map<String, serde_json::Value> = s
         .values
         .iter()

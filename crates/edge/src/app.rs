@@ -1,6 +1,7 @@
 //! Wiring: builds every part from a validated [`Config`] and runs the two
 //! listeners until shutdown. `main` only parses arguments and signals;
 //! tests start the real thing on port 0 through [`Sidecar::start`].
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,53 +33,83 @@ const REFUSALS_AT_ONCE: usize = 512;
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The admin API would listen beyond loopback without a token.
     #[error(
         "{file}: admin_listen: {addr} is not a loopback address and no admin token is set (auth.admin_token or ADMIN_TOKEN); refusing to expose the admin API unauthenticated"
     )]
-    UnprotectedAdmin { file: String, addr: SocketAddr },
+    UnprotectedAdmin {
+        /// The configuration file.
+        file: String,
+        /// The `admin_listen` address.
+        addr: SocketAddr,
+    },
+    /// A verification key file of `auth` could not be used.
     #[error("{file}: {source}")]
     Key {
+        /// The configuration file.
         file: String,
+        /// What was wrong with the key.
         #[source]
         source: crate::auth::KeyError,
     },
+    /// The flags environment or overrides file could not be used.
     #[error("{file}: flags: {message}")]
-    Flags { file: String, message: String },
+    Flags {
+        /// The configuration file.
+        file: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
+    /// `cluster.redis_url` could not be used.
     #[error("{file}: {source}")]
     Cluster {
+        /// The configuration file.
         file: String,
+        /// What redis-rs found wrong.
         #[source]
         source: ClusterError,
     },
+    /// The client-facing certificate or key could not be used.
     #[error("{file}: {source}")]
     Tls {
+        /// The configuration file.
         file: String,
+        /// What was wrong with them.
         #[source]
         source: crate::tls::CertError,
     },
+    /// The TLS settings towards the backend could not be used.
     #[error("{file}: upstream TLS: {source}")]
     UpstreamTls {
+        /// The configuration file.
         file: String,
+        /// What was wrong with them.
         #[source]
         source: crate::tls::TlsClientError,
     },
+    /// The uploads spool directory could not be prepared.
     #[error(transparent)]
     Uploads(#[from] crate::uploads::SpoolDirError),
 }
 
 /// The two bound listeners.
 pub struct Listeners {
-    pub client: TcpListener,
-    pub admin: TcpListener,
+    pub(crate) client: TcpListener,
+    pub(crate) admin: TcpListener,
 }
 
 impl Listeners {
+    /// Binds the client and admin listeners of the configuration (before
+    /// the sidecar starts, so a test or `main` knows the addresses).
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         let bind = |addr: SocketAddr| async move {
             http_server::bind(addr).map_err(|source| StartError::Bind { addr, source })
@@ -92,10 +123,12 @@ impl Listeners {
 
 /// A running sidecar.
 pub struct Sidecar {
+    /// Where clients connect (the stream and pass-through).
     pub client_addr: SocketAddr,
+    /// Where the admin API listens.
     pub admin_addr: SocketAddr,
+    /// The flag store (with the cluster's version in cluster mode).
     pub flags: Arc<FlagStore>,
-    pub stats: Arc<Stats>,
     /// The replica's link to the cluster (`cluster.redis_url` set).
     pub cluster: Option<Arc<ClusterLink>>,
     drain: Arc<Drain>,
@@ -157,6 +190,8 @@ impl Sidecar {
         Ok(store)
     }
 
+    /// Starts serving on bound listeners: validates what the configuration
+    /// names, loads keys, certificates and flags, and spawns every task.
     pub async fn start(config: Config, listeners: Listeners) -> Result<Sidecar, StartError> {
         Self::preflight(&config)?;
         let config = Arc::new(config);
@@ -327,7 +362,6 @@ impl Sidecar {
             admin_addr,
             flags,
             cluster,
-            stats,
             drain,
             tasks,
         })

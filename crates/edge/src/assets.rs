@@ -4,6 +4,7 @@
 //! listener at `GET /`. Both are compiled in with `include_str!`, so a
 //! deployment is still the one binary, and the library a browser loads always
 //! matches the sidecar it talks to.
+#![warn(missing_docs)]
 
 use std::sync::OnceLock;
 
@@ -12,13 +13,13 @@ use hyper::{Response, StatusCode};
 use crate::http_server::{Body, full, json_error};
 
 /// Where the client library is served on the client listener.
-pub const CLIENT_JS_PATH: &str = "/v2/realtime/client.js";
+pub(crate) const CLIENT_JS_PATH: &str = "/v2/realtime/client.js";
 
 /// The client library (`clients/js/realtime-client.js`).
 pub const CLIENT_JS: &str = include_str!("../../../clients/js/realtime-client.js");
 
 /// The ops page (`assets/ops.html`): self-contained, no external assets.
-pub const OPS_PAGE: &str = include_str!("../../../assets/ops.html");
+pub(crate) const OPS_PAGE: &str = include_str!("../../../assets/ops.html");
 
 /// How long a browser may use its copy of the library before revalidating.
 /// Short, because the library must follow the sidecar across upgrades; the
@@ -48,7 +49,7 @@ fn matches_etag(if_none_match: &str, etag: &str) -> bool {
 /// 304 answer to a matching `If-None-Match`. Any origin may load it (module
 /// scripts are fetched with CORS, and the app usually lives on another
 /// origin than the API); it holds no data.
-pub fn client_js(method: &http::Method, headers: &http::HeaderMap) -> Response<Body> {
+pub(crate) fn client_js(method: &http::Method, headers: &http::HeaderMap) -> Response<Body> {
     if method != http::Method::GET && method != http::Method::HEAD {
         return json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -88,7 +89,7 @@ pub fn client_js(method: &http::Method, headers: &http::HeaderMap) -> Response<B
 /// scripts call the admin API with the token), so it needs no token itself;
 /// it may not be framed by another site, and its scripts talk only to the
 /// admin listener.
-pub fn ops_page() -> Response<Body> {
+pub(crate) fn ops_page() -> Response<Body> {
     Response::builder()
         .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
         .header(http::header::CACHE_CONTROL, "no-cache")

@@ -8,9 +8,10 @@
 //! verified claims only.
 //!
 //! [`keys`] reads PEM and JWK keys; [`jwks`] keeps the remote key set fresh.
+#![warn(missing_docs)]
 
-pub mod jwks;
-pub mod keys;
+pub(crate) mod jwks;
+pub(crate) mod keys;
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::AuthConfig;
 use jwks::Jwks;
-pub use keys::KeyError;
+pub(crate) use keys::KeyError;
 use keys::PublicKey;
 
 /// An organisation id.
@@ -29,20 +30,28 @@ pub type OrgId = u64;
 /// Why a token was refused. Messages never contain the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// No `Authorization: Bearer` header or `token` parameter.
     #[error("missing bearer token")]
     Missing,
+    /// Malformed, badly signed, or refused by a claim check.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// Past its `exp` (with the leeway).
     #[error("token has expired")]
     Expired,
+    /// Before its `nbf` (with the leeway).
     #[error("token is not valid yet (nbf)")]
     NotYetValid,
+    /// No `exp` while `auth.require_exp` is set.
     #[error("token has no exp claim (auth.require_exp)")]
     NoExpiry,
+    /// No key for its `kid` (or algorithm).
     #[error("no verification key for this token ({0})")]
     UnknownKey(String),
+    /// The org claim is missing or not a number.
     #[error("token has no usable {0:?} claim (a number or numeric string)")]
     NoOrg(String),
+    /// No secret, key file or JWKS is configured.
     #[error(
         "token verification is not configured (set auth.jwt_secret, JWT_SECRET, auth.jwt_public_key_file or auth.jwks_url)"
     )]
@@ -52,6 +61,7 @@ pub enum AuthError {
 /// A verified token.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// The organisation of the `auth.org_claim`.
     pub org_id: OrgId,
     /// Expiry in Unix seconds, when the token has one (saturated at `u64::MAX`).
     pub expires_at: Option<u64>,
@@ -118,7 +128,7 @@ impl Verifier {
     }
 
     /// Whether any key is configured at all.
-    pub fn has_keys(&self) -> bool {
+    pub(crate) fn has_keys(&self) -> bool {
         self.secret.is_some() || !self.file_keys.is_empty() || self.jwks.is_some()
     }
 

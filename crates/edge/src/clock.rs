@@ -1,6 +1,7 @@
 //! Wall-clock helpers: RFC 3339 timestamps with milliseconds (the protocol's
 //! `timestamp`) and parsing of the event timestamps that latency is measured
 //! from. Kept dependency-free: only UTC formatting and a strict parser are needed.
+#![warn(missing_docs)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,7 +43,7 @@ pub fn now_rfc3339() -> String {
 
 /// Parses an RFC 3339 timestamp (`Z` or a numeric offset, optional
 /// fraction) into epoch milliseconds. `None` when it is not one.
-pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339_millis(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;

@@ -21,6 +21,7 @@
 //! pollers, native links, the flags watcher) ends on. Everything a drain
 //! must wait for — client connections, streams, relayed WebSockets — is
 //! spawned on [`Drain::tracker`].
+#![warn(missing_docs)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +33,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::ShutdownConfig;
 
 /// Past the end of the window, how long tracked work may still take.
-pub const FINAL_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const FINAL_GRACE: Duration = Duration::from_secs(5);
 
 /// Where the sidecar is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Serving,
     /// Draining; the window of closes starts at `window_start` and lasts `window`.
     Draining {
@@ -57,7 +58,7 @@ pub struct Drain {
 }
 
 impl Drain {
-    pub fn new(config: ShutdownConfig) -> Arc<Drain> {
+    pub(crate) fn new(config: ShutdownConfig) -> Arc<Drain> {
         Arc::new(Drain {
             config,
             phase: watch::channel(Phase::Serving).0,
@@ -68,7 +69,7 @@ impl Drain {
     }
 
     /// The configured drain window.
-    pub fn drain_window(&self) -> Duration {
+    pub(crate) fn drain_window(&self) -> Duration {
         self.config.drain
     }
 
@@ -82,7 +83,7 @@ impl Drain {
 
     /// Starts (or shortens) the sequence with no delay and no spread: every
     /// stream is closed with 1001 now. Used by [`crate::Sidecar::shutdown`].
-    pub fn begin_now(self: &Arc<Self>) {
+    pub(crate) fn begin_now(self: &Arc<Self>) {
         self.start(Instant::now(), Duration::ZERO, true);
     }
 
@@ -163,48 +164,42 @@ impl Drain {
         self.stop.send_replace(true);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         *self.phase.borrow() != Phase::Serving
     }
 
     /// True once the drain window started: new streams are refused.
-    pub fn refuses_streams(&self) -> bool {
+    pub(crate) fn refuses_streams(&self) -> bool {
         match *self.phase.borrow() {
             Phase::Serving => false,
             Phase::Draining { window_start, .. } => Instant::now() >= window_start,
         }
     }
 
-    /// Resolves once a drain began (for `main`, which also waits for signals).
-    pub async fn began(&self) {
-        let mut rx = self.phase.subscribe();
-        let _ = rx.wait_for(|p| *p != Phase::Serving).await;
-    }
-
     /// Resolves once everything must stop.
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         let mut rx = self.stop.subscribe();
         let _ = rx.wait_for(|s| *s).await;
     }
 
     /// The watch every background loop ends on.
-    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
     }
 
     /// Turns true when the drain window starts.
-    pub fn wind_down_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn wind_down_signal(&self) -> watch::Receiver<bool> {
         self.wind_down.subscribe()
     }
 
     /// Where connections, streams and relays are spawned so the drain can wait for them.
-    pub fn tracker(&self) -> &TaskTracker {
+    pub(crate) fn tracker(&self) -> &TaskTracker {
         &self.tracker
     }
 
     /// The moment one stream (or relayed WebSocket) is to be closed, drawn
     /// now, uniformly over the drain window.
-    pub fn stream_close(&self) -> StreamClose {
+    pub(crate) fn stream_close(&self) -> StreamClose {
         StreamClose {
             phase: self.phase.subscribe(),
             fraction: rand::random::<f64>(),
@@ -214,7 +209,7 @@ impl Drain {
 
 /// One stream's close moment. [`StreamClose::wait`] is cancel-safe: it can
 /// be polled afresh in every `select!` round and resolves at the same moment.
-pub struct StreamClose {
+pub(crate) struct StreamClose {
     phase: watch::Receiver<Phase>,
     /// Where in the window this stream closes, in `[0, 1)`.
     fraction: f64,
@@ -232,12 +227,12 @@ impl StreamClose {
     }
 
     /// True when the moment has passed.
-    pub fn is_due(&self) -> bool {
+    pub(crate) fn is_due(&self) -> bool {
         self.moment().is_some_and(|t| Instant::now() >= t)
     }
 
     /// Resolves at this stream's close moment (never while serving).
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         loop {
             self.phase.borrow_and_update();
             match self.moment() {

@@ -1,6 +1,7 @@
 //! The accept loop shared by the client listener, the admin listener and
 //! the simulator: optional TLS, HTTP/1.1 with upgrades, a cap on open
 //! connections, a header-read timeout, and graceful drain on shutdown.
+#![warn(missing_docs)]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+/// Any error a body or handler may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every handler answers with.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -52,7 +54,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
 /// default (1024) overflows when a thousand clients reconnect at once, and a
 /// dropped SYN costs the client a one-second retransmit; the kernel caps it
 /// at `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: u32 = 8192;
+pub(crate) const LISTEN_BACKLOG: u32 = 8192;
 
 /// Binds a listener with [`LISTEN_BACKLOG`].
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -69,7 +71,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// The 101 answer that completes a WebSocket upgrade for `key`.
 /// The `Sec-WebSocket-Key` of a WebSocket upgrade request (GET, `Upgrade:
 /// websocket`, version 13), or the answer to give a request that is not one.
-pub fn websocket_upgrade_key<B>(
+pub(crate) fn websocket_upgrade_key<B>(
     req: &Request<B>,
 ) -> Result<http::HeaderValue, Box<Response<Body>>> {
     let is_upgrade = req
@@ -98,6 +100,8 @@ pub fn websocket_upgrade_key<B>(
     Ok(key)
 }
 
+/// The `101 Switching Protocols` answer to a WebSocket upgrade with this
+/// `Sec-WebSocket-Key`.
 pub fn switching_protocols(key: &http::HeaderValue) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -122,15 +126,15 @@ pub struct ServerLimits {
 }
 
 /// How a listener ends.
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     /// Turns true when connections should finish their request in flight and
     /// close; connections accepted afterwards serve one request each.
-    pub wind_down: watch::Receiver<bool>,
+    pub(crate) wind_down: watch::Receiver<bool>,
     /// Turns true to stop accepting; connections still open get
     /// [`STOP_GRACE`] more, then are dropped.
-    pub stop: watch::Receiver<bool>,
+    pub(crate) stop: watch::Receiver<bool>,
     /// Every connection task is spawned here, so a drain can wait for it.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
 }
 
 /// How long connections still open when a listener stops may take to finish.
@@ -166,7 +170,7 @@ pub async fn serve<H, F>(
 
 /// [`serve`] with a separate wind-down and stop, and connection tasks on a
 /// tracker (the sidecar's drain).
-pub async fn serve_with<H, F>(
+pub(crate) async fn serve_with<H, F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: ServerLimits,

@@ -12,7 +12,7 @@
 //! crates of their own built on it (docs/architecture.md).
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod assets;
 pub mod auth;
@@ -21,7 +21,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod drain;
-pub mod facade;
+pub(crate) mod facade;
 pub mod flags;
 pub mod gateway;
 pub mod http_server;

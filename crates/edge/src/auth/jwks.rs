@@ -27,13 +27,13 @@ use crate::metrics as m;
 use crate::tls::{HttpsConnector, TlsClientError};
 
 /// The least time between two refreshes caused by unknown `kid`s.
-pub const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(10);
 /// How soon a start-up fetch that failed is tried again (capped by the refresh period).
 const FIRST_LOAD_RETRY: Duration = Duration::from_secs(2);
 
 /// Why one fetch was refused. The previous key set stays in force.
 #[derive(Debug, thiserror::Error)]
-pub enum JwksError {
+pub(crate) enum JwksError {
     #[error("request failed: {0}")]
     Request(#[source] hyper_util::client::legacy::Error),
     #[error("timed out after {0:?}")]
@@ -65,7 +65,7 @@ impl Trigger {
 }
 
 /// The remote key set and its fetcher.
-pub struct Jwks {
+pub(crate) struct Jwks {
     url: url::Url,
     client: Client<HttpsConnector, Empty<Bytes>>,
     timeout: Duration,
@@ -80,7 +80,7 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    pub fn new(url: url::Url, cfg: &AuthConfig) -> Result<Jwks, TlsClientError> {
+    pub(crate) fn new(url: url::Url, cfg: &AuthConfig) -> Result<Jwks, TlsClientError> {
         // https key sets are verified against the system roots; a plain
         // http URL needs no trust store at all.
         let tls = if url.scheme() == "https" {
@@ -104,19 +104,19 @@ impl Jwks {
     }
 
     /// The current key set; `None` until a fetch has succeeded.
-    pub fn keys(&self) -> Option<Arc<Vec<PublicKey>>> {
+    pub(crate) fn keys(&self) -> Option<Arc<Vec<PublicKey>>> {
         self.keys.load_full()
     }
 
     /// Whether a key set has loaded.
-    pub fn is_loaded(&self) -> bool {
+    pub(crate) fn is_loaded(&self) -> bool {
         self.keys.load().is_some()
     }
 
     /// Fetches the set again for a token whose `kid` it lacks, unless one
     /// such refresh began less than [`UNKNOWN_KID_INTERVAL`] ago. True when
     /// the set changed (here or by a concurrent fetch) since the call began.
-    pub async fn refresh_for_unknown_kid(&self) -> bool {
+    pub(crate) async fn refresh_for_unknown_kid(&self) -> bool {
         let before = self.generation.load(Ordering::Acquire);
         let mut last = self.fetching.lock().await;
         if self.generation.load(Ordering::Acquire) != before {
@@ -131,7 +131,7 @@ impl Jwks {
 
     /// Fetches at start-up (retrying until the first success), then every
     /// refresh period, until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut trigger = Trigger::Start;
         loop {
             // A fetch in flight (up to auth.jwks_timeout_s) must not hold up shutdown.

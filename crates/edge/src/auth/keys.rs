@@ -20,12 +20,12 @@ const RSA_ALGS: &[Algorithm] = &[
 
 /// One public key and what it may verify.
 #[derive(Clone)]
-pub struct PublicKey {
+pub(crate) struct PublicKey {
     /// The JWKS `kid`; keys from a PEM file have none.
-    pub kid: Option<String>,
+    pub(crate) kid: Option<String>,
     /// The algorithms this key verifies.
-    pub algs: Vec<Algorithm>,
-    pub key: DecodingKey,
+    pub(crate) algs: Vec<Algorithm>,
+    pub(crate) key: DecodingKey,
 }
 
 impl std::fmt::Debug for PublicKey {
@@ -59,7 +59,7 @@ pub enum KeyError {
 }
 
 /// Reads every PEM public key in `path` (RSA, EC P-256/P-384, Ed25519).
-pub fn load_pem_file(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
+pub(crate) fn load_pem_file(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
     let file = path.display().to_string();
     let text = std::fs::read(path).map_err(|source| KeyError::Read {
         file: file.clone(),
@@ -167,7 +167,7 @@ fn pem_key(label: &str, block: &str) -> Result<PublicKey, String> {
 
 /// Why one JWKS entry was skipped (the `reason` label of the refusal counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwkRefusal {
+pub(crate) enum JwkRefusal {
     /// Not a JWK this library reads (unknown `kty`, missing fields).
     Malformed,
     /// A key type or curve that cannot verify tokens here (`oct`, P-521, X25519, …).
@@ -177,7 +177,7 @@ pub enum JwkRefusal {
 }
 
 impl JwkRefusal {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             JwkRefusal::Malformed => "malformed",
             JwkRefusal::Unsupported => "unsupported",
@@ -187,7 +187,7 @@ impl JwkRefusal {
 }
 
 /// Reads one JWKS entry into a verification key.
-pub fn jwk_key(value: &serde_json::Value) -> Result<PublicKey, JwkRefusal> {
+pub(crate) fn jwk_key(value: &serde_json::Value) -> Result<PublicKey, JwkRefusal> {
     let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|_| JwkRefusal::Malformed)?;
     if matches!(
         jwk.common.public_key_use,
@@ -248,7 +248,7 @@ fn signing_alg(a: KeyAlgorithm) -> Option<Algorithm> {
 /// Reads a JWKS document: every usable key; each unusable one is logged
 /// and counted. `Err` when the document itself is not a key set or holds
 /// no usable key, so the caller keeps its previous set.
-pub fn parse_jwks(body: &[u8]) -> Result<Vec<PublicKey>, String> {
+pub(crate) fn parse_jwks(body: &[u8]) -> Result<Vec<PublicKey>, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let Some(entries) = doc.get("keys").and_then(|k| k.as_array()) else {

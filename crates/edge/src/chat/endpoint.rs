@@ -20,7 +20,7 @@ use crate::http_server::{Body, json_error};
 use crate::metrics::{self as m, ErrorKind};
 
 /// Answers one request to the chat path.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     svc: Arc<ChatService>,
     verifier: &Verifier,
     slots: &Arc<Semaphore>,

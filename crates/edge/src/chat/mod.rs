@@ -8,19 +8,20 @@
 //! [`store`] the backend's three HTTP endpoints that keep the messages.
 //! With `true`, [`relay`] passes each connection through to the backend's
 //! native chat stream.
+#![warn(missing_docs)]
 
-pub mod cluster;
-pub mod endpoint;
+pub(crate) mod cluster;
+pub(crate) mod endpoint;
 pub mod protocol;
-pub mod receipts;
-pub mod registry;
-pub mod relay;
-pub mod room;
+pub(crate) mod receipts;
+pub(crate) mod registry;
+pub(crate) mod relay;
+pub(crate) mod room;
 #[cfg(test)]
 mod room_tests;
-pub mod session;
-pub mod store;
-pub mod throttle;
+pub(crate) mod session;
+pub(crate) mod store;
+pub(crate) mod throttle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,20 +36,20 @@ use crate::metrics::Stats;
 pub const CHAT_PATH: &str = "/v2/collaboration/chat/stream";
 
 /// What chat connections share.
-pub struct ChatService {
-    pub config: Arc<Config>,
-    pub flags: Arc<FlagStore>,
-    pub stats: Arc<Stats>,
-    pub rooms: Arc<registry::RoomRegistry>,
-    pub store: Arc<store::BackendStore>,
-    pub shutdown: watch::Receiver<bool>,
+pub(crate) struct ChatService {
+    pub(crate) config: Arc<Config>,
+    pub(crate) flags: Arc<FlagStore>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) rooms: Arc<registry::RoomRegistry>,
+    pub(crate) store: Arc<store::BackendStore>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     next_conn: AtomicU64,
 }
 
 impl ChatService {
     /// The chat service; with a cluster link, rooms span the replicas and
     /// the room bus task is spawned (it ends with `shutdown`).
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         flags: Arc<FlagStore>,
         stats: Arc<Stats>,

@@ -7,17 +7,17 @@ use serde_json::{Map, Value, json};
 use crate::clock;
 
 /// Longest room id (bytes; room ids are ASCII).
-pub const MAX_ROOM_ID: usize = 128;
+pub(crate) const MAX_ROOM_ID: usize = 128;
 /// Longest chat text, in bytes.
-pub const MAX_TEXT_BYTES: usize = 4096;
+pub(crate) const MAX_TEXT_BYTES: usize = 4096;
 /// Longest `clientMsgId` (it travels as the `Idempotency-Key` header).
-pub const MAX_CLIENT_MSG_ID: usize = 128;
+pub(crate) const MAX_CLIENT_MSG_ID: usize = 128;
 /// Longest `messageId` accepted in an ack.
-pub const MAX_MESSAGE_ID: usize = 256;
+pub(crate) const MAX_MESSAGE_ID: usize = 256;
 
 /// Machine-readable codes of chat `error` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChatErrorCode {
+pub(crate) enum ChatErrorCode {
     BadHandshake,
     BadMessage,
     RoomFull,
@@ -29,7 +29,7 @@ pub enum ChatErrorCode {
 }
 
 impl ChatErrorCode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChatErrorCode::BadHandshake => "BAD_HANDSHAKE",
             ChatErrorCode::BadMessage => "BAD_MESSAGE",
@@ -45,7 +45,7 @@ impl ChatErrorCode {
 
 /// A presence status a client may set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Online,
     Away,
     Busy,
@@ -53,7 +53,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Online => "online",
             Status::Away => "away",
@@ -85,10 +85,10 @@ impl Status {
 /// `clientMsgId` it concerned when it had one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct Refusal {
-    pub code: ChatErrorCode,
-    pub message: String,
-    pub client_msg_id: Option<String>,
+pub(crate) struct Refusal {
+    pub(crate) code: ChatErrorCode,
+    pub(crate) message: String,
+    pub(crate) client_msg_id: Option<String>,
 }
 
 impl Refusal {
@@ -102,7 +102,7 @@ impl Refusal {
 }
 
 /// Whether `id` is a valid room id: 1-128 of `A-Za-z0-9._:-`.
-pub fn valid_room_id(id: &str) -> bool {
+pub(crate) fn valid_room_id(id: &str) -> bool {
     (1..=MAX_ROOM_ID).contains(&id.len())
         && id
             .bytes()
@@ -130,7 +130,7 @@ pub fn parse_handshake(text: &str) -> Result<String, String> {
 
 /// A message from a client after the handshake.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClientMessage {
+pub(crate) enum ClientMessage {
     Chat {
         text: String,
         client_msg_id: String,
@@ -142,7 +142,7 @@ pub enum ClientMessage {
 }
 
 /// Parses one client message.
-pub fn parse_client(text: &str) -> Result<ClientMessage, Refusal> {
+pub(crate) fn parse_client(text: &str) -> Result<ClientMessage, Refusal> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Refusal::bad(format!("not valid JSON: {e}"), None))?;
     let Some(obj) = value.as_object() else {
@@ -207,7 +207,7 @@ fn parse_chat(obj: &Map<String, Value>) -> Result<ClientMessage, Refusal> {
 // ---- server messages -------------------------------------------------------
 
 /// `{"type": "error", "code", "message"[, "clientMsgId"]}`.
-pub fn error(code: ChatErrorCode, message: &str, client_msg_id: Option<&str>) -> String {
+pub(crate) fn error(code: ChatErrorCode, message: &str, client_msg_id: Option<&str>) -> String {
     let mut v = json!({
         "type": "error",
         "code": code.as_str(),
@@ -220,18 +220,18 @@ pub fn error(code: ChatErrorCode, message: &str, client_msg_id: Option<&str>) ->
     v.to_string()
 }
 
-pub fn history(messages: &[Value]) -> String {
+pub(crate) fn history(messages: &[Value]) -> String {
     json!({"type": "history", "messages": messages, "timestamp": clock::now_rfc3339()}).to_string()
 }
 
 /// One member as listed in a presence snapshot.
-pub struct MemberView<'a> {
-    pub user_id: &'a str,
-    pub user_name: &'a str,
-    pub status: Status,
+pub(crate) struct MemberView<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) user_name: &'a str,
+    pub(crate) status: Status,
 }
 
-pub fn presence_snapshot(members: &[MemberView<'_>]) -> String {
+pub(crate) fn presence_snapshot(members: &[MemberView<'_>]) -> String {
     let list: Vec<Value> = members
         .iter()
         .map(|m| json!({"userId": m.user_id, "userName": m.user_name, "status": m.status.as_str()}))
@@ -239,7 +239,7 @@ pub fn presence_snapshot(members: &[MemberView<'_>]) -> String {
     json!({"type": "presence", "members": list, "timestamp": clock::now_rfc3339()}).to_string()
 }
 
-pub fn presence(user_id: &str, user_name: &str, status: Status) -> String {
+pub(crate) fn presence(user_id: &str, user_name: &str, status: Status) -> String {
     json!({
         "type": "presence",
         "userId": user_id,
@@ -250,19 +250,19 @@ pub fn presence(user_id: &str, user_name: &str, status: Status) -> String {
     .to_string()
 }
 
-pub fn typing(user_id: &str, user_name: &str) -> String {
+pub(crate) fn typing(user_id: &str, user_name: &str) -> String {
     json!({"type": "typing", "userId": user_id, "userName": user_name, "timestamp": clock::now_rfc3339()})
         .to_string()
 }
 
-pub fn receipt(user_id: &str, message_id: &Value) -> String {
+pub(crate) fn receipt(user_id: &str, message_id: &Value) -> String {
     json!({"type": "receipt", "userId": user_id, "messageId": message_id, "timestamp": clock::now_rfc3339()})
         .to_string()
 }
 
 /// The saved message as broadcast: the backend's object with `type` and
 /// the sender's `clientMsgId` added.
-pub fn chat(mut saved: Map<String, Value>, client_msg_id: &str) -> String {
+pub(crate) fn chat(mut saved: Map<String, Value>, client_msg_id: &str) -> String {
     saved.insert("type".into(), json!("chat"));
     saved.insert("clientMsgId".into(), json!(client_msg_id));
     Value::Object(saved).to_string()

@@ -11,14 +11,14 @@ use tokio::time::Instant;
 
 /// A receipt ready to be stored: the message id and the token to store it with.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Receipt {
-    pub message_id: Value,
-    pub token: Arc<str>,
+pub(crate) struct Receipt {
+    pub(crate) message_id: Value,
+    pub(crate) token: Arc<str>,
 }
 
 /// What the room should do next for this slot.
 #[derive(Debug, PartialEq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Store this receipt now.
     Store(Receipt),
     /// Wake at this instant and call [`ReceiptSlot::due`].
@@ -29,7 +29,7 @@ pub enum Next {
 
 /// The receipt state of one user in one room.
 #[derive(Debug, Default)]
-pub struct ReceiptSlot {
+pub(crate) struct ReceiptSlot {
     pending: Option<Receipt>,
     /// No store starts before this instant.
     next_allowed: Option<Instant>,
@@ -41,19 +41,19 @@ pub struct ReceiptSlot {
 
 impl ReceiptSlot {
     /// The client acked a message: it replaces whatever was pending.
-    pub fn ack(&mut self, receipt: Receipt, now: Instant, interval: Duration) -> Next {
+    pub(crate) fn ack(&mut self, receipt: Receipt, now: Instant, interval: Duration) -> Next {
         self.pending = Some(receipt);
         self.next(now, interval)
     }
 
     /// The scheduled wake-up came.
-    pub fn due(&mut self, now: Instant, interval: Duration) -> Next {
+    pub(crate) fn due(&mut self, now: Instant, interval: Duration) -> Next {
         self.scheduled = false;
         self.next(now, interval)
     }
 
     /// The store in flight finished (whatever its result).
-    pub fn stored(&mut self, now: Instant, interval: Duration) -> Next {
+    pub(crate) fn stored(&mut self, now: Instant, interval: Duration) -> Next {
         self.in_flight = false;
         self.next(now, interval)
     }
@@ -84,7 +84,7 @@ impl ReceiptSlot {
 
     /// Nothing pending or in flight and the interval has passed: the slot
     /// may be forgotten.
-    pub fn is_idle(&self, now: Instant) -> bool {
+    pub(crate) fn is_idle(&self, now: Instant) -> bool {
         self.pending.is_none()
             && !self.scheduled
             && !self.in_flight
@@ -92,7 +92,7 @@ impl ReceiptSlot {
     }
 
     /// A receipt waits to be stored, or is being stored.
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         self.pending.is_some() || self.in_flight
     }
 }

@@ -21,9 +21,9 @@ use crate::config::ChatConfig;
 
 /// A room's identity: the org from the token and the roomId from the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RoomKey {
-    pub org: OrgId,
-    pub room: Arc<str>,
+pub(crate) struct RoomKey {
+    pub(crate) org: OrgId,
+    pub(crate) room: Arc<str>,
 }
 
 struct Entry {
@@ -33,14 +33,14 @@ struct Entry {
 
 /// Why a join did not put the connection in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum JoinError {
+pub(crate) enum JoinError {
     #[error("the room is full")]
     Full,
     #[error("the sidecar is shutting down")]
     ShuttingDown,
 }
 
-pub struct RoomRegistry {
+pub(crate) struct RoomRegistry {
     rooms: Mutex<HashMap<RoomKey, Entry>>,
     next_id: AtomicU64,
     cfg: ChatConfig,
@@ -51,7 +51,7 @@ pub struct RoomRegistry {
 }
 
 impl RoomRegistry {
-    pub fn new(
+    pub(crate) fn new(
         cfg: ChatConfig,
         store: Arc<BackendStore>,
         shutdown: watch::Receiver<bool>,
@@ -96,7 +96,7 @@ impl RoomRegistry {
 
     /// Puts `member` in the room `key`, creating the room when needed;
     /// returns the room's inbox.
-    pub async fn join(
+    pub(crate) async fn join(
         self: &Arc<Self>,
         key: &RoomKey,
         member: Member,
@@ -167,11 +167,8 @@ impl RoomRegistry {
     }
 
     /// Rooms alive.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.rooms.lock().map(|r| r.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -26,7 +26,7 @@ use crate::protocol::close;
 const RELAY_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The backend's chat stream URL: the base URL with a ws scheme.
-pub fn backend_url(base: &url::Url) -> String {
+pub(crate) fn backend_url(base: &url::Url) -> String {
     let scheme = if base.scheme() == "https" {
         "wss"
     } else {
@@ -39,7 +39,7 @@ pub fn backend_url(base: &url::Url) -> String {
 }
 
 /// Relays one client connection to the backend until either side ends.
-pub async fn run<S>(
+pub(crate) async fn run<S>(
     mut client: WebSocketStream<S>,
     user: ChatUser,
     svc: Arc<ChatService>,

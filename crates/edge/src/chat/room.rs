@@ -43,22 +43,22 @@ mod messages;
 mod replicas;
 
 /// A chat connection's id, unique in the process.
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// A connection asking to join.
 #[derive(Clone)]
-pub struct Member {
-    pub conn: ConnId,
-    pub user_id: Arc<str>,
-    pub user_name: Arc<str>,
+pub(crate) struct Member {
+    pub(crate) conn: ConnId,
+    pub(crate) user_id: Arc<str>,
+    pub(crate) user_name: Arc<str>,
     /// The connection's token: backend calls for this user use it.
-    pub token: Arc<str>,
-    pub queue: Arc<SessionQueue>,
+    pub(crate) token: Arc<str>,
+    pub(crate) queue: Arc<SessionQueue>,
 }
 
 /// The answer to a join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinOutcome {
+pub(crate) enum JoinOutcome {
     Joined,
     /// `chat.max_room_members` users are in the room.
     Full,
@@ -67,7 +67,7 @@ pub enum JoinOutcome {
 }
 
 /// What a room's inbox carries.
-pub enum RoomMsg {
+pub(crate) enum RoomMsg {
     Join {
         member: Member,
         reply: oneshot::Sender<JoinOutcome>,

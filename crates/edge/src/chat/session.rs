@@ -29,12 +29,12 @@ const SILENT_INTERVALS: u32 = 3;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Who is connected, from the verified token.
-pub struct ChatUser {
-    pub org: crate::auth::OrgId,
-    pub user_id: Arc<str>,
-    pub user_name: Arc<str>,
-    pub token: Arc<str>,
-    pub expires_at: Option<u64>,
+pub(crate) struct ChatUser {
+    pub(crate) org: crate::auth::OrgId,
+    pub(crate) user_id: Arc<str>,
+    pub(crate) user_name: Arc<str>,
+    pub(crate) token: Arc<str>,
+    pub(crate) expires_at: Option<u64>,
 }
 
 /// Leaves the room when the session ends, however it ends.
@@ -94,7 +94,7 @@ where
 }
 
 /// Serves one hosted chat connection until it ends.
-pub async fn run<S>(
+pub(crate) async fn run<S>(
     mut ws: WebSocketStream<S>,
     user: ChatUser,
     svc: Arc<ChatService>,

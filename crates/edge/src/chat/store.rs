@@ -17,7 +17,7 @@ use crate::metrics as m;
 
 /// Why a backend call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("the backend did not answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot build the request: {0}")]
@@ -53,14 +53,14 @@ impl Endpoint {
 }
 
 /// The HTTP client for the three store endpoints.
-pub struct BackendStore {
+pub(crate) struct BackendStore {
     http: Client<HttpConnector, Full<Bytes>>,
     base: url::Url,
     cfg: ChatConfig,
 }
 
 impl BackendStore {
-    pub fn new(config: &Config) -> BackendStore {
+    pub(crate) fn new(config: &Config) -> BackendStore {
         BackendStore {
             http: Client::builder(TokioExecutor::new()).build_http(),
             base: config.upstream.base_url.clone(),
@@ -76,7 +76,7 @@ impl BackendStore {
     }
 
     /// `GET {history_path}?roomId=R&limit=N` → the `messages` list.
-    pub async fn history(&self, token: &str, room: &str) -> Result<Vec<Value>, StoreError> {
+    pub(crate) async fn history(&self, token: &str, room: &str) -> Result<Vec<Value>, StoreError> {
         let mut url = self.url(&self.cfg.history_path);
         url.query_pairs_mut()
             .append_pair("roomId", room)
@@ -94,7 +94,7 @@ impl BackendStore {
     }
 
     /// `POST {messages_path}` with `Idempotency-Key: clientMsgId` → the saved message.
-    pub async fn save_message(
+    pub(crate) async fn save_message(
         &self,
         token: &str,
         room: &str,
@@ -123,7 +123,7 @@ impl BackendStore {
     }
 
     /// `POST {receipts_path}` `{"roomId", "messageId"}`.
-    pub async fn save_receipt(
+    pub(crate) async fn save_receipt(
         &self,
         token: &str,
         room: &str,

@@ -8,18 +8,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The span both limits count over.
-pub const WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 
 /// A sliding one-second window of chat sends.
 #[derive(Debug, Default)]
-pub struct SendWindow {
+pub(crate) struct SendWindow {
     sent: VecDeque<Instant>,
 }
 
 impl SendWindow {
     /// Records a send at `now` when fewer than `max` happened in the last
     /// second; false (nothing recorded) otherwise.
-    pub fn try_send(&mut self, now: Instant, max: usize) -> bool {
+    pub(crate) fn try_send(&mut self, now: Instant, max: usize) -> bool {
         while let Some(&t) = self.sent.front() {
             if now.saturating_duration_since(t) >= WINDOW {
                 self.sent.pop_front();
@@ -37,13 +37,13 @@ impl SendWindow {
 
 /// At most one typing indicator per [`WINDOW`].
 #[derive(Debug, Default)]
-pub struct TypingThrottle {
+pub(crate) struct TypingThrottle {
     last: Option<Instant>,
 }
 
 impl TypingThrottle {
     /// True when an indicator may go out at `now` (and records it).
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         match self.last {
             Some(t) if now.saturating_duration_since(t) < WINDOW => false,
             _ => {

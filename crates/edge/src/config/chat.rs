@@ -36,34 +36,34 @@ const CLUSTER_PUBLISH_QUEUE: u64 = 4096;
 
 /// Chat rooms (CONTRACT 8): the backend's store endpoints and the rooms' bounds.
 #[derive(Debug, Clone)]
-pub struct ChatConfig {
+pub(crate) struct ChatConfig {
     /// `GET {history_path}?roomId=R&limit=N` on join.
-    pub history_path: String,
+    pub(crate) history_path: String,
     /// Messages asked for on join.
-    pub history_limit: u64,
+    pub(crate) history_limit: u64,
     /// `POST {messages_path}` stores one message.
-    pub messages_path: String,
+    pub(crate) messages_path: String,
     /// `POST {receipts_path}` stores a user's latest read receipt.
-    pub receipts_path: String,
+    pub(crate) receipts_path: String,
     /// How long a user whose last connection left stays online.
-    pub leave_grace: Duration,
+    pub(crate) leave_grace: Duration,
     /// At most one receipt POST per user and room per this interval.
-    pub receipt_flush: Duration,
+    pub(crate) receipt_flush: Duration,
     /// Connections in one room at once (every tab counts); the next gets `ROOM_FULL`.
-    pub max_room_members: usize,
+    pub(crate) max_room_members: usize,
     /// Chat messages one user may send per second in a room.
-    pub max_messages_per_s: usize,
+    pub(crate) max_messages_per_s: usize,
     /// How long one backend request (history, message, receipt) may take.
-    pub backend_timeout: Duration,
+    pub(crate) backend_timeout: Duration,
     /// Largest backend answer read (a history page).
-    pub max_response_bytes: usize,
+    pub(crate) max_response_bytes: usize,
     /// Send queue of one chat connection, in bytes; past it the client is closed with 1013.
-    pub max_queue_bytes: usize,
+    pub(crate) max_queue_bytes: usize,
     /// Messages waiting in one room's inbox; senders wait when it is full.
-    pub room_inbox: usize,
+    pub(crate) room_inbox: usize,
     /// Cluster mode: room messages waiting to be published to the other
     /// replicas; past it they are dropped and counted.
-    pub cluster_publish_queue: usize,
+    pub(crate) cluster_publish_queue: usize,
 }
 
 /// `chat` as written.

@@ -18,7 +18,7 @@ pub struct FlagsConfig {
     /// The flags file, hot-reloaded; `None` when `flags.file: null`.
     pub file: Option<PathBuf>,
     /// Where admin-API overrides are persisted; in memory only when unset.
-    pub overrides_file: Option<PathBuf>,
+    pub(crate) overrides_file: Option<PathBuf>,
 }
 
 /// `rollout` as written.

@@ -38,22 +38,22 @@ pub struct ServiceConfig {
     /// The service's name (`services.<name>`); it names its flag `<NAME>_REALTIME_V1`.
     pub name: String,
     /// Path of its V1 long-poll endpoint.
-    pub v1_path: String,
+    pub(crate) v1_path: String,
 }
 
 /// Field and parameter names of the V1 endpoints.
 #[derive(Debug, Clone)]
 pub struct LegacyConfig {
     /// The query parameter carrying the cursor.
-    pub cursor_param: String,
+    pub(crate) cursor_param: String,
     /// The answer's field holding the events.
-    pub events_field: String,
+    pub(crate) events_field: String,
     /// The answer's field holding the next cursor.
-    pub cursor_field: String,
+    pub(crate) cursor_field: String,
     /// How long the V1 facade holds a request with nothing to answer (CONTRACT 3.4).
-    pub facade_hold: Duration,
+    pub(crate) facade_hold: Duration,
     /// V1 facade requests held at once; past it new ones get 503.
-    pub facade_max_held: usize,
+    pub(crate) facade_max_held: usize,
 }
 
 /// One entry of `services` as written.

@@ -34,49 +34,49 @@ const ADMIN_BODY_TIMEOUT_S: u64 = 10;
 
 /// The drain sequence of CONTRACT 2.2.
 #[derive(Debug, Clone)]
-pub struct ShutdownConfig {
+pub(crate) struct ShutdownConfig {
     /// `shutdown.prestop_delay_s`: readiness is off this long before new
     /// stream upgrades are refused and the drain window starts.
-    pub prestop_delay: Duration,
+    pub(crate) prestop_delay: Duration,
     /// `shutdown.drain_s`: the window over which open streams are closed
     /// with 1001 (each at its own random moment); the process exits when
     /// nothing is open, or `drain_s` + 5 s after the window started.
-    pub drain: Duration,
+    pub(crate) drain: Duration,
 }
 
 /// Pass-through traffic (everything that is not the unified stream).
 #[derive(Debug, Clone)]
-pub struct PassthroughConfig {
+pub(crate) struct PassthroughConfig {
     /// `passthrough.response_timeout_s`: no response head this long after
     /// the request body was sent → 504.
-    pub response_timeout: Duration,
+    pub(crate) response_timeout: Duration,
     /// `passthrough.idle_timeout_s`: a relayed WebSocket or a body that
     /// moves no byte for this long is closed.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// `passthrough.max_in_flight`: requests forwarded at once (each holds
     /// a backend connection); past it the answer is 503.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// `passthrough.max_websockets`: relayed WebSocket upgrades at once.
-    pub max_websockets: usize,
+    pub(crate) max_websockets: usize,
 }
 
 /// Connection caps and slow-peer timeouts of both listeners.
 #[derive(Debug, Clone)]
-pub struct LimitsConfig {
+pub(crate) struct LimitsConfig {
     /// `limits.max_open_files`: the descriptor budget every cap below must
     /// fit in, with the descriptors reserved for listeners, upstream links
     /// and files to spare (checked at load).
-    pub max_open_files: usize,
+    pub(crate) max_open_files: usize,
     /// `limits.client_connections`: client-listener sockets at once, streams
     /// and relayed WebSockets included; past it new ones get a 503.
-    pub client_connections: usize,
+    pub(crate) client_connections: usize,
     /// `limits.admin_connections`: admin-listener sockets at once.
-    pub admin_connections: usize,
+    pub(crate) admin_connections: usize,
     /// `limits.header_timeout_s`: time for a request's headers to arrive
     /// (both listeners; against header-trickling clients).
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// `limits.admin_body_timeout_s`: time for an admin request body to arrive.
-    pub admin_body_timeout: Duration,
+    pub(crate) admin_body_timeout: Duration,
 }
 
 /// Descriptors kept outside every cap: listeners, upstream links (pollers,

@@ -46,15 +46,15 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use auth::AuthConfig;
-pub use chat::ChatConfig;
+pub(crate) use chat::ChatConfig;
 pub use cluster::ClusterConfig;
-pub use flags::FlagsConfig;
+pub(crate) use flags::FlagsConfig;
 pub use legacy::{DEFAULT_SERVICES, LegacyConfig, ServiceConfig};
-pub use lifecycle::{LimitsConfig, PassthroughConfig, ShutdownConfig};
+pub(crate) use lifecycle::{LimitsConfig, PassthroughConfig, ShutdownConfig};
 pub use listen::TlsConfig;
-pub use stream::StreamConfig;
-pub use uploads::UploadsConfig;
-pub use upstream::UpstreamConfig;
+pub(crate) use stream::StreamConfig;
+pub(crate) use uploads::UploadsConfig;
+pub(crate) use upstream::UpstreamConfig;
 
 /// The environment variable that names the configuration file.
 pub const CONFIG_ENV: &str = "REALTIME_EDGE_CONFIG";
@@ -67,9 +67,9 @@ pub(crate) const ADMIN_TOKEN_ENV: &str = "ADMIN_TOKEN";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
     /// Dotted key path, e.g. `stream.batch_window_ms`.
-    pub key: String,
+    pub(crate) key: String,
     /// What is wrong with the key's value, for an operator.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Everything wrong with one configuration file.
@@ -125,43 +125,38 @@ pub struct Config {
     /// The admin listener (flags, health, metrics).
     pub admin_listen: SocketAddr,
     /// TLS on the client listener, when configured.
-    pub tls: Option<TlsConfig>,
+    pub(crate) tls: Option<TlsConfig>,
     /// Where the backend lives.
     pub upstream: UpstreamConfig,
     /// How client tokens are verified.
     pub auth: AuthConfig,
     /// The rollout group hashed with an org id into its rollout bucket.
-    pub rollout_group: String,
+    pub(crate) rollout_group: String,
     /// Where flags come from.
     pub flags: FlagsConfig,
     /// Stream tuning and delivery bounds.
-    pub stream: StreamConfig,
+    pub(crate) stream: StreamConfig,
     /// Services in configuration order.
     pub services: Vec<ServiceConfig>,
     /// Field and parameter names of the V1 endpoints, and the V1 facade.
-    pub legacy: LegacyConfig,
+    pub(crate) legacy: LegacyConfig,
     /// Drain on shutdown (CONTRACT 2.2).
-    pub shutdown: ShutdownConfig,
+    pub(crate) shutdown: ShutdownConfig,
     /// Timeouts and caps of pass-through traffic (CONTRACT 6).
-    pub passthrough: PassthroughConfig,
+    pub(crate) passthrough: PassthroughConfig,
     /// Connection caps, header/body timeouts and the descriptor budget.
-    pub limits: LimitsConfig,
+    pub(crate) limits: LimitsConfig,
     /// Document uploads (CONTRACT 7).
-    pub uploads: UploadsConfig,
+    pub(crate) uploads: UploadsConfig,
     /// Chat rooms (CONTRACT 8).
-    pub chat: ChatConfig,
+    pub(crate) chat: ChatConfig,
     /// Several replicas on Redis (CONTRACT 9).
     pub cluster: ClusterConfig,
 }
 
 impl Config {
-    /// The service named `name`, if configured.
-    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
-        self.services.iter().find(|s| s.name == name)
-    }
-
     /// The index of a service, the compact id the hub uses.
-    pub fn service_index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn service_index(&self, name: &str) -> Option<usize> {
         self.services.iter().position(|s| s.name == name)
     }
 

@@ -41,40 +41,40 @@ const QUEUE_HEADROOM: usize = 64 * 1024;
 
 /// Stream tuning; see CONTRACT section 2.
 #[derive(Debug, Clone)]
-pub struct StreamConfig {
+pub(crate) struct StreamConfig {
     /// How long events are gathered before a batch is sent.
-    pub batch_window: Duration,
+    pub(crate) batch_window: Duration,
     /// Events one message carries at most.
-    pub batch_max_events: usize,
+    pub(crate) batch_max_events: usize,
     /// How often the server pings an idle client.
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// Time allowed from upgrade to a valid `subscribe`.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Events the replay window of one org keeps at most.
-    pub replay_events: usize,
+    pub(crate) replay_events: usize,
     /// Send queue of one client, in bytes; past it the client is closed with 1013.
-    pub max_queue_bytes: usize,
+    pub(crate) max_queue_bytes: usize,
     /// Recent eventIds remembered per org for de-duplication.
-    pub dedup_events: usize,
+    pub(crate) dedup_events: usize,
     /// Client connections accepted at once; the rest get 503.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// How long an org hub outlives its last client, so a reconnect reuses it.
-    pub hub_linger: Duration,
+    pub(crate) hub_linger: Duration,
     // ---- delivery bounds (CONTRACT 2.1, 2.2) ----
     /// Bytes of events one message carries at most (a larger event travels alone).
-    pub batch_max_bytes: usize,
+    pub(crate) batch_max_bytes: usize,
     /// Largest event delivered; larger ones are dropped with `EVENT_TOO_LARGE`.
-    pub max_event_bytes: usize,
+    pub(crate) max_event_bytes: usize,
     /// Bytes of events the replay window of one org keeps at most.
-    pub replay_bytes: usize,
+    pub(crate) replay_bytes: usize,
     /// How long an org's positions and replay window outlive its last client.
-    pub resume_ttl: Duration,
+    pub(crate) resume_ttl: Duration,
     /// A client that sends nothing (not even a Pong) for this long is dropped.
-    pub client_timeout: Duration,
+    pub(crate) client_timeout: Duration,
     /// The largest server message the sizes allow (derived: the larger of
     /// `batch_max_bytes` and `max_event_bytes`, plus the envelope). WebSocket
     /// write buffers are sized from it.
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
 }
 
 /// `stream` as written.

@@ -41,7 +41,7 @@ fn empty_file_gives_contract_defaults() {
     assert_eq!(c.stream.client_timeout, Duration::from_secs(75));
     assert_eq!(c.services.len(), 10);
     assert_eq!(
-        c.service("guest").unwrap().v1_path,
+        c.services[c.service_index("guest").unwrap()].v1_path,
         "/guest-checkin/realtime/subscribe"
     );
     assert_eq!(c.legacy.cursor_param, "since");

@@ -32,34 +32,34 @@ const DELIVERY_TIMEOUT_S: u64 = 120;
 
 /// Document uploads over `/v2/documents/upload/stream`; see CONTRACT 7.
 #[derive(Debug, Clone)]
-pub struct UploadsConfig {
+pub(crate) struct UploadsConfig {
     /// Where partial and complete files are spooled (one file per upload,
     /// named by its generated uploadId, never by the client's filename).
-    pub spool_dir: PathBuf,
+    pub(crate) spool_dir: PathBuf,
     /// Bytes all spooled files may take together; a new upload that would
     /// pass it is refused with `BUSY` (close 1013).
-    pub max_spool_bytes: u64,
+    pub(crate) max_spool_bytes: u64,
     /// Upload connections served at once; beyond it `BUSY` (close 1013).
-    pub max_concurrent: usize,
+    pub(crate) max_concurrent: usize,
     /// Largest accepted `filesize` (`FILE_TOO_LARGE` above).
-    pub max_file_bytes: u64,
+    pub(crate) max_file_bytes: u64,
     /// Accepted mimetypes; empty accepts any (`UNSUPPORTED_TYPE` otherwise).
-    pub allowed_mimetypes: Vec<String>,
+    pub(crate) allowed_mimetypes: Vec<String>,
     /// Version 2: a `progress` at least every this many durable bytes.
-    pub ack_bytes: u64,
+    pub(crate) ack_bytes: u64,
     /// Version 2: unacknowledged bytes a client may have in flight.
-    pub window_bytes: u64,
+    pub(crate) window_bytes: u64,
     /// How long a partial file (or a finished upload's result) is kept
     /// after its last activity, for a resume.
-    pub resume_ttl: Duration,
+    pub(crate) resume_ttl: Duration,
     /// A socket that sends nothing for this long is closed (the partial file stays).
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// The backend's multipart endpoint.
-    pub legacy_path: String,
+    pub(crate) legacy_path: String,
     /// Delivery attempts on 5xx, garbage or timeout before `UPSTREAM_ERROR`.
-    pub delivery_attempts: u32,
+    pub(crate) delivery_attempts: u32,
     /// How long one delivery attempt may take (request, upload and answer).
-    pub delivery_timeout: Duration,
+    pub(crate) delivery_timeout: Duration,
 }
 
 /// `uploads` as written.

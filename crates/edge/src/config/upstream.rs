@@ -22,13 +22,13 @@ pub struct UpstreamConfig {
     /// Base URL of the backend, without a trailing slash.
     pub base_url: url::Url,
     /// Path of the backend's native stream endpoint.
-    pub native_stream_path: String,
+    pub(crate) native_stream_path: String,
     /// How long a V1 request may take before the poller gives up on it.
-    pub poll_timeout: Duration,
+    pub(crate) poll_timeout: Duration,
     /// How long the native link may be down before a service falls back to polling.
-    pub native_fallback_after: Duration,
+    pub(crate) native_fallback_after: Duration,
     /// CA certificates (PEM) that verify an `https://` backend instead of the system roots.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// `upstream` as written.

@@ -13,11 +13,11 @@ use crate::http_server::{Body, full};
 #[derive(Deserialize)]
 pub(super) struct HubMessage<'a> {
     #[serde(rename = "type", borrow)]
-    pub kind: &'a str,
+    pub(crate) kind: &'a str,
     #[serde(default)]
-    pub seq: u64,
+    pub(crate) seq: u64,
     #[serde(borrow, default)]
-    pub events: Option<&'a RawValue>,
+    pub(crate) events: Option<&'a RawValue>,
 }
 
 /// The events of one answer.
@@ -34,10 +34,10 @@ pub(super) enum AnswerEvents<'a> {
 /// `{"<events_field>": [...], "<cursor_field>": "..."}` with the backend's
 /// event objects passed through byte for byte.
 pub(super) struct V1Answer<'a> {
-    pub events_field: &'a str,
-    pub events: AnswerEvents<'a>,
-    pub cursor_field: &'a str,
-    pub cursor: &'a str,
+    pub(crate) events_field: &'a str,
+    pub(crate) events: AnswerEvents<'a>,
+    pub(crate) cursor_field: &'a str,
+    pub(crate) cursor: &'a str,
 }
 
 impl Serialize for V1Answer<'_> {
@@ -55,7 +55,7 @@ impl Serialize for V1Answer<'_> {
 
 impl V1Answer<'_> {
     /// The answer as a JSON response the client must not cache.
-    pub fn response(&self) -> Response<Body> {
+    pub(crate) fn response(&self) -> Response<Body> {
         let text = serde_json::to_vec(self).unwrap_or_default();
         let mut resp = Response::new(full(text));
         let h = resp.headers_mut();

@@ -25,21 +25,21 @@ const MAX_TEXT_LEN: usize = (BODY_LEN + MAC_LEN).div_ceil(3) * 4;
 
 /// A verified facade cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub org: OrgId,
-    pub service: u16,
-    pub position: u64,
+pub(crate) struct Cursor {
+    pub(crate) org: OrgId,
+    pub(crate) service: u16,
+    pub(crate) position: u64,
 }
 
 /// Mints and verifies cursors for one position space.
-pub struct CursorKey {
+pub(crate) struct CursorKey {
     key: [u8; 32],
     epoch: u64,
 }
 
 impl CursorKey {
     /// A key for this run: random, never written anywhere.
-    pub fn random(epoch: u64) -> CursorKey {
+    pub(crate) fn random(epoch: u64) -> CursorKey {
         CursorKey {
             key: rand::random(),
             epoch,
@@ -52,7 +52,7 @@ impl CursorKey {
     }
 
     /// The cursor text for a position.
-    pub fn mint(&self, cursor: Cursor) -> String {
+    pub(crate) fn mint(&self, cursor: Cursor) -> String {
         let mut bytes = Vec::with_capacity(BODY_LEN + MAC_LEN);
         bytes.push(VERSION);
         bytes.extend_from_slice(&self.epoch.to_be_bytes());
@@ -67,7 +67,7 @@ impl CursorKey {
     }
 
     /// The cursor a text names, when this key minted it in this epoch.
-    pub fn open(&self, text: &str) -> Option<Cursor> {
+    pub(crate) fn open(&self, text: &str) -> Option<Cursor> {
         if text.len() > MAX_TEXT_LEN {
             return None;
         }

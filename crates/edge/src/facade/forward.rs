@@ -4,7 +4,7 @@
 /// Why a V1 request went to the backend instead of the facade (the
 /// `reason` label of the forwarded counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardReason {
+pub(crate) enum ForwardReason {
     /// No `Authorization: Bearer` token.
     NoToken,
     /// The token did not verify.
@@ -25,7 +25,7 @@ pub enum ForwardReason {
 }
 
 impl ForwardReason {
-    pub const ALL: [ForwardReason; 8] = [
+    pub(crate) const ALL: [ForwardReason; 8] = [
         ForwardReason::NoToken,
         ForwardReason::InvalidToken,
         ForwardReason::Denylisted,
@@ -36,7 +36,7 @@ impl ForwardReason {
         ForwardReason::ShuttingDown,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ForwardReason::NoToken => "no_token",
             ForwardReason::InvalidToken => "invalid_token",

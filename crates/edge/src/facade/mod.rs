@@ -17,9 +17,10 @@
 //! own bounds shape each answer: an event message carries at most
 //! `stream.batch_max_events` events and `stream.batch_max_bytes`, and the
 //! answer is exactly one such message, whose position becomes the cursor.
+#![warn(missing_docs)]
 
 mod answer;
-pub mod cursor;
+pub(crate) mod cursor;
 mod forward;
 
 use std::collections::HashMap;
@@ -41,8 +42,8 @@ use crate::hub::{HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
 use crate::metrics::{self as m, Stats};
 
 use answer::{AnswerEvents, HubMessage, V1Answer};
-pub use cursor::{Cursor, CursorKey};
-pub use forward::ForwardReason;
+pub(crate) use cursor::{Cursor, CursorKey};
+pub(crate) use forward::ForwardReason;
 
 /// What to do with one V1 request.
 #[derive(Debug)]
@@ -61,7 +62,7 @@ enum Decision {
 }
 
 /// The facade of one sidecar.
-pub struct Facade {
+pub(crate) struct Facade {
     config: Arc<Config>,
     registry: Arc<HubRegistry>,
     verifier: Arc<Verifier>,
@@ -73,7 +74,7 @@ pub struct Facade {
 }
 
 impl Facade {
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         registry: Arc<HubRegistry>,
         verifier: Arc<Verifier>,
@@ -99,7 +100,7 @@ impl Facade {
     }
 
     /// The service whose V1 endpoint a request addresses, if any.
-    pub fn service_for<B>(&self, req: &Request<B>) -> Option<u16> {
+    pub(crate) fn service_for<B>(&self, req: &Request<B>) -> Option<u16> {
         if req.method() != Method::GET {
             return None;
         }
@@ -108,7 +109,7 @@ impl Facade {
 
     /// Answers a V1 request from the hub, or hands it back (possibly
     /// without its cursor parameter) to be forwarded to the backend.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         mut req: Request<Incoming>,
         service: u16,

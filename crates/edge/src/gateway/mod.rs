@@ -1,9 +1,10 @@
 //! The client-facing listener: `/v2/realtime/stream` is served here, every
 //! other request and upgrade goes to the backend unchanged (pass-through).
+#![warn(missing_docs)]
 
-pub mod passthrough;
-pub mod relay;
-pub mod session;
+pub(crate) mod passthrough;
+pub(crate) mod relay;
+pub(crate) mod session;
 mod stream_guard;
 mod write;
 
@@ -24,7 +25,7 @@ use crate::hub::HubRegistry;
 use crate::metrics::ErrorKind;
 
 /// The path of the unified stream.
-pub const STREAM_PATH: &str = "/v2/realtime/stream";
+pub(crate) const STREAM_PATH: &str = "/v2/realtime/stream";
 
 /// Buffers of a client WebSocket: small, since most connections are idle
 /// and clients send almost nothing after the handshake (tungstenite's
@@ -40,26 +41,26 @@ pub fn server_ws_config() -> WebSocketConfig {
 }
 
 /// What the client listener needs.
-pub struct Gateway {
-    pub registry: Arc<HubRegistry>,
-    pub verifier: Arc<Verifier>,
-    pub passthrough: passthrough::Passthrough,
+pub(crate) struct Gateway {
+    pub(crate) registry: Arc<HubRegistry>,
+    pub(crate) verifier: Arc<Verifier>,
+    pub(crate) passthrough: passthrough::Passthrough,
     /// Answers old clients' V1 long-polls from the hub when the flag is on.
-    pub facade: Arc<crate::facade::Facade>,
-    pub stream_slots: Arc<Semaphore>,
+    pub(crate) facade: Arc<crate::facade::Facade>,
+    pub(crate) stream_slots: Arc<Semaphore>,
     /// Streams being refused with 1013 at once (see `refuse_overloaded`).
-    pub refusal_slots: Arc<Semaphore>,
+    pub(crate) refusal_slots: Arc<Semaphore>,
     /// Refuses new streams once the drain window started; tracks and closes open ones.
-    pub drain: Arc<Drain>,
-    pub tls: bool,
+    pub(crate) drain: Arc<Drain>,
+    pub(crate) tls: bool,
     /// Document uploads (`/v2/documents/upload/stream`).
-    pub uploads: Arc<crate::uploads::Uploads>,
+    pub(crate) uploads: Arc<crate::uploads::Uploads>,
     /// `/v2/collaboration/chat/stream` (CONTRACT 8).
-    pub chat: Arc<crate::chat::ChatService>,
+    pub(crate) chat: Arc<crate::chat::ChatService>,
 }
 
 impl Gateway {
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,

@@ -22,7 +22,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Follows frame boundaries in a byte stream of WebSocket frames.
 #[derive(Debug, Default)]
-pub struct FrameCursor {
+pub(crate) struct FrameCursor {
     header: [u8; 14],
     /// Header bytes seen of the frame being read.
     have: usize,
@@ -32,12 +32,12 @@ pub struct FrameCursor {
 
 impl FrameCursor {
     /// True between two frames.
-    pub fn at_boundary(&self) -> bool {
+    pub(crate) fn at_boundary(&self) -> bool {
         self.have == 0 && self.remaining == 0
     }
 
     /// Accounts for bytes that passed.
-    pub fn feed(&mut self, mut data: &[u8]) {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = (data.len() as u64).min(self.remaining);
@@ -80,7 +80,7 @@ impl FrameCursor {
 
 /// A close frame: unmasked towards the client, masked towards the backend
 /// (RFC 6455 5.3: a client masks every frame).
-pub fn close_frame(code: u16, reason: &str, masked: bool) -> Vec<u8> {
+pub(crate) fn close_frame(code: u16, reason: &str, masked: bool) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
     // A control frame's payload is at most 125 bytes.
     payload.extend(reason.as_bytes().iter().take(123));
@@ -97,7 +97,7 @@ pub fn close_frame(code: u16, reason: &str, masked: bool) -> Vec<u8> {
 
 /// Why a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayEnd {
+pub(crate) enum RelayEnd {
     /// One side closed its connection.
     Closed,
     /// Nothing moved for the idle timeout.
@@ -129,7 +129,12 @@ impl Direction {
 
 /// Relays until one side ends, the relay is idle too long, or the drain
 /// closes it. `client` is the browser side, `backend` the backend side.
-pub async fn run<C, B>(client: C, backend: B, idle: Duration, mut drain: StreamClose) -> RelayEnd
+pub(crate) async fn run<C, B>(
+    client: C,
+    backend: B,
+    idle: Duration,
+    mut drain: StreamClose,
+) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

@@ -38,7 +38,7 @@ fn expiry_deadline(exp: Option<u64>, now_unix_s: u64) -> Option<tokio::time::Ins
     tokio::time::Instant::now().checked_add(remaining)
 }
 
-pub async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+pub(crate) async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -50,7 +50,7 @@ where
 }
 
 /// Serves one upgraded client stream until it ends.
-pub async fn run<S>(
+pub(crate) async fn run<S>(
     mut ws: WebSocketStream<S>,
     identity: Identity,
     token: Arc<str>,
@@ -299,12 +299,12 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// The WebSocket settings of a client stream: the server defaults, with a
 /// write buffer that holds the largest message the sizes allow, so a legal
 /// message is never refused as `WriteBufferFull` (CONTRACT 2.1).
-pub fn ws_config(cfg: &Config) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+pub(crate) fn ws_config(cfg: &Config) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     crate::gateway::server_ws_config().max_write_buffer_size(write_buffer_limit(cfg))
 }
 
 /// Room for one largest message plus a pending control frame (pong, close).
-pub fn write_buffer_limit(cfg: &Config) -> usize {
+pub(crate) fn write_buffer_limit(cfg: &Config) -> usize {
     const CONTROL_SLACK: usize = 4096;
     cfg.stream.max_message_bytes.saturating_add(CONTROL_SLACK)
 }

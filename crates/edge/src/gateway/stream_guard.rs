@@ -22,7 +22,7 @@ pub(super) enum EndReason {
 }
 
 impl EndReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndReason::Normal => "normal",
             EndReason::Slow => "slow",
@@ -40,11 +40,11 @@ impl EndReason {
 /// guard gives both back, on every path out of `session::run`, a panic included.
 pub(super) struct StreamGuard {
     stats: Arc<Stats>,
-    pub member: Option<(mpsc::Sender<HubMsg>, SessionId)>,
+    pub(crate) member: Option<(mpsc::Sender<HubMsg>, SessionId)>,
 }
 
 impl StreamGuard {
-    pub fn new(stats: Arc<Stats>) -> StreamGuard {
+    pub(crate) fn new(stats: Arc<Stats>) -> StreamGuard {
         stats
             .active_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

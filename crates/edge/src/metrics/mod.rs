@@ -4,6 +4,7 @@
 //! Prometheus series go through the `metrics` facade to a process-wide
 //! recorder ([`install_prometheus`]); label sets are bounded (service, mode,
 //! kind, reason, status class) — never an orgId or a token.
+#![warn(missing_docs)]
 
 mod stats;
 
@@ -11,7 +12,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub use stats::{FacadeStats, LatencyWindow, Stats};
+pub(crate) use stats::Stats;
 
 /// Gauge: open client streams. Used by the existing alert rules.
 pub const ACTIVE_CONNECTIONS: &str = "streaming_active_connections";
@@ -52,11 +53,11 @@ pub const FACADE_EVENTS: &str = "streaming_facade_events_total";
 /// Counter by `reason`: V1 requests the facade forwarded to the backend.
 pub const FACADE_FORWARDED: &str = "streaming_facade_forwarded_total";
 /// Counter by `result` (ok|error): client-facing certificate reloads.
-pub const TLS_CERT_RELOADS: &str = "streaming_tls_cert_reloads_total";
+pub(crate) const TLS_CERT_RELOADS: &str = "streaming_tls_cert_reloads_total";
 /// Counter by `result` (ok|error) and `trigger` (start|schedule|unknown_kid): JWKS fetches.
-pub const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
+pub(crate) const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
 /// Counter by `reason`: keys of a JWKS or key file that were not usable.
-pub const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
+pub(crate) const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
 /// Gauge: 1 when Redis answered the last cluster heartbeat, else 0 (CONTRACT 9).
 pub const CLUSTER_REDIS_UP: &str = "cluster_redis_up";
@@ -69,22 +70,22 @@ pub const CLUSTER_EVENTS_APPENDED: &str = "cluster_events_appended_total";
 pub const CLUSTER_APPEND_OVERFLOWS: &str = "cluster_append_overflows_total";
 
 /// Counter by `version`: uploads admitted (CONTRACT 7).
-pub const UPLOADS_STARTED: &str = "uploads_started_total";
+pub(crate) const UPLOADS_STARTED: &str = "uploads_started_total";
 /// Counter by `delivery` (legacy, native): uploads delivered to the backend.
-pub const UPLOADS_COMPLETED: &str = "uploads_completed_total";
+pub(crate) const UPLOADS_COMPLETED: &str = "uploads_completed_total";
 /// Counter by `reason` (the error code, lowercase): uploads that failed.
-pub const UPLOADS_FAILED: &str = "uploads_failed_total";
+pub(crate) const UPLOADS_FAILED: &str = "uploads_failed_total";
 /// Counter: file bytes received from clients.
-pub const UPLOADS_RECEIVED_BYTES: &str = "uploads_received_bytes_total";
+pub(crate) const UPLOADS_RECEIVED_BYTES: &str = "uploads_received_bytes_total";
 /// Histogram by `delivery`: a complete file's delivery, first attempt to result.
-pub const UPLOADS_DELIVERY_SECONDS: &str = "uploads_delivery_seconds";
+pub(crate) const UPLOADS_DELIVERY_SECONDS: &str = "uploads_delivery_seconds";
 /// Counter: idle uploads removed after `uploads.resume_ttl_s`.
-pub const UPLOADS_EXPIRED: &str = "uploads_expired_total";
+pub(crate) const UPLOADS_EXPIRED: &str = "uploads_expired_total";
 /// Gauge: spool bytes reserved by the uploads held (this sidecar's).
-pub const UPLOADS_SPOOL_BYTES: &str = "uploads_spool_bytes";
+pub(crate) const UPLOADS_SPOOL_BYTES: &str = "uploads_spool_bytes";
 
 /// Upload series exist from the start, at zero, for every label value.
-pub fn register_upload_zeroes() {
+pub(crate) fn register_upload_zeroes() {
     metrics::describe_counter!(UPLOADS_STARTED, "Uploads admitted, by protocol version");
     metrics::describe_counter!(UPLOADS_COMPLETED, "Uploads delivered, by delivery route");
     metrics::describe_counter!(UPLOADS_FAILED, "Uploads failed, by reason");
@@ -113,24 +114,24 @@ pub fn register_upload_zeroes() {
     metrics::counter!(UPLOADS_EXPIRED).increment(0);
 }
 /// Gauge by `mode` (hosted, native): open chat connections.
-pub const CHAT_ACTIVE_CONNECTIONS: &str = "chat_active_connections";
+pub(crate) const CHAT_ACTIVE_CONNECTIONS: &str = "chat_active_connections";
 /// Gauge: hosted chat rooms alive.
-pub const CHAT_ROOMS: &str = "chat_rooms";
+pub(crate) const CHAT_ROOMS: &str = "chat_rooms";
 /// Counter by `result` (saved, failed, rate_limited): chat messages sent by clients.
-pub const CHAT_MESSAGES: &str = "chat_messages_total";
+pub(crate) const CHAT_MESSAGES: &str = "chat_messages_total";
 /// Counter by `endpoint` (history, messages, receipts) and `status`: chat store requests.
-pub const CHAT_BACKEND_REQUESTS: &str = "chat_backend_requests_total";
+pub(crate) const CHAT_BACKEND_REQUESTS: &str = "chat_backend_requests_total";
 /// Counter: native chat relays the backend refused or did not answer.
-pub const CHAT_RELAY_FAILURES: &str = "chat_relay_failures_total";
+pub(crate) const CHAT_RELAY_FAILURES: &str = "chat_relay_failures_total";
 /// Room messages between replicas not delivered, by `reason` (cluster mode).
-pub const CHAT_CLUSTER_DROPPED: &str = "chat_cluster_dropped_total";
+pub(crate) const CHAT_CLUSTER_DROPPED: &str = "chat_cluster_dropped_total";
 /// Counter by `service`: events dropped for exceeding `stream.max_event_bytes`.
-pub const EVENTS_TOO_LARGE: &str = "streaming_events_too_large_total";
+pub(crate) const EVENTS_TOO_LARGE: &str = "streaming_events_too_large_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once; later calls reuse it.
-pub fn install_prometheus() -> Option<PrometheusHandle> {
+pub(crate) fn install_prometheus() -> Option<PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
@@ -270,18 +271,18 @@ fn register_zeroes() {
 /// and of [`JWKS_KEYS_REFUSED`]; `trigger` of [`JWKS_REFRESHES`];
 /// `endpoint` of [`CHAT_BACKEND_REQUESTS`]; `service` is a configured
 /// service name, `version` an upload protocol version.
-pub mod label {
-    pub const KIND: &str = "kind";
-    pub const MODE: &str = "mode";
-    pub const SERVICE: &str = "service";
-    pub const STATUS: &str = "status";
-    pub const REASON: &str = "reason";
-    pub const RESULT: &str = "result";
-    pub const TRIGGER: &str = "trigger";
-    pub const TO: &str = "to";
-    pub const VERSION: &str = "version";
-    pub const DELIVERY: &str = "delivery";
-    pub const ENDPOINT: &str = "endpoint";
+pub(crate) mod label {
+    pub(crate) const KIND: &str = "kind";
+    pub(crate) const MODE: &str = "mode";
+    pub(crate) const SERVICE: &str = "service";
+    pub(crate) const STATUS: &str = "status";
+    pub(crate) const REASON: &str = "reason";
+    pub(crate) const RESULT: &str = "result";
+    pub(crate) const TRIGGER: &str = "trigger";
+    pub(crate) const TO: &str = "to";
+    pub(crate) const VERSION: &str = "version";
+    pub(crate) const DELIVERY: &str = "delivery";
+    pub(crate) const ENDPOINT: &str = "endpoint";
 }
 
 /// A closed set of label values: the enum, every value (to register series
@@ -339,13 +340,21 @@ label_values! {
         EventTooLarge => "event_too_large",
         /// A client silent for `stream.client_timeout_s` (dropped).
         Timeout => "timeout",
+        /// The backend failed a poll or the native link.
         Upstream => "upstream",
+        /// The backend refused the token a source used.
         UpstreamAuth => "upstream_auth",
+        /// A client's token was refused or expired.
         Auth => "auth",
+        /// A client's handshake was refused.
         Handshake => "handshake",
+        /// A client fell past its send queue (closed with 1013).
         SlowClient => "slow_client",
+        /// Writing to a client failed.
         Send => "send",
+        /// An event of another org was dropped.
         CrossOrg => "cross_org",
+        /// A connection limit was reached.
         Overload => "overload",
     }
 }
@@ -354,6 +363,7 @@ label_values! {
     /// The `result` label of [`FLAG_RELOADS`], [`TLS_CERT_RELOADS`] and
     /// [`JWKS_REFRESHES`].
     Outcome {
+        /// Done.
         Ok => "ok",
         /// The last good state was kept.
         Error => "error",
@@ -363,11 +373,17 @@ label_values! {
 label_values! {
     /// The `status` label of [`UPSTREAM_REQUESTS`]: a backend answer's class.
     StatusClass {
+        /// 2xx.
         Success => "2xx",
+        /// 401 or 403.
         Auth => "auth",
+        /// 429.
         TooManyRequests => "429",
+        /// Any other 4xx.
         ClientError => "4xx",
+        /// 5xx.
         ServerError => "5xx",
+        /// 1xx or 3xx.
         Other => "other",
         /// No answer (connection, timeout, or a broken body).
         Error => "error",
@@ -376,7 +392,7 @@ label_values! {
 
 impl StatusClass {
     /// The class of an HTTP status.
-    pub fn of(status: u16) -> StatusClass {
+    pub(crate) fn of(status: u16) -> StatusClass {
         match status {
             200..=299 => StatusClass::Success,
             401 | 403 => StatusClass::Auth,
@@ -412,8 +428,11 @@ label_values! {
 label_values! {
     /// The `result` label of [`CHAT_MESSAGES`].
     ChatMessageResult {
+        /// Stored by the backend.
         Saved => "saved",
+        /// The backend did not store it.
         Failed => "failed",
+        /// Over `chat.max_messages_per_s`.
         RateLimited => "rate_limited",
     }
 }

@@ -13,16 +13,16 @@ use super::{
 /// takes no lock and allocates nothing: per-service counts are atomics
 /// indexed by service, and the series handles are resolved once here.
 pub struct Stats {
-    pub active_connections: AtomicU64,
-    pub total_connections: AtomicU64,
-    pub events_delivered: AtomicU64,
-    pub errors: AtomicU64,
-    pub v1_polls: AtomicU64,
-    pub native_connects: AtomicU64,
-    pub active_orgs: AtomicU64,
-    pub connections_poll: AtomicU64,
-    pub connections_native: AtomicU64,
-    pub connections_mixed: AtomicU64,
+    pub(crate) active_connections: AtomicU64,
+    pub(crate) total_connections: AtomicU64,
+    pub(crate) events_delivered: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) v1_polls: AtomicU64,
+    pub(crate) native_connects: AtomicU64,
+    pub(crate) active_orgs: AtomicU64,
+    pub(crate) connections_poll: AtomicU64,
+    pub(crate) connections_native: AtomicU64,
+    pub(crate) connections_mixed: AtomicU64,
     /// Live delivery latency over the last minute (`avgLatencyMs`).
     latency: LatencyWindow,
     /// Per configured service, in configuration order.
@@ -32,7 +32,7 @@ pub struct Stats {
     latency_native: metrics::Histogram,
     avg_latency_gauge: metrics::Gauge,
     /// The V1 facade of this instance.
-    pub facade: FacadeStats,
+    pub(crate) facade: FacadeStats,
 }
 
 /// Events delivered of one service: this instance's count and the
@@ -53,22 +53,22 @@ impl Default for Stats {
 
 /// The V1 facade's counters of one instance (the Prometheus series are process-wide).
 #[derive(Default)]
-pub struct FacadeStats {
+pub(crate) struct FacadeStats {
     /// V1 requests served by the facade.
-    pub requests: AtomicU64,
+    pub(crate) requests: AtomicU64,
     /// V1 requests held now.
-    pub held: AtomicU64,
+    pub(crate) held: AtomicU64,
     /// Events answered.
-    pub events: AtomicU64,
+    pub(crate) events: AtomicU64,
     /// V1 requests forwarded to the backend.
-    pub forwarded: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
 }
 
 impl Stats {
     /// Counters for the configured services (by their index in the
     /// configuration). The series handles come from the recorder installed
     /// now, so this is called after [`install_prometheus`](super::install_prometheus).
-    pub fn for_services<'a>(names: impl IntoIterator<Item = &'a str>) -> Stats {
+    pub(crate) fn for_services<'a>(names: impl IntoIterator<Item = &'a str>) -> Stats {
         let services = names
             .into_iter()
             .map(|name| ServiceDeliveries {
@@ -98,14 +98,14 @@ impl Stats {
         }
     }
 
-    pub fn count_error(&self, kind: ErrorKind) {
+    pub(crate) fn count_error(&self, kind: ErrorKind) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(ERRORS, label::KIND => kind.as_str()).increment(1);
     }
 
     /// Counts `count` events of the service with this index written to a
     /// client (live or replayed).
-    pub fn count_delivered(&self, service: u16, count: u64) {
+    pub(crate) fn count_delivered(&self, service: u16, count: u64) {
         self.events_delivered.fetch_add(count, Ordering::Relaxed);
         if let Some(s) = self.services.get(usize::from(service)) {
             s.events.fetch_add(count, Ordering::Relaxed);
@@ -115,7 +115,11 @@ impl Stats {
 
     /// Records the latencies (ms) of live events served in `mode`, written
     /// to a client now: the histogram, and the minute's mean.
-    pub fn record_latency(&self, mode: ServingMode, latencies_ms: impl Iterator<Item = i64>) {
+    pub(crate) fn record_latency(
+        &self,
+        mode: ServingMode,
+        latencies_ms: impl Iterator<Item = i64>,
+    ) {
         // Events come from one service's source: never `Mixed`.
         let histogram = match mode {
             ServingMode::Native => &self.latency_native,
@@ -137,7 +141,7 @@ impl Stats {
     }
 
     /// The connections-by-mode counter.
-    pub fn mode_counter(&self, mode: ServingMode) -> &AtomicU64 {
+    pub(crate) fn mode_counter(&self, mode: ServingMode) -> &AtomicU64 {
         match mode {
             ServingMode::Poll => &self.connections_poll,
             ServingMode::Native => &self.connections_native,
@@ -146,12 +150,12 @@ impl Stats {
     }
 
     /// Mean latency of live deliveries over the last minute (see [`LatencyWindow`]).
-    pub fn avg_latency_ms(&self) -> f64 {
+    pub(crate) fn avg_latency_ms(&self) -> f64 {
         self.latency.mean_ms(crate::clock::unix_millis())
     }
 
     /// Events delivered by service name, for the services with any.
-    pub fn events_by_service(&self) -> std::collections::BTreeMap<String, u64> {
+    pub(crate) fn events_by_service(&self) -> std::collections::BTreeMap<String, u64> {
         self.services
             .iter()
             .map(|s| (s.name.clone(), s.events.load(Ordering::Relaxed)))
@@ -169,7 +173,7 @@ impl Stats {
 /// while it zeroes the sums; a delivery recorded in those few instructions
 /// is left out of the mean (never out of the counters or the histogram).
 #[derive(Default)]
-pub struct LatencyWindow {
+pub(crate) struct LatencyWindow {
     buckets: [LatencyBucket; LATENCY_BUCKETS],
 }
 
@@ -188,7 +192,7 @@ const LATENCY_BUCKET_MS: i64 = 10_000;
 const RECYCLING: i64 = i64::MIN;
 
 impl LatencyWindow {
-    pub fn record(&self, now_ms: i64, count: u64, latency_sum_ms: f64) {
+    pub(crate) fn record(&self, now_ms: i64, count: u64, latency_sum_ms: f64) {
         let start = now_ms - now_ms.rem_euclid(LATENCY_BUCKET_MS);
         let slot = (start / LATENCY_BUCKET_MS).rem_euclid(LATENCY_BUCKETS as i64) as usize;
         let b = &self.buckets[slot];
@@ -212,7 +216,7 @@ impl LatencyWindow {
         b.latency_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    pub fn mean_ms(&self, now_ms: i64) -> f64 {
+    pub(crate) fn mean_ms(&self, now_ms: i64) -> f64 {
         let oldest = now_ms - LATENCY_BUCKET_MS * LATENCY_BUCKETS as i64;
         let (n, sum_us) = self
             .buckets

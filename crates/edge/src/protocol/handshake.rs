@@ -8,21 +8,27 @@ use super::{ErrorCode, MAX_HANDSHAKE_SERVICES, PROTOCOL_VERSION, PropertyKey, en
 /// A validated handshake.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handshake {
+    /// The services asked for, without repeats, in the order given.
     pub services: Vec<String>,
-    pub property: Option<PropertyKey>,
+    /// `filters.propertyId`.
+    pub(crate) property: Option<PropertyKey>,
+    /// The position to resume after.
     pub last_seq: Option<u64>,
 }
 
 /// Why a handshake was refused; the socket is then closed with 1008.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
+    /// Not a handshake: the message says why.
     #[error("{0}")]
     Bad(String),
+    /// A `version` other than 1.
     #[error("protocol version {0} is not supported (supported: 1)")]
     UnsupportedVersion(String),
 }
 
 impl HandshakeError {
+    /// The code of the `error` message that refuses it.
     pub fn code(&self) -> ErrorCode {
         match self {
             HandshakeError::Bad(_) => ErrorCode::BadHandshake,

@@ -59,6 +59,7 @@ impl<'a, I: Iterator<Item = &'a RawValue> + Clone> Serialize for EventList<I> {
     }
 }
 
+/// The `ack` that answers an accepted handshake.
 pub fn ack_message(seq: u64, mode: ServingMode, resumed: bool) -> String {
     encode(&Ack {
         seq,
@@ -68,6 +69,7 @@ pub fn ack_message(seq: u64, mode: ServingMode, resumed: bool) -> String {
     })
 }
 
+/// The periodic `ping`, with the current position.
 pub fn ping_message(seq: u64) -> String {
     encode(&Ping {
         seq,
@@ -75,6 +77,7 @@ pub fn ping_message(seq: u64) -> String {
     })
 }
 
+/// An `error` about the whole stream (no service) or one service.
 pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq: u64) -> String {
     encode(&ErrorOut {
         service,

@@ -3,6 +3,7 @@
 //! by the backend's native stream, so the native link and the simulator use
 //! these types too. The handshake is in [`handshake`], the messages the
 //! server sends in [`messages`].
+#![warn(missing_docs)]
 
 mod handshake;
 mod messages;
@@ -14,24 +15,31 @@ pub use handshake::{Handshake, HandshakeError, handshake_json, parse_handshake};
 pub use messages::{ack_message, error_message, event_envelope_bytes, event_message, ping_message};
 
 /// The only protocol version.
-pub const PROTOCOL_VERSION: u64 = 1;
+pub(crate) const PROTOCOL_VERSION: u64 = 1;
 /// Most service names one handshake may list (a deployment has ten): a
 /// longer list is refused before any name is looked at.
-pub const MAX_HANDSHAKE_SERVICES: usize = 64;
+pub(crate) const MAX_HANDSHAKE_SERVICES: usize = 64;
 
 /// Machine-readable codes of `error` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
+    /// The handshake was not valid.
     BadHandshake,
+    /// A protocol version other than 1.
     UnsupportedVersion,
+    /// The handshake named services that are not configured.
     UnknownService,
+    /// The backend failed to serve a service.
     UpstreamError,
+    /// The backend refused the token used for a service.
     UpstreamAuth,
+    /// An event over `stream.max_event_bytes` was dropped.
     EventTooLarge,
 }
 
 impl ErrorCode {
+    /// The code as it appears in messages and close reasons.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadHandshake => "BAD_HANDSHAKE",
@@ -46,15 +54,20 @@ impl ErrorCode {
 
 /// WebSocket close codes the server uses.
 pub mod close {
-    pub const NORMAL: u16 = 1000;
+    /// Normal closure.
+    pub(crate) const NORMAL: u16 = 1000;
+    /// The server is shutting down (resume with `lastSeq`).
     pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
+    /// A WebSocket protocol violation.
+    pub(crate) const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub(crate) const INVALID_DATA: u16 = 1007;
+    /// A refused handshake or token.
     pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub(crate) const TOO_BIG: u16 = 1009;
+    pub(crate) const INTERNAL: u16 = 1011;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+    pub(crate) const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// A property id in canonical text form, so `123` and `"123"` compare equal.
@@ -63,7 +76,7 @@ pub struct PropertyKey(pub Box<str>);
 
 impl PropertyKey {
     /// Canonical form of a JSON value; `None` for null, objects and lists.
-    pub fn from_json(v: &serde_json::Value) -> Option<PropertyKey> {
+    pub(crate) fn from_json(v: &serde_json::Value) -> Option<PropertyKey> {
         match v {
             serde_json::Value::Number(n) => Some(PropertyKey(n.to_string().into())),
             serde_json::Value::String(s) => Some(PropertyKey(s.as_str().into())),
@@ -86,20 +99,28 @@ fn encode(message: &impl Serialize) -> String {
 /// A server message as a client (the native link, `watch`, tests) reads it.
 #[derive(Debug, Deserialize)]
 pub struct ServerMessage<'a> {
+    /// `type`: ack, event, ping or error.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The position (every message has one).
     #[serde(default)]
     pub seq: Option<u64>,
+    /// The service of an event or error message.
     #[serde(default)]
     pub service: Option<String>,
+    /// The events of an event message, as they were sent.
     #[serde(default, borrow)]
     pub events: Option<Vec<&'a RawValue>>,
+    /// The code of an error message.
     #[serde(default)]
     pub code: Option<String>,
+    /// The text of an error message.
     #[serde(default)]
     pub message: Option<String>,
+    /// The serving mode of an ack.
     #[serde(default)]
     pub mode: Option<String>,
+    /// Whether an ack resumed from `lastSeq`.
     #[serde(default)]
     pub resumed: Option<bool>,
 }
@@ -111,7 +132,7 @@ pub(crate) mod strategies {
     use serde_json::Value;
 
     /// Arbitrary JSON, biased towards the field names the parsers read.
-    pub fn json_value() -> impl Strategy<Value = Value> {
+    pub(crate) fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),

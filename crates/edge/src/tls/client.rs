@@ -21,24 +21,36 @@ pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// Why the client TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsClientError {
+    /// The CA file could not be read.
     #[error("{file}: cannot read CA file: {source}")]
     ReadCa {
+        /// The CA file.
         file: String,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
+    /// The CA file is not PEM.
     #[error("{file}: not a PEM certificate file: {source}")]
     ParseCa {
+        /// The CA file.
         file: String,
+        /// The parse error.
         #[source]
         source: std::io::Error,
     },
+    /// The CA file holds no certificate rustls accepts.
     #[error("{file}: no usable CA certificate in the file")]
-    EmptyCa { file: String },
+    EmptyCa {
+        /// The CA file.
+        file: String,
+    },
+    /// No CA file is set and the system has no root certificates.
     #[error(
         "no system root certificates found (install ca-certificates or set SSL_CERT_FILE; for the backend, upstream.ca_file also works)"
     )]
     NoSystemRoots,
+    /// rustls refused the configuration.
     #[error("TLS client configuration: {0}")]
     Rustls(#[source] rustls::Error),
 }
@@ -88,7 +100,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsCli
 /// roots when the backend may be reached over TLS; an `http://` backend
 /// without a CA file needs no trust store (and a machine without system
 /// roots can still run it).
-pub fn upstream_config(
+pub(crate) fn upstream_config(
     upstream: &crate::config::UpstreamConfig,
 ) -> Result<Arc<ClientConfig>, TlsClientError> {
     if upstream.base_url.scheme() == "https" || upstream.ca_file.is_some() {
@@ -100,7 +112,7 @@ pub fn upstream_config(
 
 /// A client configuration that trusts nothing: for clients that only ever
 /// speak plain `http://` (any `https://` attempt fails verification).
-pub fn no_roots_config() -> Result<Arc<ClientConfig>, TlsClientError> {
+pub(crate) fn no_roots_config() -> Result<Arc<ClientConfig>, TlsClientError> {
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

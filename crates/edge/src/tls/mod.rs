@@ -3,9 +3,10 @@
 //! polls, pass-through, the native `wss://` link) and for fetching a JWKS;
 //! [`reload`] serves the client-facing certificate and re-reads it when its
 //! files change, without touching open connections.
+#![warn(missing_docs)]
 
-pub mod client;
-pub mod reload;
+pub(crate) mod client;
+pub(crate) mod reload;
 
 pub use client::{HttpsConnector, TlsClientError, client_config, https_connector};
 pub use reload::{CertError, ServerCert};

@@ -28,30 +28,50 @@ use crate::metrics as m;
 /// Why a certificate pair could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// A file could not be read.
     #[error("tls.{key} {file}: cannot read: {source}")]
     Read {
+        /// The configuration key naming the file.
         key: &'static str,
+        /// The file.
         file: String,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
+    /// A file is not PEM.
     #[error("tls.{key} {file}: not PEM: {source}")]
     Pem {
+        /// The configuration key naming the file.
         key: &'static str,
+        /// The file.
         file: String,
+        /// The parse error.
         #[source]
         source: std::io::Error,
     },
+    /// The certificate file holds no certificate.
     #[error("tls.cert_file {file}: no certificate found")]
-    NoCertificate { file: String },
+    NoCertificate {
+        /// The certificate file.
+        file: String,
+    },
+    /// The key file holds no private key.
     #[error("tls.key_file {file}: no private key found")]
-    NoKey { file: String },
+    NoKey {
+        /// The key file.
+        file: String,
+    },
+    /// The key is unusable or does not belong to the certificate.
     #[error("tls.key_file {file}: unusable key or not the certificate's key: {source}")]
     Key {
+        /// The key file.
         file: String,
+        /// What rustls said.
         #[source]
         source: rustls::Error,
     },
+    /// rustls refused the configuration.
     #[error("TLS server configuration: {0}")]
     Rustls(#[source] rustls::Error),
 }
@@ -132,7 +152,7 @@ impl ServerCert {
     }
 
     /// Polls the files every `interval` until `shutdown` turns true.
-    pub async fn watch(
+    pub(crate) async fn watch(
         self: Arc<Self>,
         interval: std::time::Duration,
         mut shutdown: watch::Receiver<bool>,

@@ -5,7 +5,7 @@ use crate::protocol::close;
 
 /// The `code` of an upload `error` message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UploadCode {
+pub(crate) enum UploadCode {
     BadHandshake,
     FileTooLarge,
     UnsupportedType,
@@ -20,7 +20,7 @@ pub enum UploadCode {
 }
 
 impl UploadCode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UploadCode::BadHandshake => "BAD_HANDSHAKE",
             UploadCode::FileTooLarge => "FILE_TOO_LARGE",
@@ -37,7 +37,7 @@ impl UploadCode {
     }
 
     /// The `reason` label of the failed-uploads counter.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             UploadCode::BadHandshake => "bad_handshake",
             UploadCode::FileTooLarge => "file_too_large",
@@ -53,7 +53,7 @@ impl UploadCode {
         }
     }
 
-    pub const ALL: [UploadCode; 11] = [
+    pub(crate) const ALL: [UploadCode; 11] = [
         UploadCode::BadHandshake,
         UploadCode::FileTooLarge,
         UploadCode::UnsupportedType,
@@ -70,7 +70,7 @@ impl UploadCode {
     /// The close code that follows the error: 1008 for what the client (or
     /// its file) got wrong and must not retry as is, 1013 when the sidecar
     /// is full, 1011 when the backend failed (a version-2 client may resume).
-    pub fn close_code(self) -> u16 {
+    pub(crate) fn close_code(self) -> u16 {
         match self {
             UploadCode::Busy => close::TRY_AGAIN_LATER,
             UploadCode::UpstreamError => close::INTERNAL,

@@ -27,9 +27,9 @@ use crate::http_server::{Body, BoxError};
 use crate::protocol::close;
 
 /// The backend's native upload stream (CONTRACT 7).
-pub const NATIVE_UPLOAD_PATH: &str = "/v2/documents/upload/stream";
+pub(crate) const NATIVE_UPLOAD_PATH: &str = "/v2/documents/upload/stream";
 /// Bytes per chunk sent to the native endpoint and read from the spool.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 /// Largest backend answer read.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Part of a rejected answer's body quoted in the error message.
@@ -40,7 +40,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why a delivery did not produce a result.
 #[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+pub(crate) enum DeliveryError {
     /// The backend refused the file (4xx): retrying will not help.
     #[error("the backend rejected the upload: {0}")]
     Rejected(String),
@@ -59,16 +59,16 @@ enum AttemptError {
 }
 
 /// What to deliver.
-pub struct Parcel<'a> {
-    pub upload_id: &'a str,
-    pub meta: &'a FileMeta,
-    pub path: &'a Path,
+pub(crate) struct Parcel<'a> {
+    pub(crate) upload_id: &'a str,
+    pub(crate) meta: &'a FileMeta,
+    pub(crate) path: &'a Path,
     /// The client's bearer token.
-    pub token: &'a str,
+    pub(crate) token: &'a str,
 }
 
 /// Delivers files to one backend.
-pub struct Delivery {
+pub(crate) struct Delivery {
     http: Client<HttpConnector, Body>,
     base_url: url::Url,
     legacy_path: String,
@@ -77,7 +77,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(config: &Config) -> Delivery {
+    pub(crate) fn new(config: &Config) -> Delivery {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -91,7 +91,7 @@ impl Delivery {
     }
 
     /// Delivers `parcel` (natively when `native`), retrying as configured.
-    pub async fn deliver(
+    pub(crate) async fn deliver(
         &self,
         parcel: &Parcel<'_>,
         native: bool,

@@ -7,16 +7,16 @@ use super::UploadCode;
 use crate::config::UploadsConfig;
 
 /// Longest accepted filename, in bytes.
-pub const MAX_FILENAME_BYTES: usize = 255;
+pub(crate) const MAX_FILENAME_BYTES: usize = 255;
 /// Longest accepted text of the other handshake fields, in bytes.
-pub const MAX_FIELD_BYTES: usize = 1024;
+pub(crate) const MAX_FIELD_BYTES: usize = 1024;
 
 /// A rejected handshake: the code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct HandshakeError {
-    pub code: UploadCode,
-    pub message: String,
+    pub(crate) code: UploadCode,
+    pub(crate) message: String,
 }
 
 fn bad(message: impl Into<String>) -> HandshakeError {
@@ -28,20 +28,20 @@ fn bad(message: impl Into<String>) -> HandshakeError {
 
 /// What the client says about its file.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FileMeta {
-    pub filename: String,
-    pub filesize: u64,
+pub(crate) struct FileMeta {
+    pub(crate) filename: String,
+    pub(crate) filesize: u64,
     /// `None` when absent or empty (a browser's `file.type` for an unknown type).
-    pub mimetype: Option<String>,
-    pub document_type: Option<Value>,
-    pub guest_id: Option<Value>,
-    pub property_id: Option<Value>,
+    pub(crate) mimetype: Option<String>,
+    pub(crate) document_type: Option<Value>,
+    pub(crate) guest_id: Option<Value>,
+    pub(crate) property_id: Option<Value>,
 }
 
 impl FileMeta {
     /// The handshake's fields that were present, as text, in contract order
     /// (the multipart text fields of a legacy delivery).
-    pub fn text_fields(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn text_fields(&self) -> Vec<(&'static str, String)> {
         let mut out = vec![("filename", self.filename.clone())];
         if let Some(m) = &self.mimetype {
             out.push(("mimetype", m.clone()));
@@ -59,7 +59,7 @@ impl FileMeta {
     }
 
     /// The handshake a version-1 client sends for this file (native delivery).
-    pub fn v1_handshake(&self) -> Value {
+    pub(crate) fn v1_handshake(&self) -> Value {
         let mut m = Map::new();
         m.insert("filename".into(), Value::from(self.filename.clone()));
         m.insert("filesize".into(), Value::from(self.filesize));
@@ -101,7 +101,7 @@ pub enum Handshake {
 }
 
 /// Parses and validates the first message.
-pub fn parse(text: &str, cfg: &UploadsConfig) -> Result<Handshake, HandshakeError> {
+pub(crate) fn parse(text: &str, cfg: &UploadsConfig) -> Result<Handshake, HandshakeError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| bad(format!("handshake is not JSON: {e}")))?;
     let Value::Object(obj) = value else {

@@ -10,14 +10,15 @@
 //! native upload stream, chosen by `DOCUMENTS_UPLOAD_NATIVE`) and answers
 //! with the backend's result. A sweeper owned by the sidecar removes
 //! uploads idle for `uploads.resume_ttl_s`.
+#![warn(missing_docs)]
 
 mod code;
-pub mod delivery;
-pub mod handshake;
+pub(crate) mod delivery;
+pub(crate) mod handshake;
 pub mod multipart;
-pub mod registry;
+pub(crate) mod registry;
 mod session;
-pub mod spool;
+pub(crate) mod spool;
 mod v1;
 mod v2;
 
@@ -38,12 +39,12 @@ use crate::flags::FlagStore;
 use crate::http_server::{Body, json_error};
 use crate::metrics as m;
 
-pub use code::UploadCode;
+pub(crate) use code::UploadCode;
 
 /// The client-facing upload endpoint.
 pub const UPLOAD_PATH: &str = "/v2/documents/upload/stream";
 /// Largest binary frame of version 2 (CONTRACT 7).
-pub const MAX_BINARY_FRAME: usize = 1 << 20;
+pub(crate) const MAX_BINARY_FRAME: usize = 1 << 20;
 
 /// Buffers of an upload socket: frames up to 1 MiB (plus slack so that an
 /// oversized one is read and answered with an error, not a torn socket).
@@ -57,7 +58,7 @@ pub fn upload_ws_config() -> WebSocketConfig {
 }
 
 /// The upload service: shared by every upload connection.
-pub struct Uploads {
+pub(crate) struct Uploads {
     pub(crate) config: Arc<Config>,
     verifier: Arc<Verifier>,
     pub(crate) flags: Arc<FlagStore>,
@@ -71,16 +72,16 @@ pub struct Uploads {
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: uploads.spool_dir: cannot use {dir}: {source}")]
 pub struct SpoolDirError {
-    pub file: String,
-    pub dir: String,
+    pub(crate) file: String,
+    pub(crate) dir: String,
     #[source]
-    pub source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 impl Uploads {
     /// Prepares the spool directory (created if missing; files of an
     /// earlier run idle for `uploads.resume_ttl_s` removed).
-    pub async fn new(
+    pub(crate) async fn new(
         config: Arc<Config>,
         verifier: Arc<Verifier>,
         flags: Arc<FlagStore>,
@@ -111,13 +112,8 @@ impl Uploads {
         }))
     }
 
-    /// Bytes reserved in the spool by the uploads held.
-    pub fn spool_bytes(&self) -> u64 {
-        self.registry.spool_bytes()
-    }
-
     /// Serves a request for [`UPLOAD_PATH`].
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let Some(token) = auth::token_from_request(req.headers(), req.uri().query()) else {
             return json_error(
                 StatusCode::UNAUTHORIZED,
@@ -172,7 +168,7 @@ impl Uploads {
 
     /// The owned task that removes uploads idle for `uploads.resume_ttl_s`;
     /// it stops on shutdown.
-    pub fn spawn_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
+    pub(crate) fn spawn_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
         let me = self.clone();
         let ttl = me.config.uploads.resume_ttl;
         let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));

@@ -14,7 +14,9 @@ use rand::Rng;
 #[derive(Debug, Clone)]
 pub struct MultipartForm {
     boundary: String,
+    /// The form's parts before the file's bytes, up to its part's headers.
     pub head: Bytes,
+    /// The end of the file's part and of the form.
     pub tail: Bytes,
 }
 
@@ -72,7 +74,7 @@ impl MultipartForm {
     }
 
     /// The whole body's length for a file of `file_len` bytes.
-    pub fn content_length(&self, file_len: u64) -> Option<u64> {
+    pub(crate) fn content_length(&self, file_len: u64) -> Option<u64> {
         (self.head.len() as u64)
             .checked_add(file_len)?
             .checked_add(self.tail.len() as u64)

@@ -21,15 +21,15 @@ use crate::auth::OrgId;
 
 /// Who may resume an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub org: OrgId,
+pub(crate) struct Owner {
+    pub(crate) org: OrgId,
     /// The token's user (`sub`); `None` when the token has none.
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
 }
 
 /// Where an upload stands.
 #[derive(Debug, Clone)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Bytes are arriving (or may arrive on a resume).
     Receiving,
     /// Delivered: the `complete` message, sent again to a reconnect.
@@ -39,11 +39,11 @@ pub enum Phase {
 }
 
 /// One upload.
-pub struct Upload {
-    pub id: String,
-    pub owner: Owner,
-    pub meta: FileMeta,
-    pub spool: Arc<tokio::sync::Mutex<SpoolFile>>,
+pub(crate) struct Upload {
+    pub(crate) id: String,
+    pub(crate) owner: Owner,
+    pub(crate) meta: FileMeta,
+    pub(crate) spool: Arc<tokio::sync::Mutex<SpoolFile>>,
     takeover: watch::Sender<u64>,
     state: Mutex<State>,
 }
@@ -56,17 +56,17 @@ struct State {
 }
 
 impl Upload {
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.lock().phase.clone()
     }
 
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.lock().last_active = Instant::now();
     }
 
     /// Asks the connection working on this upload to let go and returns
     /// the receiver the new connection watches for the next takeover.
-    pub fn take_over(&self) -> (u64, watch::Receiver<u64>) {
+    pub(crate) fn take_over(&self) -> (u64, watch::Receiver<u64>) {
         self.takeover.send_modify(|g| *g += 1);
         let rx = self.takeover.subscribe();
         let generation = *rx.borrow();
@@ -80,7 +80,7 @@ impl Upload {
 
 /// Why a new upload was not admitted.
 #[derive(Debug, thiserror::Error)]
-pub enum AdmitError {
+pub(crate) enum AdmitError {
     #[error("the sidecar's upload spool is full ({used} of {max} bytes); retry later")]
     SpoolFull { used: u64, max: u64 },
     #[error("cannot create the spool file: {0}")]
@@ -88,7 +88,7 @@ pub enum AdmitError {
 }
 
 /// Every upload held, by uploadId.
-pub struct Registry {
+pub(crate) struct Registry {
     dir: PathBuf,
     max_spool_bytes: u64,
     reserved: AtomicU64,
@@ -96,7 +96,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(dir: PathBuf, max_spool_bytes: u64) -> Registry {
+    pub(crate) fn new(dir: PathBuf, max_spool_bytes: u64) -> Registry {
         Registry {
             dir,
             max_spool_bytes,
@@ -106,21 +106,17 @@ impl Registry {
     }
 
     /// Bytes reserved by spooled files.
-    pub fn spool_bytes(&self) -> u64 {
+    pub(crate) fn spool_bytes(&self) -> u64 {
         self.reserved.load(Ordering::Relaxed)
-    }
-
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Admits a new upload: reserves its whole size in the spool, generates
     /// its id and creates its file.
-    pub async fn admit(&self, owner: Owner, meta: FileMeta) -> Result<Arc<Upload>, AdmitError> {
+    pub(crate) async fn admit(
+        &self,
+        owner: Owner,
+        meta: FileMeta,
+    ) -> Result<Arc<Upload>, AdmitError> {
         let size = meta.filesize;
         self.reserved
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -158,31 +154,31 @@ impl Registry {
     }
 
     /// Whether upload `id` is held (its file belongs to a live upload).
-    pub fn holds(&self, id: &str) -> bool {
+    pub(crate) fn holds(&self, id: &str) -> bool {
         self.map().contains_key(id)
     }
 
     /// The upload `id` if `owner` may resume it.
-    pub fn find(&self, id: &str, owner: &Owner) -> Option<Arc<Upload>> {
+    pub(crate) fn find(&self, id: &str, owner: &Owner) -> Option<Arc<Upload>> {
         self.map().get(id).filter(|u| u.owner == *owner).cloned()
     }
 
     /// Deletes the upload's file (the caller holds its spool lock) and
     /// releases its reservation; the upload itself stays for its result.
-    pub async fn discard_file(&self, upload: &Upload, spool: &mut SpoolFile) {
+    pub(crate) async fn discard_file(&self, upload: &Upload, spool: &mut SpoolFile) {
         spool.remove().await;
         self.release(upload);
     }
 
     /// Records the final phase; the file is gone.
-    pub fn finish(&self, upload: &Upload, phase: Phase) {
+    pub(crate) fn finish(&self, upload: &Upload, phase: Phase) {
         let mut st = upload.lock();
         st.phase = phase;
         st.last_active = Instant::now();
     }
 
     /// Forgets an upload whose file is gone (a version-1 upload at its end).
-    pub fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         self.map().remove(id);
     }
 
@@ -194,7 +190,7 @@ impl Registry {
 
     /// Removes uploads idle for `ttl` that no connection works on, with
     /// their files; returns how many.
-    pub async fn sweep(&self, ttl: Duration) -> usize {
+    pub(crate) async fn sweep(&self, ttl: Duration) -> usize {
         let now = Instant::now();
         let expired: Vec<Arc<Upload>> = self
             .map()
@@ -229,17 +225,17 @@ impl Registry {
 
 /// A connection's hold on an upload: the spool lock plus the receiver that
 /// says when another connection took the upload over.
-pub struct Attached {
-    pub upload: Arc<Upload>,
-    pub spool: OwnedMutexGuard<SpoolFile>,
-    pub generation: u64,
-    pub takeover: watch::Receiver<u64>,
+pub(crate) struct Attached {
+    pub(crate) upload: Arc<Upload>,
+    pub(crate) spool: OwnedMutexGuard<SpoolFile>,
+    pub(crate) generation: u64,
+    pub(crate) takeover: watch::Receiver<u64>,
 }
 
 impl Attached {
     /// Takes `upload` over from any connection working on it, waiting at
     /// most `wait` for it to let go.
-    pub async fn take(upload: Arc<Upload>, wait: Duration) -> Option<Attached> {
+    pub(crate) async fn take(upload: Arc<Upload>, wait: Duration) -> Option<Attached> {
         let (generation, takeover) = upload.take_over();
         let spool = tokio::time::timeout(wait, upload.spool.clone().lock_owned())
             .await
@@ -332,7 +328,7 @@ mod tests {
         drop(second);
         assert_eq!(r.sweep(Duration::from_secs(10)).await, 1);
         assert_eq!(r.spool_bytes(), 0);
-        assert!(r.is_empty());
+        assert!(r.map().is_empty());
         tokio::fs::remove_dir_all(&dir).await.unwrap();
     }
 }

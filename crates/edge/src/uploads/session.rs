@@ -28,7 +28,7 @@ use crate::protocol::close;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What the client did next.
-pub enum Incoming {
+pub(crate) enum Incoming {
     Text(String),
     Binary(Bytes),
     /// A frame over the size limit.
@@ -44,14 +44,14 @@ pub enum Incoming {
 }
 
 /// One upload connection.
-pub struct Conn {
+pub(crate) struct Conn {
     ws: WebSocketStream<TokioIo<Upgraded>>,
-    pub service: Arc<Uploads>,
+    pub(crate) service: Arc<Uploads>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Conn {
-    pub fn new(ws: WebSocketStream<TokioIo<Upgraded>>, service: Arc<Uploads>) -> Conn {
+    pub(crate) fn new(ws: WebSocketStream<TokioIo<Upgraded>>, service: Arc<Uploads>) -> Conn {
         let shutdown = service.shutdown.clone();
         Conn {
             ws,
@@ -63,7 +63,7 @@ impl Conn {
     /// The next data frame, waiting at most `wait`. Control frames are
     /// answered by tungstenite and skipped without extending the wait: an
     /// idle upload is one that sends no data, whatever it pings.
-    pub async fn next(
+    pub(crate) async fn next(
         &mut self,
         wait: Duration,
         takeover: Option<(&mut watch::Receiver<u64>, u64)>,
@@ -101,13 +101,13 @@ impl Conn {
         }
     }
 
-    pub async fn send(&mut self, text: String) -> bool {
+    pub(crate) async fn send(&mut self, text: String) -> bool {
         tokio::time::timeout(CLOSE_GRACE * 5, self.ws.send(Message::Text(text.into())))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
-    pub async fn close(&mut self, code: u16, reason: &str) {
+    pub(crate) async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.to_string().into(),
@@ -116,20 +116,20 @@ impl Conn {
     }
 
     /// Sends an already serialised `error` message, then the close.
-    pub async fn fail_with(&mut self, code: UploadCode, message_json: &str) {
+    pub(crate) async fn fail_with(&mut self, code: UploadCode, message_json: &str) {
         ::metrics::counter!(m::UPLOADS_FAILED, m::label::REASON => code.reason()).increment(1);
         let _ = self.send(message_json.to_string()).await;
         self.close(code.close_code(), code.as_str()).await;
     }
 
     /// `{"type":"error","code","message"}`, then the code's close.
-    pub async fn fail(&mut self, code: UploadCode, message: &str) {
+    pub(crate) async fn fail(&mut self, code: UploadCode, message: &str) {
         self.fail_with(code, &error_json(code, message)).await;
     }
 
     /// Reserves spool room for a new upload of either protocol version, or
     /// answers `BUSY` (and returns `None`) when it cannot.
-    pub async fn admit(
+    pub(crate) async fn admit(
         &mut self,
         owner: Owner,
         meta: handshake::FileMeta,
@@ -157,12 +157,12 @@ impl Conn {
     }
 }
 
-pub fn error_json(code: UploadCode, message: &str) -> String {
+pub(crate) fn error_json(code: UploadCode, message: &str) -> String {
     json!({"type": "error", "code": code.as_str(), "message": message}).to_string()
 }
 
 /// Serves one upload connection from its handshake to its close.
-pub async fn run(conn: &mut Conn, owner: Owner, token: String) {
+pub(crate) async fn run(conn: &mut Conn, owner: Owner, token: String) {
     let cfg = conn.service.config.clone();
     let text = match conn.next(cfg.stream.handshake_timeout, None).await {
         Incoming::Text(t) => t,
@@ -197,7 +197,7 @@ pub async fn run(conn: &mut Conn, owner: Owner, token: String) {
 }
 
 /// Delivers a complete, durable spool file, recording latency and outcome.
-pub async fn deliver(
+pub(crate) async fn deliver(
     conn: &mut Conn,
     upload: &Upload,
     spool: &SpoolFile,
@@ -239,7 +239,7 @@ pub async fn deliver(
 }
 
 /// The error code and message a failed delivery is reported with.
-pub fn delivery_failure(e: &DeliveryError) -> (UploadCode, String) {
+pub(crate) fn delivery_failure(e: &DeliveryError) -> (UploadCode, String) {
     match e {
         DeliveryError::Rejected(_) => (UploadCode::UpstreamRejected, e.to_string()),
         DeliveryError::Failed { .. } | DeliveryError::Shutdown => {

@@ -11,11 +11,11 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// File name suffix of spooled uploads; only such files are ever removed
 /// from the spool directory.
-pub const SPOOL_SUFFIX: &str = ".upload";
+pub(crate) const SPOOL_SUFFIX: &str = ".upload";
 
 /// The spooled bytes of one upload.
 #[derive(Debug)]
-pub struct SpoolFile {
+pub(crate) struct SpoolFile {
     path: PathBuf,
     file: Option<File>,
     /// Bytes written (possibly not yet durable).
@@ -27,12 +27,12 @@ pub struct SpoolFile {
 impl SpoolFile {
     /// The path of upload `id` in `dir`; `id` is one the sidecar generated
     /// (ASCII letters and digits only).
-    pub fn path_for(dir: &Path, id: &str) -> PathBuf {
+    pub(crate) fn path_for(dir: &Path, id: &str) -> PathBuf {
         dir.join(format!("{id}{SPOOL_SUFFIX}"))
     }
 
     /// Creates the empty file of a new upload.
-    pub async fn create(dir: &Path, id: &str) -> std::io::Result<SpoolFile> {
+    pub(crate) async fn create(dir: &Path, id: &str) -> std::io::Result<SpoolFile> {
         let path = Self::path_for(dir, id);
         let file = OpenOptions::new()
             .write(true)
@@ -47,21 +47,21 @@ impl SpoolFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
-    pub fn durable(&self) -> u64 {
+    pub(crate) fn durable(&self) -> u64 {
         self.durable
     }
 
     /// Drops bytes written after the last fsync (a connection that died
     /// before they were acknowledged), so a resume continues at `durable`.
-    pub async fn rewind_to_durable(&mut self) -> std::io::Result<()> {
+    pub(crate) async fn rewind_to_durable(&mut self) -> std::io::Result<()> {
         if self.written == self.durable {
             return Ok(());
         }
@@ -75,7 +75,7 @@ impl SpoolFile {
     }
 
     /// Appends `data`.
-    pub async fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
         let file = self.open().await?;
         file.write_all(data).await?;
         self.written += data.len() as u64;
@@ -83,7 +83,7 @@ impl SpoolFile {
     }
 
     /// Makes every written byte durable; returns the durable offset.
-    pub async fn sync(&mut self) -> std::io::Result<u64> {
+    pub(crate) async fn sync(&mut self) -> std::io::Result<u64> {
         if self.durable != self.written {
             let file = self.open().await?;
             file.flush().await?;
@@ -94,14 +94,14 @@ impl SpoolFile {
     }
 
     /// Closes the write handle (reopened on the next write).
-    pub async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         if let Some(mut f) = self.file.take() {
             let _ = f.flush().await;
         }
     }
 
     /// Deletes the file.
-    pub async fn remove(&mut self) {
+    pub(crate) async fn remove(&mut self) {
         self.close().await;
         if let Err(e) = tokio::fs::remove_file(&self.path).await
             && e.kind() != std::io::ErrorKind::NotFound
@@ -125,7 +125,7 @@ impl SpoolFile {
 /// Removes spool files not modified for `ttl` whose upload `held` does not
 /// know: files of an earlier run, or of a process sharing the directory,
 /// whose uploads can no longer be resumed. Returns how many.
-pub async fn remove_stale(
+pub(crate) async fn remove_stale(
     dir: &Path,
     ttl: std::time::Duration,
     held: impl Fn(&str) -> bool,

@@ -21,7 +21,7 @@ struct Chunk {
     last: bool,
 }
 
-pub async fn run(conn: &mut Conn, owner: Owner, token: String, meta: FileMeta) {
+pub(crate) async fn run(conn: &mut Conn, owner: Owner, token: String, meta: FileMeta) {
     let service = conn.service.clone();
     let Some(upload) = conn.admit(owner, meta, "1").await else {
         return;

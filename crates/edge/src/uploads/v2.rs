@@ -23,7 +23,7 @@ use crate::protocol::close;
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// A new version-2 upload.
-pub async fn start(conn: &mut Conn, owner: Owner, token: String, meta: FileMeta) {
+pub(crate) async fn start(conn: &mut Conn, owner: Owner, token: String, meta: FileMeta) {
     let Some(upload) = conn.admit(owner, meta, "2").await else {
         return;
     };
@@ -31,7 +31,7 @@ pub async fn start(conn: &mut Conn, owner: Owner, token: String, meta: FileMeta)
 }
 
 /// A reconnect naming `upload_id`.
-pub async fn resume(
+pub(crate) async fn resume(
     conn: &mut Conn,
     owner: Owner,
     token: String,

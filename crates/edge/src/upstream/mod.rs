@@ -1,6 +1,7 @@
 //! Sources of events: the V1 long-poller and the native stream link. Each
 //! runs as its own task, owned by a hub through a [`SourceHandle`]; dropping
 //! or stopping the handle ends the task. Sources only push into their hub.
+#![warn(missing_docs)]
 
 mod native;
 mod poller;
@@ -24,32 +25,34 @@ use crate::hub::{HubMsg, SessionId, SourceId};
 use crate::metrics::Stats;
 
 /// Largest V1 answer body read.
-pub const MAX_POLL_BODY: usize = 16 << 20;
+pub(crate) const MAX_POLL_BODY: usize = 16 << 20;
 
 /// Where a poller gets its bearer token.
-pub enum TokenChoice {
+pub(crate) enum TokenChoice {
     /// Any live connection of the org (shared poller).
     Pool(Arc<TokenPool>),
     /// This connection's own token (`FIN_LEADER_ENABLED=false`).
     Session(Arc<TokenPool>, SessionId),
 }
 
+/// What a V1 poller is started with: one org and service.
 pub struct PollerSpec {
-    pub org: OrgId,
-    pub service: u16,
-    pub source: SourceId,
-    pub cursor: Option<String>,
-    pub tokens: TokenChoice,
-    pub hub: mpsc::Sender<HubMsg>,
+    pub(crate) org: OrgId,
+    pub(crate) service: u16,
+    pub(crate) source: SourceId,
+    pub(crate) cursor: Option<String>,
+    pub(crate) tokens: TokenChoice,
+    pub(crate) hub: mpsc::Sender<HubMsg>,
 }
 
+/// What a native link is started with: one org and its native services.
 pub struct NativeSpec {
-    pub org: OrgId,
-    pub services: Vec<u16>,
-    pub source: SourceId,
-    pub last_seq: Option<u64>,
-    pub tokens: Arc<TokenPool>,
-    pub hub: mpsc::Sender<HubMsg>,
+    pub(crate) org: OrgId,
+    pub(crate) services: Vec<u16>,
+    pub(crate) source: SourceId,
+    pub(crate) last_seq: Option<u64>,
+    pub(crate) tokens: Arc<TokenPool>,
+    pub(crate) hub: mpsc::Sender<HubMsg>,
 }
 
 /// Owns a running source; stopping or dropping it ends the task.
@@ -59,12 +62,12 @@ pub struct SourceHandle {
 
 impl SourceHandle {
     /// A handle and the receiver its source task watches.
-    pub fn new() -> (SourceHandle, oneshot::Receiver<()>) {
+    pub(crate) fn new() -> (SourceHandle, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         (SourceHandle { stop: Some(tx) }, rx)
     }
 
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -72,7 +75,7 @@ impl SourceHandle {
 }
 
 /// Shared upstream plumbing: the HTTP client and the configuration.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub(crate) http: Client<crate::tls::HttpsConnector, Empty<Bytes>>,
     /// Verifies an `https://` backend and the `wss://` native stream.
     pub(crate) tls: Arc<ClientConfig>,
@@ -81,7 +84,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: Arc<Config>, stats: Arc<Stats>, tls: Arc<ClientConfig>) -> Arc<Upstream> {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        tls: Arc<ClientConfig>,
+    ) -> Arc<Upstream> {
         let connector = crate::tls::https_connector(&tls, Duration::from_secs(5));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -99,7 +106,9 @@ impl Upstream {
 /// Starts sources for a hub. The hub depends on this seam, not on HTTP, so
 /// its switching logic is tested with scripted sources.
 pub trait SourceSpawner: Send + Sync {
+    /// Starts a V1 poller.
     fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle;
+    /// Starts a native link.
     fn spawn_native(&self, spec: NativeSpec) -> SourceHandle;
 }
 
@@ -120,24 +129,24 @@ impl SourceSpawner for Arc<Upstream> {
 /// Exponential backoff with jitter: 200 ms doubling to 30 s, each wait
 /// drawn from the upper half of the current step.
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
 }
 
 impl Backoff {
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// Waits out the next delay; false when `stop` fired meanwhile.
-    pub async fn wait(&mut self, stop: &mut oneshot::Receiver<()>) -> bool {
+    pub(crate) async fn wait(&mut self, stop: &mut oneshot::Receiver<()>) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(self.next_delay()) => true,
             _ = stop => false,
         }
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step_ms = (200u64 << self.failures.min(8)).min(30_000);
         self.failures = self.failures.saturating_add(1);
         let jitter = rand::random_range(0..=step_ms / 2);

@@ -22,6 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A link that hears nothing (not even a ping) for this long is presumed dead.
 const SILENCE_LIMIT_FACTOR: u32 = 3;
 
+/// The WebSocket settings of a client of a native stream (the native link,
+/// and the tools' stream clients).
 pub fn client_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
@@ -70,7 +72,7 @@ impl MalformedLog {
 }
 
 /// The native stream URL: the base URL with a ws scheme.
-pub fn native_url(up: &Upstream) -> String {
+pub(crate) fn native_url(up: &Upstream) -> String {
     let base = &up.config.upstream.base_url;
     let scheme = if base.scheme() == "https" {
         "wss"

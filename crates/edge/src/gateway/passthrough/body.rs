@@ -23,7 +23,7 @@ pub(super) enum ClientFault {
 }
 
 impl ClientFault {
-    pub fn response(self) -> Response<Body> {
+    pub(crate) fn response(self) -> Response<Body> {
         match self {
             ClientFault::Malformed => json_error(
                 StatusCode::BAD_REQUEST,
@@ -46,7 +46,7 @@ pub(super) struct IdleTimer {
 }
 
 impl IdleTimer {
-    pub fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         IdleTimer {
             limit,
             last_progress: tokio::time::Instant::now(),
@@ -78,11 +78,11 @@ impl IdleTimer {
 /// The client's request body on its way to the backend: cut when idle, and
 /// its failures recorded as the client's.
 pub(super) struct ClientBody {
-    pub inner: Incoming,
-    pub idle: IdleTimer,
-    pub fault: Arc<Mutex<Option<ClientFault>>>,
+    pub(crate) inner: Incoming,
+    pub(crate) idle: IdleTimer,
+    pub(crate) fault: Arc<Mutex<Option<ClientFault>>>,
     /// Turns true once the whole body went out.
-    pub sent: tokio::sync::watch::Sender<bool>,
+    pub(crate) sent: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClientBody {
@@ -139,10 +139,10 @@ impl hyper::body::Body for ClientBody {
 /// The backend's response body on its way to the client: cut when idle;
 /// holds the in-flight permit until it is done.
 pub(super) struct BackendBody {
-    pub inner: Incoming,
-    pub idle: IdleTimer,
+    pub(crate) inner: Incoming,
+    pub(crate) idle: IdleTimer,
     /// Held until the body is done.
-    pub _in_flight: tokio::sync::OwnedSemaphorePermit,
+    pub(crate) _in_flight: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl hyper::body::Body for BackendBody {

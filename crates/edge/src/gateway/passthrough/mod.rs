@@ -44,7 +44,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-pub struct Passthrough {
+pub(crate) struct Passthrough {
     client: Client<crate::tls::HttpsConnector, ClientBody>,
     base: url::Url,
     /// The backend's scheme and authority, when its base URL has no path:
@@ -58,7 +58,7 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
-    pub fn new(
+    pub(crate) fn new(
         base: url::Url,
         config: PassthroughConfig,
         drain: Arc<Drain>,
@@ -89,7 +89,7 @@ impl Passthrough {
         }
     }
 
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
