@@ -52,7 +52,8 @@ pub struct StreamConfig {
     pub handshake_timeout: Duration,
     /// Events the replay window of one org keeps at most.
     pub replay_events: usize,
-    /// Send queue of one client, in bytes; past it the client is closed with 1013.
+    /// Send queue of one client, in bytes; event messages past it are caught
+    /// up from the replay window (hub::queue), 1013 once that cannot.
     pub max_queue_bytes: usize,
     /// Recent eventIds remembered per org for de-duplication.
     pub dedup_events: usize,

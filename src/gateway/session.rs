@@ -261,6 +261,15 @@ pub async fn run<S>(
             }
             Ok(()) => {}
         }
+        // A lagging queue is caught up from the replay window once what
+        // it held is written (hub::queue).
+        if batch.is_empty()
+            && queue.catch_up_due()
+            && let Some((hub, _)) = &guard.member
+            && hub.send(HubMsg::CatchUp(session)).await.is_err()
+        {
+            break EndReason::Shutdown;
+        }
         if !batch.is_empty() {
             // Write while watching for overflow, so a client that stopped
             // reading is cut off instead of pinning this task in a write.

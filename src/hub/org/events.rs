@@ -268,7 +268,13 @@ impl OrgHub {
                     continue;
                 };
                 for (_, q) in members {
-                    q.push(frame.clone());
+                    // A lagging client whose position left the window can
+                    // no longer be caught up: it is too far behind (1013).
+                    if let Pushed::Lagging(after) = q.offer(frame.clone())
+                        && !self.can_resume(after)
+                    {
+                        q.close_overflow();
+                    }
                 }
             }
         }

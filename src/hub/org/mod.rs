@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::dedup::RecentIds;
-use super::queue::{Frame, SessionQueue};
+use super::queue::{Frame, Pushed, SessionQueue};
 use super::replay::{ReplayWindow, Stored, ViewKey, batches};
 use super::switching::{self, Handover};
 use super::tokens::TokenPool;
@@ -290,6 +290,7 @@ impl OrgHub {
             }
             HubMsg::Status { source, status } => self.source_status(source, status),
             HubMsg::Read(req) => self.read(*req),
+            HubMsg::CatchUp(id) => self.catch_up(id),
         }
     }
 }
