@@ -131,7 +131,7 @@ enum Command {
         /// Publish rates for the fan-out run.
         #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000")]
         fanout_rates: Vec<u32>,
-        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), r (chat room), u (uploads); r and u are not in the default.
+        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), r (chat room), u (uploads), x (events lost across flips), y (clients that stopped reading), z (drain); r, u and x-z are not in the default.
         #[arg(long, default_value = "abcdef")]
         scenarios: String,
         /// Members of the chat room (scenario f).
@@ -140,6 +140,15 @@ enum Command {
         /// Runs of the scenarios; each figure is printed as the median and min-max over them.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
         runs: u64,
+        /// Flag flips of scenario x (lost and duplicated events across flips).
+        #[arg(long, default_value_t = 1000)]
+        flips: usize,
+        /// Clients that stop reading in scenario y (peak RSS).
+        #[arg(long, default_value_t = 200)]
+        stalled_clients: usize,
+        /// Streams drained in scenario z.
+        #[arg(long, default_value_t = 10_000)]
+        drain_clients: usize,
     },
     /// A benchmark client process (started by `bench`).
     #[command(hide = true)]
@@ -472,6 +481,9 @@ fn main() -> ExitCode {
                 scenarios,
                 chat_members,
                 runs,
+                flips,
+                stalled_clients,
+                drain_clients,
             } => {
                 let opts = bench::BenchOptions {
                     clients,
@@ -484,6 +496,9 @@ fn main() -> ExitCode {
                     scenarios,
                     chat_members,
                     runs: usize::try_from(runs).unwrap_or(1),
+                    flips,
+                    stalled_clients,
+                    drain_clients,
                 };
                 let table = bench::run(opts).await?;
                 cli_output::line(&table.to_string());
