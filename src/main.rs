@@ -153,6 +153,9 @@ enum Command {
     /// A benchmark client process (started by `bench`).
     #[command(hide = true)]
     BenchWorker(bench::worker::WorkerOptions),
+    /// One WebSocket connection's echo round-trip time (bench/compare-nginx.sh).
+    #[command(hide = true)]
+    BenchWsRtt(bench::ws_rtt::RttOptions),
 }
 
 #[derive(Subcommand)]
@@ -519,6 +522,11 @@ fn main() -> ExitCode {
                 .context("simulate"),
             Command::BenchWorker(opts) => {
                 bench::worker::run(opts).await;
+                Ok(())
+            }
+            Command::BenchWsRtt(opts) => {
+                let line = bench::ws_rtt::run(opts).await.context("bench-ws-rtt")?;
+                cli_output::line(&line);
                 Ok(())
             }
             Command::Check { .. } => Ok(()),

@@ -14,6 +14,7 @@ mod runs;
 mod uploads;
 mod v1_clients;
 pub mod worker;
+pub mod ws_rtt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
