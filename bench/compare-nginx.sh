@@ -16,7 +16,10 @@
 # Settings (environment): ROUNDS (3), DURATION (10s), TESTS ("small get1m
 # post1m ws"), WS_MESSAGES (20000, per round and target), THREADS (2),
 # CONNECTIONS (64), EDGE_BIN (target/release/realtime-edge), PORT_BASE (18080;
-# uses PORT_BASE+1 .. PORT_BASE+8 on 127.0.0.1).
+# uses PORT_BASE+1 .. PORT_BASE+8 on 127.0.0.1), EDGE_PRELOAD (empty; a
+# malloc library for realtime-edge's LD_PRELOAD, to compare allocators
+# without a rebuild, e.g. Debian's /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+# or libmimalloc.so.2).
 #
 # The backend is an nginx with one worker serving a 36-byte JSON file, a
 # 1 MiB file, and an upload endpoint that reads and discards a body. The
@@ -169,7 +172,12 @@ pids+=("$BACKEND_PID")
 nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy" &
 NGINX_PID=$!
 pids+=("$NGINX_PID")
-RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge.yaml" 2>"$WORK/edge/stderr.log" &
+EDGE_PRELOAD=${EDGE_PRELOAD:-}
+if [ -n "$EDGE_PRELOAD" ] && [ ! -r "$EDGE_PRELOAD" ]; then
+    echo "EDGE_PRELOAD=$EDGE_PRELOAD is not a readable file" >&2
+    exit 2
+fi
+LD_PRELOAD=$EDGE_PRELOAD RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge.yaml" 2>"$WORK/edge/stderr.log" &
 EDGE_PID=$!
 pids+=("$EDGE_PID")
 case " $TESTS " in *" ws "*)
@@ -180,7 +188,7 @@ case " $TESTS " in *" ws "*)
     RUST_LOG=warn "$EDGE_BIN" simulate --listen "127.0.0.1:$SIM_PORT" --events-per-second 0 >"$WORK/sim.log" 2>&1 &
     SIM_PID=$!
     pids+=("$SIM_PID")
-    RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge-ws.yaml" 2>"$WORK/edge/stderr-ws.log" &
+    LD_PRELOAD=$EDGE_PRELOAD RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge-ws.yaml" 2>"$WORK/edge/stderr-ws.log" &
     EDGE_WS_PID=$!
     pids+=("$EDGE_WS_PID")
     ;;
@@ -223,7 +231,7 @@ WS_RESULTS="$WORK/ws.tsv"   # round target messages p50_us p99_us cpu_us_per_mes
 : >"$WS_RESULTS"
 : >"$RESULTS"
 echo "machine: $(nproc) CPUs; load average before: $(loadavg)"
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds; realtime-edge allocator: ${EDGE_PRELOAD:-system (glibc)}"
 
 run_one() {
     local round=$1 test=$2 target=$3 port pid url t0 t1 out
