@@ -30,7 +30,7 @@ use super::{
     BenchError, BenchOptions, Row, SECRET, SidecarProcess, TICKS_PER_SEC, start_sim, step,
 };
 use crate::config::{Config, EnvSecrets};
-use crate::hub::queue::CONTROL_SLACK;
+use crate::hub::queue::{CONTROL_SLACK, PIN_OVERHEAD};
 use crate::protocol;
 use crate::sim::Fault;
 
@@ -266,22 +266,29 @@ pub async fn flips_without_loss(
 }
 
 /// The sidecar config of the stalled-client run (a 256 KiB queue, events
-/// up to 64 KiB), also loaded here to compute the memory bound.
-const STALLED_STREAM: &str = "stream: {max_connections: 18000, batch_window_ms: 20, max_event_bytes: 65536, batch_max_bytes: 65536, max_queue_bytes: 262144}\n";
+/// up to 64 KiB, a 4 MiB replay window and lag budget), also loaded here to
+/// compute the memory bound.
+const STALLED_STREAM: &str = "stream: {max_connections: 18000, batch_window_ms: 20, max_event_bytes: 65536, batch_max_bytes: 65536, max_queue_bytes: 262144, replay_bytes: 4194304}\n";
 
-/// What one client that stopped reading can hold in the sidecar at most:
-/// its queue (plus the control slack), what its connection took from the
-/// queue and is writing (a queue's worth, or a catch-up page of at most
-/// `max_queue_bytes` plus one message), and the WebSocket write buffer.
-/// Event messages are shared by the clients of a view, so this is an upper
-/// bound, not an estimate.
+/// What one client that stopped reading can hold in the sidecar at most,
+/// apart from the org's shared events: its queue (plus the control slack)
+/// and what its connection took from it and is writing, each with up to a
+/// lag budget (`replay_bytes`) of pinned events as pointers, and the
+/// WebSocket write buffer.
 pub fn stalled_client_bound(cfg: &Config) -> usize {
     let s = &cfg.stream;
-    let queue = s.max_queue_bytes.saturating_add(CONTROL_SLACK);
-    let taken = queue.max(s.max_queue_bytes.saturating_add(s.max_message_bytes));
-    queue
-        .saturating_add(taken)
+    let text = s.max_queue_bytes.saturating_add(CONTROL_SLACK);
+    let pointers = (s.replay_bytes / PIN_OVERHEAD).saturating_mul(std::mem::size_of::<usize>());
+    text.saturating_add(pointers)
+        .saturating_mul(2)
         .saturating_add(crate::gateway::session::write_buffer_limit(cfg))
+}
+
+/// The shared events one org can hold at most: its replay window, and the
+/// events its lagging clients pin (a suffix of its stream, at most one lag
+/// budget in each client's queue and one in what its connection took).
+pub fn org_events_bound(cfg: &Config) -> usize {
+    cfg.stream.replay_bytes.saturating_mul(3)
 }
 
 /// The admin API's metrics of the sidecar under test.
@@ -350,13 +357,13 @@ pub async fn stalled_clients(
     }
     drop(stalled);
     let per_client = stalled_client_bound(&cfg);
-    let windows = ORGS.len().saturating_mul(cfg.stream.replay_bytes);
+    let windows = ORGS.len().saturating_mul(org_events_bound(&cfg));
     let bound_kib = idle as usize + (o.stalled_clients.saturating_mul(per_client) + windows) / 1024;
     rows.push(Row(
         format!("y. peak RSS, {} clients stopped reading", o.stalled_clients),
         format!("{} MiB (bound {} MiB)", peak / 1024, bound_kib / 1024),
         format!(
-            "idle {} MiB, {} MiB once connected; bound = idle + {} clients x {} KiB (queue of max_queue_bytes {} KiB + slack, a page taken, write buffer) + {} orgs' replay windows ({} MiB each); {} events of 16 KiB in 20 s; {} stalled clients cut off with 1013 (left the replay window); {readers_ok} of {} reading clients still served",
+            "idle {} MiB, {} MiB once connected; bound = idle + {} clients x {} KiB (2 x (max_queue_bytes {} KiB + slack + pointers to a lag budget of pinned events) + write buffer) + {} orgs x 3 x replay_bytes {} MiB (window and pinned events); {} events of 16 KiB in 20 s; {} stalled clients cut off with 1013 (past the lag budget); {readers_ok} of {} reading clients still served",
             idle / 1024,
             connected / 1024,
             o.stalled_clients,

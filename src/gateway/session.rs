@@ -192,7 +192,9 @@ pub async fn run<S>(
 
     // ---- join the org's hub ------------------------------------------------
     let session = registry.next_session_id();
-    let queue = SessionQueue::new(cfg.stream.max_queue_bytes);
+    // Behind by more than its queue, a client is sent the org's shared
+    // events, up to what the replay window holds in bytes (hub::queue).
+    let queue = SessionQueue::with_lag_budget(cfg.stream.max_queue_bytes, cfg.stream.replay_bytes);
     let (reply_tx, reply_rx) = oneshot::channel();
     let req = Box::new(JoinRequest {
         session,
@@ -260,15 +262,6 @@ pub async fn run<S>(
                 break EndReason::Slow;
             }
             Ok(()) => {}
-        }
-        // A lagging queue is caught up from the replay window once what
-        // it held is written (hub::queue).
-        if batch.is_empty()
-            && queue.catch_up_due()
-            && let Some((hub, _)) = &guard.member
-            && hub.send(HubMsg::CatchUp(session)).await.is_err()
-        {
-            break EndReason::Shutdown;
         }
         if !batch.is_empty() {
             // Write while watching for overflow, so a client that stopped

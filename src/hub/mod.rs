@@ -132,9 +132,6 @@ pub enum HubMsg {
     /// A reader that is not a live session (a V1 facade) asks the window.
     Read(Box<ReadRequest>),
     Leave(SessionId),
-    /// A lagging connection wrote what was queued and asks for the next
-    /// page of its catch-up (see [`queue`]).
-    CatchUp(SessionId),
     Events {
         source: SourceId,
         service: u16,

@@ -2,23 +2,29 @@
 //!
 //! The hub pushes frames without ever waiting; the connection's task drains
 //! them to the socket. A burst of events can be many times larger than
-//! `max_queue_bytes` and still arrive in one hub turn (a V1 answer after an
-//! outage, a resumed native backlog), before the connection could write
-//! anything; closing then would cut off clients that read. So an event
-//! message that does not fit is not queued: the queue becomes *lagging*
-//! from the position before it and drops the org's later event messages.
-//! Once the connection has written what is queued it asks the hub for a
-//! catch-up (see [`SessionQueue::catch_up_due`]): one page of at most
-//! `max_queue_bytes` from the replay window at a time, until it has reached
-//! the head and live messages are queued again. A client that stopped
-//! reading never asks; the hub closes its queue (1013) once its position
-//! has left the replay window. One stalled client so costs at most its
-//! queue and one page, and a client that reads is never cut off by size.
+//! `max_queue_bytes`, and larger than the org's replay window, and still
+//! arrive in one hub turn (a V1 answer after a long upstream outage, a
+//! resumed native backlog), before the connection could write anything;
+//! closing then would cut off clients that read. So an event message that
+//! does not fit is not queued as text: the queue becomes *lagging* and
+//! takes that message's events, and every later one's, as shared pointers
+//! to the hub's stored events ([`Outgoing::Replay`], rendered into messages
+//! as the connection writes them). They cost one pointer each: the events
+//! themselves are the ones every other client of the org and the replay
+//! window hold. Once the connection has taken everything queued, the queue
+//! is no longer lagging.
 //!
-//! Control messages (keep-alives, errors) are queued while lagging with
-//! [`CONTROL_SLACK`] of room beyond the bound; past that, or when a control
-//! message alone overflows a queue that is not lagging, the queue drops
-//! what it holds and closes (1013).
+//! What a lagging queue pins is bounded by its lag budget
+//! (`stream.replay_bytes`, counting each event's bytes plus
+//! [`PIN_OVERHEAD`]): a client that stopped reading passes it and its queue
+//! closes (1013, "resume with lastSeq"); it could not have resumed from
+//! further behind anyway. The events pinned by the lagging clients of one
+//! org are a suffix of its stream no longer than the budget, so they cost at
+//! most one budget per org, however many clients stopped.
+//!
+//! Control messages (keep-alives, errors) are queued with [`CONTROL_SLACK`]
+//! of room beyond the bound in a queue that carries events; past that the
+//! queue drops what it holds and closes (1013).
 //!
 //! A resume's replay is queued as one [`Outgoing::Replay`] item holding the
 //! window's shared events, not their text: the connection renders it into
@@ -48,8 +54,6 @@ pub struct Frame {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub service: u16,
-    /// The position of the message's first event.
-    pub first_seq: u64,
     /// The source that served the events ("poll" or "native").
     pub mode: &'static str,
     /// Events in the message.
@@ -86,7 +90,6 @@ impl Frame {
         mode: &'static str,
         live: bool,
     ) -> Option<Frame> {
-        let first = events.first()?.as_ref();
         let last = events.last()?.as_ref();
         Some(Frame {
             ws_ping: false,
@@ -98,7 +101,6 @@ impl Frame {
             .into(),
             delivery: Some(Delivery {
                 service: last.service,
-                first_seq: first.seq,
                 mode,
                 count: events.len() as u64,
                 live_origins_ms: events
@@ -126,9 +128,9 @@ pub enum Outgoing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// An event message left to the catch-up: the queue is lagging after
-    /// this position.
-    Lagging(u64),
+    /// An event message not queued because the queue is lagging: its
+    /// events go to [`SessionQueue::push_lagged`].
+    Lagging,
     /// The queue is closed.
     Closed,
 }
@@ -140,44 +142,57 @@ pub enum QueueClosed {
     Overflow,
 }
 
-/// Room for control messages beyond `max_queue_bytes` while the queue is
-/// lagging (it is then full of event messages by definition).
-pub const CONTROL_SLACK: usize = 64 * 1024;
+/// What one pinned event counts against the lag budget besides its bytes
+/// (the pointer and its share of the list), so a flood of tiny events is
+/// bounded too.
+pub const PIN_OVERHEAD: usize = 64;
 
-/// A queue that dropped event messages: they are caught up from the
-/// replay window (see the module docs).
-#[derive(Debug, Clone, Copy)]
-struct Lag {
-    /// The position after which the client has not been sent events.
-    after: u64,
-    /// The connection asked the hub for the next page.
-    requested: bool,
-}
+/// Room for control messages beyond `max_queue_bytes` in a queue that
+/// carries event messages: a keep-alive or an error arriving while a burst
+/// fills the queue must not close a client that reads.
+pub const CONTROL_SLACK: usize = 64 * 1024;
 
 struct Inner {
     frames: VecDeque<Outgoing>,
     bytes: usize,
     closed: Option<QueueClosed>,
-    lag: Option<Lag>,
+    /// Set while event messages are taken as pinned events: what they
+    /// count against the lag budget (see the module docs).
+    lag: Option<usize>,
+    /// Set by the first event message: from then on control messages get
+    /// [`CONTROL_SLACK`] (a queue of control messages only, like a chat
+    /// connection's, keeps its exact bound).
+    carries_events: bool,
 }
 
 pub struct SessionQueue {
     inner: Mutex<Inner>,
     notify: Notify,
     max_bytes: usize,
+    lag_budget: usize,
 }
 
 impl SessionQueue {
+    /// A queue of `max_bytes` that never lags: an event message that does
+    /// not fit closes it (a chat connection, a V1 facade request).
     pub fn new(max_bytes: usize) -> Arc<SessionQueue> {
+        Self::with_lag_budget(max_bytes, 0)
+    }
+
+    /// A stream connection's queue: past `max_bytes`, event messages are
+    /// pinned as shared events up to `lag_budget` (module docs).
+    pub fn with_lag_budget(max_bytes: usize, lag_budget: usize) -> Arc<SessionQueue> {
         Arc::new(SessionQueue {
             inner: Mutex::new(Inner {
                 frames: VecDeque::new(),
                 bytes: 0,
                 closed: None,
                 lag: None,
+                carries_events: false,
             }),
             notify: Notify::new(),
             max_bytes,
+            lag_budget,
         })
     }
 
@@ -194,22 +209,19 @@ impl SessionQueue {
         }
         let len = frame.text.len();
         let bytes = g.bytes.saturating_add(len);
-        if let Some(d) = &frame.delivery {
-            // An event message: the replay window holds its events, so one
-            // that does not fit is caught up from there (module docs).
-            if let Some(lag) = g.lag {
-                return Pushed::Lagging(lag.after);
+        if frame.delivery.is_some() {
+            g.carries_events = true;
+            // An event message that does not fit: its events are to be
+            // pinned instead ([`SessionQueue::push_lagged`]).
+            if g.lag.is_some() {
+                return Pushed::Lagging;
             }
             if bytes > self.max_bytes {
-                let after = d.first_seq.saturating_sub(1);
-                g.lag = Some(Lag {
-                    after,
-                    requested: false,
-                });
-                return Pushed::Lagging(after);
+                g.lag = Some(0);
+                return Pushed::Lagging;
             }
         } else {
-            let slack = if g.lag.is_some() { CONTROL_SLACK } else { 0 };
+            let slack = if g.carries_events { CONTROL_SLACK } else { 0 };
             if bytes > self.max_bytes.saturating_add(slack) {
                 drop(g);
                 self.close_overflow();
@@ -258,54 +270,34 @@ impl SessionQueue {
         self.notify.notify_one();
     }
 
-    /// The position after which a lagging queue dropped event messages
-    /// (None when it is not lagging).
-    pub fn lagging_after(&self) -> Option<u64> {
-        self.inner
-            .lock()
-            .map(|g| g.lag.map(|l| l.after))
-            .unwrap_or(None)
-    }
-
-    /// True once per page when the queue is lagging and the connection has
-    /// written everything queued: it should then ask the hub for the next
-    /// page of the catch-up (`HubMsg::CatchUp`).
-    pub fn catch_up_due(&self) -> bool {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if g.closed.is_some() || !g.frames.is_empty() {
-            return false;
-        }
-        match &mut g.lag {
-            Some(lag) if !lag.requested => {
-                lag.requested = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Queues one page of a catch-up (events after the lag position, from
-    /// the replay window). With `reached_head` the queue takes live event
-    /// messages again; otherwise it stays lagging after the page's last event.
-    pub fn push_catch_up(&self, page: Vec<Arc<Stored>>, reached_head: bool) {
+    /// Queues the events of a message that [`SessionQueue::offer`] answered
+    /// `Lagging` for, as shared pointers; past the lag budget the queue
+    /// closes (1013). Returns false when the queue is (now) closed.
+    pub fn push_lagged(&self, events: Vec<Arc<Stored>>) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.closed.is_some() {
-            return;
+            return false;
         }
-        let Some(lag) = g.lag else { return };
-        g.lag = if reached_head {
-            None
-        } else {
-            Some(Lag {
-                after: page.last().map_or(lag.after, |e| e.seq),
-                requested: false,
-            })
-        };
-        if !page.is_empty() {
-            g.frames.push_back(Outgoing::Replay(page));
+        let cost = events.iter().fold(0usize, |a, e| {
+            a.saturating_add(e.bytes()).saturating_add(PIN_OVERHEAD)
+        });
+        let pinned = g.lag.unwrap_or(0).saturating_add(cost);
+        if pinned > self.lag_budget {
+            drop(g);
+            self.close_overflow();
+            return false;
+        }
+        g.lag = Some(pinned);
+        let was_empty = g.frames.is_empty();
+        match g.frames.back_mut() {
+            Some(Outgoing::Replay(list)) => list.extend(events),
+            _ => g.frames.push_back(Outgoing::Replay(events)),
         }
         drop(g);
-        self.notify.notify_one();
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
     }
 
     /// Takes everything queued, or the reason the queue closed.
@@ -316,6 +308,8 @@ impl SessionQueue {
         }
         out.extend(g.frames.drain(..));
         g.bytes = 0;
+        // Everything pinned is the connection's now: no longer lagging.
+        g.lag = None;
         if g.frames.capacity() > 64 {
             g.frames.shrink_to_fit();
         }
@@ -370,43 +364,59 @@ mod tests {
         Frame::events(&[stored(seq, pad)], "finance", "poll", true).unwrap()
     }
 
-    /// A burst larger than the queue makes it lag instead of closing; the
-    /// catch-up pages move it forward until it reaches the head.
+    /// A burst larger than the queue makes it lag instead of closing: the
+    /// events that do not fit are pinned, in order after what was queued,
+    /// and once the connection took everything the queue takes text again.
     #[test]
-    fn an_event_burst_past_the_bound_lags_and_catches_up() {
-        let q = SessionQueue::new(2 * event(1, 100).text.len() + 10);
+    fn an_event_burst_past_the_bound_is_pinned_in_order() {
+        let q = SessionQueue::with_lag_budget(2 * event(1, 100).text.len() + 10, 10_000);
         assert_eq!(q.offer(event(1, 100)), Pushed::Queued);
         assert_eq!(q.offer(event(2, 100)), Pushed::Queued);
-        // The third does not fit: dropped, the queue lags after 2.
-        assert_eq!(q.offer(event(3, 100)), Pushed::Lagging(2));
-        assert_eq!(q.offer(event(4, 10)), Pushed::Lagging(2));
-        assert_eq!(q.is_closed(), None);
-        // Control messages still fit (with slack); no catch-up before the
-        // queued messages are written.
+        assert_eq!(q.offer(event(3, 100)), Pushed::Lagging);
+        assert!(q.push_lagged(vec![stored(3, 100)]));
+        // Lagging: later messages are pinned too, even ones that would fit.
+        assert_eq!(q.offer(event(4, 10)), Pushed::Lagging);
+        assert!(q.push_lagged(vec![stored(4, 10)]));
         assert!(q.push(Frame::control("x".repeat(200))));
-        assert!(!q.catch_up_due());
+        assert_eq!(q.is_closed(), None);
         let mut out = Vec::new();
         q.take(&mut out).unwrap();
-        assert_eq!(out.len(), 3);
-        assert!(q.catch_up_due());
-        assert!(!q.catch_up_due(), "asked once per page");
-        q.push_catch_up(vec![stored(3, 100)], false);
-        assert_eq!(q.lagging_after(), Some(3));
-        out.clear();
-        q.take(&mut out).unwrap();
-        assert!(matches!(&out[..], [Outgoing::Replay(p)] if p[0].seq == 3));
-        assert!(q.catch_up_due());
-        q.push_catch_up(vec![stored(4, 10)], true);
-        assert_eq!(q.lagging_after(), None);
+        let seqs: Vec<String> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Frame(f) if f.delivery.is_some() => "frame".into(),
+                Outgoing::Frame(_) => "control".into(),
+                Outgoing::Replay(p) => format!("{:?}", p.iter().map(|e| e.seq).collect::<Vec<_>>()),
+            })
+            .collect();
+        assert_eq!(seqs, ["frame", "frame", "[3, 4]", "control"]);
         assert_eq!(q.offer(event(5, 10)), Pushed::Queued);
+    }
+
+    /// A client that stops reading is closed once what it pins passes the
+    /// lag budget.
+    #[test]
+    fn pinning_past_the_lag_budget_closes() {
+        let q = SessionQueue::with_lag_budget(event(1, 100).text.len(), 1000);
+        assert_eq!(q.offer(event(1, 100)), Pushed::Queued);
+        assert_eq!(q.offer(event(2, 400)), Pushed::Lagging);
+        assert!(q.push_lagged(vec![stored(2, 400)]));
+        assert!(!q.push_lagged(vec![stored(3, 400), stored(4, 400)]));
+        assert_eq!(q.is_closed(), Some(QueueClosed::Overflow));
+        assert_eq!(q.queued_bytes(), 0);
+        // A queue without a lag budget closes at the first pin.
+        let q = SessionQueue::new(event(1, 100).text.len());
+        assert_eq!(q.offer(event(1, 100)), Pushed::Queued);
+        assert_eq!(q.offer(event(2, 100)), Pushed::Lagging);
+        assert!(!q.push_lagged(vec![stored(2, 100)]));
     }
 
     /// A lagging queue gives control messages only a bounded slack.
     #[test]
     fn control_messages_past_the_slack_close_a_lagging_queue() {
-        let q = SessionQueue::new(event(1, 200).text.len() + 10);
+        let q = SessionQueue::with_lag_budget(event(1, 200).text.len() + 10, 10_000);
         assert_eq!(q.offer(event(1, 200)), Pushed::Queued);
-        assert_eq!(q.offer(event(2, 200)), Pushed::Lagging(1));
+        assert_eq!(q.offer(event(2, 200)), Pushed::Lagging);
         assert!(q.push(Frame::control("x".repeat(CONTROL_SLACK / 2))));
         assert!(!q.push(Frame::control("x".repeat(CONTROL_SLACK))));
         assert_eq!(q.is_closed(), Some(QueueClosed::Overflow));

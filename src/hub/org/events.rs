@@ -268,12 +268,10 @@ impl OrgHub {
                     continue;
                 };
                 for (_, q) in members {
-                    // A lagging client whose position left the window can
-                    // no longer be caught up: it is too far behind (1013).
-                    if let Pushed::Lagging(after) = q.offer(frame.clone())
-                        && !self.can_resume(after)
-                    {
-                        q.close_overflow();
+                    // A client behind by more than its queue gets the
+                    // events themselves, shared (hub::queue).
+                    if q.offer(frame.clone()) == Pushed::Lagging {
+                        q.push_lagged(batch.iter().map(|e| Arc::clone(e)).collect());
                     }
                 }
             }

@@ -145,37 +145,6 @@ impl OrgHub {
         q.push_replay(read.events);
     }
 
-    /// Sends a lagging member the next page of its catch-up (see
-    /// [`SessionQueue`]): at most `max_queue_bytes` of the window's events
-    /// after its position, and whether that reaches the head. A member
-    /// whose position left the window is too far behind (1013).
-    pub(super) fn catch_up(&self, id: SessionId) {
-        let Some(m) = self.members.get(&id) else {
-            return;
-        };
-        let Some(after) = m.queue.lagging_after() else {
-            return;
-        };
-        if !self.can_resume(after) {
-            m.queue.close_overflow();
-            return;
-        }
-        let page = self.replay.read(
-            &m.view,
-            after,
-            usize::MAX,
-            self.cfg.stream.max_queue_bytes,
-            self.seq,
-        );
-        let reached_head = page.events.last().is_none_or(|last| {
-            self.replay
-                .read(&m.view, last.seq, 1, 0, self.seq)
-                .events
-                .is_empty()
-        });
-        m.queue.push_catch_up(page.events, reached_head);
-    }
-
     pub(super) fn broadcast(&self, frame: Frame) {
         for m in self.members.values() {
             m.queue.push(frame.clone());

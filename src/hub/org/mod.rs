@@ -290,7 +290,6 @@ impl OrgHub {
             }
             HubMsg::Status { source, status } => self.source_status(source, status),
             HubMsg::Read(req) => self.read(*req),
-            HubMsg::CatchUp(id) => self.catch_up(id),
         }
     }
 }
