@@ -52,8 +52,8 @@ pub struct StreamConfig {
     pub handshake_timeout: Duration,
     /// Events the replay window of one org keeps at most.
     pub replay_events: usize,
-    /// Send queue of one client, in bytes; event messages past it are caught
-    /// up from the replay window (hub::queue), 1013 once that cannot.
+    /// Send queue of one client, in bytes; past it the client is handed the
+    /// org's shared events, up to `replay_bytes` of them (hub::queue), then 1013.
     pub max_queue_bytes: usize,
     /// Recent eventIds remembered per org for de-duplication.
     pub dedup_events: usize,
