@@ -5,14 +5,21 @@
 # three alike. Prints requests/s, p50 latency, CPU per request of the proxy
 # (from /proc/<pid>/stat ticks) and the realtime-edge / nginx ratios, the
 # proxies' resident memory after the 1 MiB runs, and the load average.
+# With "ws" in TESTS it also measures one WebSocket connection's echo
+# round trip (p50/p99 and the proxy's CPU per message) to the simulated
+# backend's echo endpoint: directly, through realtime-edge's pass-through
+# relay, and through nginx's WebSocket proxy.
 #
 # Needs (installs nothing): nginx and wrk (Debian: `apt-get install nginx wrk`),
 # a release build of realtime-edge (`cargo build --release`), bash, awk.
 #
 # Settings (environment): ROUNDS (3), DURATION (10s), TESTS ("small get1m
-# post1m"), THREADS (2),
+# post1m ws"), WS_MESSAGES (20000, per round and target), THREADS (2),
 # CONNECTIONS (64), EDGE_BIN (target/release/realtime-edge), PORT_BASE (18080;
-# uses PORT_BASE+1 .. PORT_BASE+4 on 127.0.0.1).
+# uses PORT_BASE+1 .. PORT_BASE+8 on 127.0.0.1), EDGE_PRELOAD (empty; a
+# malloc library for realtime-edge's LD_PRELOAD, to compare allocators
+# without a rebuild, e.g. Debian's /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+# or libmimalloc.so.2).
 #
 # The backend is an nginx with one worker serving a 36-byte JSON file, a
 # 1 MiB file, and an upload endpoint that reads and discards a body. The
@@ -22,7 +29,8 @@
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
-TESTS=${TESTS:-small get1m post1m}
+TESTS=${TESTS:-small get1m post1m ws}
+WS_MESSAGES=${WS_MESSAGES:-20000}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -44,6 +52,10 @@ BACKEND_PORT=$((PORT_BASE + 1))
 NGINX_PORT=$((PORT_BASE + 2))
 EDGE_PORT=$((PORT_BASE + 3))
 EDGE_ADMIN_PORT=$((PORT_BASE + 4))
+SIM_PORT=$((PORT_BASE + 5))      # the simulated backend: WebSocket echo
+EDGE_WS_PORT=$((PORT_BASE + 6))  # a realtime-edge in front of it
+EDGE_WS_ADMIN_PORT=$((PORT_BASE + 7))
+NGINX_WS_PORT=$((PORT_BASE + 8)) # nginx's WebSocket proxy in front of it
 CLK_TCK=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/compare-nginx.XXXXXX)
 pids=()
@@ -124,6 +136,17 @@ http {
             proxy_buffering off;
         }
     }
+    server {
+        listen 127.0.0.1:$NGINX_WS_PORT backlog=4096;
+        location / {
+            proxy_pass http://127.0.0.1:$SIM_PORT;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host \$host;
+            proxy_read_timeout 300s;
+        }
+    }
 }
 EOF
 
@@ -149,9 +172,27 @@ pids+=("$BACKEND_PID")
 nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy" &
 NGINX_PID=$!
 pids+=("$NGINX_PID")
-RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge.yaml" 2>"$WORK/edge/stderr.log" &
+EDGE_PRELOAD=${EDGE_PRELOAD:-}
+if [ -n "$EDGE_PRELOAD" ] && [ ! -r "$EDGE_PRELOAD" ]; then
+    echo "EDGE_PRELOAD=$EDGE_PRELOAD is not a readable file" >&2
+    exit 2
+fi
+LD_PRELOAD=$EDGE_PRELOAD RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge.yaml" 2>"$WORK/edge/stderr.log" &
 EDGE_PID=$!
 pids+=("$EDGE_PID")
+case " $TESTS " in *" ws "*)
+    sed -e "s/127.0.0.1:$EDGE_PORT/127.0.0.1:$EDGE_WS_PORT/" \
+        -e "s/127.0.0.1:$EDGE_ADMIN_PORT/127.0.0.1:$EDGE_WS_ADMIN_PORT/" \
+        -e "s|http://127.0.0.1:$BACKEND_PORT|http://127.0.0.1:$SIM_PORT|" \
+        "$WORK/edge/edge.yaml" >"$WORK/edge/edge-ws.yaml"
+    RUST_LOG=warn "$EDGE_BIN" simulate --listen "127.0.0.1:$SIM_PORT" --events-per-second 0 >"$WORK/sim.log" 2>&1 &
+    SIM_PID=$!
+    pids+=("$SIM_PID")
+    LD_PRELOAD=$EDGE_PRELOAD RUST_LOG=${RUST_LOG:-warn} "$EDGE_BIN" serve --config "$WORK/edge/edge-ws.yaml" 2>"$WORK/edge/stderr-ws.log" &
+    EDGE_WS_PID=$!
+    pids+=("$EDGE_WS_PID")
+    ;;
+esac
 
 wait_up() {
     local url=$1 i
@@ -165,6 +206,11 @@ wait_up() {
 wait_up "http://127.0.0.1:$BACKEND_PORT/small.json"
 wait_up "http://127.0.0.1:$NGINX_PORT/small.json"
 wait_up "http://127.0.0.1:$EDGE_PORT/small.json"
+case " $TESTS " in *" ws "*)
+    wait_up "http://127.0.0.1:$SIM_PORT/_sim/echo"
+    wait_up "http://127.0.0.1:$EDGE_WS_PORT/_sim/echo"
+    ;;
+esac
 
 cat >"$WORK/post.lua" <<'EOF'
 wrk.method = "POST"
@@ -181,9 +227,11 @@ port_of() { case $1 in direct) echo "$BACKEND_PORT" ;; edge) echo "$EDGE_PORT" ;
 pid_of() { case $1 in direct) echo "$BACKEND_PID" ;; edge) echo "$EDGE_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
 
 RESULTS="$WORK/results.tsv" # round test target req_s p50_ms cpu_us_per_req
+WS_RESULTS="$WORK/ws.tsv"   # round target messages p50_us p99_us cpu_us_per_message
+: >"$WS_RESULTS"
 : >"$RESULTS"
 echo "machine: $(nproc) CPUs; load average before: $(loadavg)"
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds; realtime-edge allocator: ${EDGE_PRELOAD:-system (glibc)}"
 
 run_one() {
     local round=$1 test=$2 target=$3 port pid url t0 t1 out
@@ -218,6 +266,21 @@ run_one() {
         }' >>"$RESULTS"
 }
 
+ws_port_of() { case $1 in direct) echo "$SIM_PORT" ;; edge) echo "$EDGE_WS_PORT" ;; nginx) echo "$NGINX_WS_PORT" ;; esac; }
+ws_pid_of() { case $1 in direct) echo "$SIM_PID" ;; edge) echo "$EDGE_WS_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+
+# One connection, one message in flight: RTT percentiles and the proxy's
+# (for "direct": the echo backend's) CPU per message.
+run_ws() {
+    local round=$1 target=$2 pid t0 t1 out
+    pid=$(ws_pid_of "$target")
+    t0=$(ticks "$pid")
+    out=$("$EDGE_BIN" bench-ws-rtt --url "ws://127.0.0.1:$(ws_port_of "$target")/_sim/ws-echo" --messages "$WS_MESSAGES")
+    t1=$(ticks "$pid")
+    echo "$out" | awk -v r="$round" -v tg="$target" -v dt=$((t1 - t0)) -v hz="$CLK_TCK" \
+        '{ printf "%s\t%s\t%d\t%.1f\t%.1f\t%.1f\n", r, tg, $1, $2, $3, ($1 > 0 ? dt * 1e6 / hz / $1 : 0) }' >>"$WS_RESULTS"
+}
+
 # Warm-up: connections open, pools filled, pages faulted in.
 for target in direct edge nginx; do
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$(port_of "$target")/small.json" >/dev/null
@@ -232,7 +295,11 @@ for round in $(seq 1 "$ROUNDS"); do
             2) order="edge nginx direct" ;;
             0) order="nginx direct edge" ;;
         esac
-        for target in $order; do run_one "$round" "$test" "$target"; done
+        if [ "$test" = ws ]; then
+            for target in $order; do run_ws "$round" "$target"; done
+        else
+            for target in $order; do run_one "$round" "$test" "$target"; done
+        fi
     done
 done
 EDGE_RSS=$(rss_kib "$EDGE_PID")
@@ -266,6 +333,28 @@ awk -F'\t' -v tests_list="$TESTS" -v edge_rss="$EDGE_RSS" -v nginx_rss="$NGINX_R
         }
         printf "\nresident memory after the 1 MiB runs: realtime-edge %.1f MiB, nginx %.1f MiB\n", edge_rss / 1024, nginx_rss / 1024;
     }' "$RESULTS"
+if [ -s "$WS_RESULTS" ]; then
+    echo
+    awk -F'\t' '
+        function median(list,   a, n, i, j, t) {
+            n = split(list, a, " ");
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2;
+        }
+        { p50[$2] = p50[$2] " " $4; p99[$2] = p99[$2] " " $5; cpu[$2] = cpu[$2] " " $6 }
+        END {
+            printf "| WebSocket echo, 1 connection | direct p50 / p99 | realtime-edge p50 / p99 | nginx p50 / p99 | p50 edge / nginx | CPU/message edge / nginx | CPU ratio |\n";
+            printf "|---|---|---|---|---|---|---|\n";
+            ep = median(p50["edge"]); np = median(p50["nginx"]); ec = median(cpu["edge"]); nc = median(cpu["nginx"]);
+            printf "| 64 B text, one in flight | %.0f / %.0f µs | %.0f / %.0f µs | %.0f / %.0f µs | %.2fx | %.1f / %.1f µs | %.2fx |\n",
+                median(p50["direct"]), median(p99["direct"]), ep, median(p99["edge"]), np, median(p99["nginx"]),
+                (np > 0 ? ep / np : 0), ec, nc, (nc > 0 ? ec / nc : 0);
+        }' "$WS_RESULTS"
+fi
 echo
 echo "per run (round, test, target, req/s, p50 ms, CPU µs/request):"
 cat "$RESULTS"
+if [ -s "$WS_RESULTS" ]; then
+    echo "WebSocket echo per run (round, target, messages, p50 µs, p99 µs, CPU µs/message):"
+    cat "$WS_RESULTS"
+fi

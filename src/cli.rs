@@ -129,7 +129,7 @@ pub enum Command {
         /// Publish rates for the fan-out run.
         #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000")]
         fanout_rates: Vec<u32>,
-        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), k (flag propagation across 3 replicas; needs redis-server), n (three replicas on Redis; needs redis-server), r (chat room), u (uploads); k, n, r and u are not in the default.
+        /// Scenarios to run: any of a (upstream load), b (latency), c (memory), d (fan-out), e (flag flip), f (V1 facade), k (flag propagation across 3 replicas; needs redis-server), n (three replicas on Redis; needs redis-server), r (chat room), u (uploads), x (events lost across flips), y (clients that stopped reading), z (drain); k, n, r, u and x-z are not in the default.
         #[arg(long, default_value = "abcdef")]
         scenarios: String,
         /// Members of the chat room (scenario f).
@@ -138,10 +138,22 @@ pub enum Command {
         /// Runs of the scenarios; each figure is printed as the median and min-max over them.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
         runs: u64,
+        /// Flag flips of scenario x (lost and duplicated events across flips).
+        #[arg(long, default_value_t = 1000)]
+        flips: usize,
+        /// Clients that stop reading in scenario y (peak RSS).
+        #[arg(long, default_value_t = 200)]
+        stalled_clients: usize,
+        /// Streams drained in scenario z.
+        #[arg(long, default_value_t = 10_000)]
+        drain_clients: usize,
     },
     /// A benchmark client process (started by `bench`).
     #[command(hide = true)]
     BenchWorker(bench::worker::WorkerOptions),
+    /// One WebSocket connection's echo round-trip time (bench/compare-nginx.sh).
+    #[command(hide = true)]
+    BenchWsRtt(bench::ws_rtt::RttOptions),
 }
 
 #[derive(Subcommand)]

@@ -237,6 +237,9 @@ fn main() -> ExitCode {
                 scenarios,
                 chat_members,
                 runs,
+                flips,
+                stalled_clients,
+                drain_clients,
             } => {
                 let opts = bench::BenchOptions {
                     clients,
@@ -249,6 +252,9 @@ fn main() -> ExitCode {
                     scenarios,
                     chat_members,
                     runs: usize::try_from(runs).unwrap_or(1),
+                    flips,
+                    stalled_clients,
+                    drain_clients,
                 };
                 let table = bench::run(opts).await?;
                 cli_output::line(&table.to_string());
@@ -269,6 +275,11 @@ fn main() -> ExitCode {
                 .context("simulate"),
             Command::BenchWorker(opts) => {
                 bench::worker::run(opts).await;
+                Ok(())
+            }
+            Command::BenchWsRtt(opts) => {
+                let line = bench::ws_rtt::run(opts).await.context("bench-ws-rtt")?;
+                cli_output::line(&line);
                 Ok(())
             }
             Command::Check { .. } => Ok(()),

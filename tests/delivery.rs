@@ -140,6 +140,49 @@ async fn a_replay_larger_than_the_queue_arrives_whole() {
     sim.shutdown().await;
 }
 
+/// The chaos soak's 1013 (issue 16): a burst of legal events many times
+/// larger than the client's queue, and larger than the org's replay window
+/// (a V1 answer after a long upstream outage, a resumed native backlog),
+/// reaches the hub in one go and is pushed in one turn, before the
+/// connection could write anything. A client that reads gets every event
+/// once and in order, in both modes, and then live events again; it is not
+/// closed with 1013.
+#[tokio::test]
+async fn a_burst_larger_than_the_queue_and_the_window_reaches_a_reading_client() {
+    let sim = start_sim(std::time::Duration::from_secs(25)).await;
+    let sc = start_sidecar(config(
+        &sim.base_url(),
+        "stream: {batch_window_ms: 20, hub_linger_ms: 500, max_event_bytes: 4096, batch_max_bytes: 4096, max_queue_bytes: 65536, replay_events: 100}\n",
+    ))
+    .await;
+    set_flags(&sc, "REALTIME_STREAMING_V2=true&REALTIME_ALLOWLIST_ORGS=2").await;
+    let (mut polled, _) = subscribe(sc.client_addr, 1, hello(&["finance"])).await;
+    let (mut native, ack) = subscribe(sc.client_addr, 2, hello(&["finance"])).await;
+    assert_eq!(ack["mode"], "native");
+    pollers(&sim, 1).await;
+    eventually("one native link", || async {
+        sim.state.stats_json()["nativeActive"] == 1
+    })
+    .await;
+    for (org, ws) in [(1u64, &mut polled), (2, &mut native)] {
+        // 300 events of 3 KB: about 14 times the 64 KiB queue, three times
+        // the 100 events of the window.
+        let burst = sim
+            .state
+            .publish(org, "finance", (0..300).map(|_| padded(3000)).collect());
+        let (got, msgs) = collect_ids(ws, &ids(&burst)).await;
+        assert_eq!(got, burst, "org {org}: every event once, in order");
+        assert_byte_bounded(&msgs, 4096);
+        let live = sim.state.publish(org, "finance", vec![json!({})]);
+        let (got, _) = collect_ids(ws, &ids(&live)).await;
+        assert_eq!(got, live, "org {org}: live again after the burst");
+    }
+    let m = sidecar_metrics(&sc).await;
+    assert_eq!(m["activeConnections"], 2, "{m}");
+    sc.shutdown().await;
+    sim.shutdown().await;
+}
+
 #[test]
 fn the_queue_must_hold_the_largest_event() {
     let err = realtime_edge::config::Config::from_yaml(

@@ -386,7 +386,7 @@ async fn a_failing_service_does_not_disturb_the_others_and_recovers() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off() {
     let (sim, sc) = rig(
-        "stream: {max_queue_bytes: 65536, max_event_bytes: 16384, batch_max_bytes: 16384, batch_window_ms: 5}\n",
+        "stream: {max_queue_bytes: 65536, max_event_bytes: 16384, batch_max_bytes: 16384, batch_window_ms: 5, replay_bytes: 1048576}\n",
     )
     .await;
     // A raw socket with a tiny receive window that never reads.

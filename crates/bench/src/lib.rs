@@ -10,12 +10,14 @@
 mod chat;
 mod cluster;
 mod cluster_flags;
+mod delivery;
 mod facade;
 pub mod histogram;
 mod runs;
 mod uploads;
 mod v1_clients;
 pub mod worker;
+pub mod ws_rtt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,13 +50,19 @@ pub struct BenchOptions {
     pub memory_steps: Vec<usize>,
     pub flip_orgs: usize,
     pub fanout_rates: Vec<u32>,
-    /// Letters of the scenarios to run (a-f, k, n, r, u).
+    /// Letters of the scenarios to run (a-f, k, n, r, u, x-z).
     pub scenarios: String,
     /// Members of the chat room (scenario f).
     pub chat_members: usize,
     /// How many times the scenarios run; each figure is reported as the
     /// median and min-max over the runs.
     pub runs: usize,
+    /// Flag flips of scenario x.
+    pub flips: usize,
+    /// Clients that stop reading in scenario y.
+    pub stalled_clients: usize,
+    /// Streams drained in scenario z.
+    pub drain_clients: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +133,18 @@ impl SidecarProcess {
         std::fs::write(
             &config,
             format!(
-                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nupstream: {{base_url: \"{backend}\"}}\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\nstream: {{max_connections: 18000}}\n{extra}"
+                "listen: \"{client_addr}\"\nadmin_listen: \"{admin_addr}\"\nauth: {{jwt_secret: \"{SECRET}\"}}\nflags: {{file: null}}\n{}{}{extra}",
+                // `extra` may bring its own upstream or stream section.
+                if extra.contains("upstream:") {
+                    String::new()
+                } else {
+                    format!("upstream: {{base_url: \"{backend}\"}}\n")
+                },
+                if extra.contains("stream:") {
+                    ""
+                } else {
+                    "stream: {max_connections: 18000}\n"
+                },
             ),
         )?;
         let child = Command::new(exe)
@@ -791,6 +810,18 @@ async fn run_once(o: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     if has('k') {
         eprintln!("bench: k. flag propagation across replicas ...");
         cluster_flags::flag_propagation(&exe, &mut rows).await?;
+    }
+    if has('x') {
+        eprintln!("bench: x. flips without loss ...");
+        delivery::flips_without_loss(&exe, &o, &mut rows).await?;
+    }
+    if has('y') {
+        eprintln!("bench: y. clients that stopped reading ...");
+        delivery::stalled_clients(&exe, &o, &mut rows).await?;
+    }
+    if has('z') {
+        eprintln!("bench: z. drain ...");
+        delivery::drain(&exe, &o, &mut rows).await?;
     }
     Ok(rows)
 }

@@ -52,7 +52,7 @@ pub(crate) use flags::FlagsConfig;
 pub use legacy::{DEFAULT_SERVICES, LegacyConfig, ServiceConfig};
 pub(crate) use lifecycle::{LimitsConfig, PassthroughConfig, ShutdownConfig};
 pub use listen::TlsConfig;
-pub(crate) use stream::StreamConfig;
+pub use stream::StreamConfig;
 pub(crate) use uploads::UploadsConfig;
 pub(crate) use upstream::UpstreamConfig;
 
@@ -135,7 +135,7 @@ pub struct Config {
     /// Where flags come from.
     pub flags: FlagsConfig,
     /// Stream tuning and delivery bounds.
-    pub(crate) stream: StreamConfig,
+    pub stream: StreamConfig,
     /// Services in configuration order.
     pub services: Vec<ServiceConfig>,
     /// Field and parameter names of the V1 endpoints, and the V1 facade.

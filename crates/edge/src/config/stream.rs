@@ -41,7 +41,7 @@ const QUEUE_HEADROOM: usize = 64 * 1024;
 
 /// Stream tuning; see CONTRACT section 2.
 #[derive(Debug, Clone)]
-pub(crate) struct StreamConfig {
+pub struct StreamConfig {
     /// How long events are gathered before a batch is sent.
     pub(crate) batch_window: Duration,
     /// Events one message carries at most.
@@ -52,8 +52,9 @@ pub(crate) struct StreamConfig {
     pub(crate) handshake_timeout: Duration,
     /// Events the replay window of one org keeps at most.
     pub(crate) replay_events: usize,
-    /// Send queue of one client, in bytes; past it the client is closed with 1013.
-    pub(crate) max_queue_bytes: usize,
+    /// Send queue of one client, in bytes; past it the client is handed the
+    /// org's shared events, up to `replay_bytes` of them (hub::queue), then 1013.
+    pub max_queue_bytes: usize,
     /// Recent eventIds remembered per org for de-duplication.
     pub(crate) dedup_events: usize,
     /// Client connections accepted at once; the rest get 503.
@@ -66,7 +67,7 @@ pub(crate) struct StreamConfig {
     /// Largest event delivered; larger ones are dropped with `EVENT_TOO_LARGE`.
     pub(crate) max_event_bytes: usize,
     /// Bytes of events the replay window of one org keeps at most.
-    pub(crate) replay_bytes: usize,
+    pub replay_bytes: usize,
     /// How long an org's positions and replay window outlive its last client.
     pub(crate) resume_ttl: Duration,
     /// A client that sends nothing (not even a Pong) for this long is dropped.

@@ -8,6 +8,10 @@ pub(crate) mod session;
 mod stream_guard;
 mod write;
 
+/// How much a client's socket write buffer may hold (the benchmark states
+/// the per-client memory bound with it).
+pub use session::write_buffer_limit;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -123,7 +123,9 @@ pub(crate) async fn run<S>(
 
     // ---- join the org's hub ------------------------------------------------
     let session = registry.next_session_id();
-    let queue = SessionQueue::new(cfg.stream.max_queue_bytes);
+    // Behind by more than its queue, a client is sent the org's shared
+    // events, up to what the replay window holds in bytes (hub::queue).
+    let queue = SessionQueue::with_lag_budget(cfg.stream.max_queue_bytes, cfg.stream.replay_bytes);
     let (reply_tx, reply_rx) = oneshot::channel();
     let req = Box::new(JoinRequest {
         session,
@@ -304,7 +306,7 @@ pub(crate) fn ws_config(cfg: &Config) -> tokio_tungstenite::tungstenite::protoco
 }
 
 /// Room for one largest message plus a pending control frame (pong, close).
-pub(crate) fn write_buffer_limit(cfg: &Config) -> usize {
+pub fn write_buffer_limit(cfg: &Config) -> usize {
     const CONTROL_SLACK: usize = 4096;
     cfg.stream.max_message_bytes.saturating_add(CONTROL_SLACK)
 }

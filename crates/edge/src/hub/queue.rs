@@ -1,10 +1,30 @@
 //! The send queue of one client connection, bounded in bytes.
 //!
 //! The hub pushes frames without ever waiting; the connection's task drains
-//! them to the socket. When a client falls further behind than
-//! `max_queue_bytes`, the queue drops what it holds, marks itself
-//! overflowed, and the connection closes with 1013 (the client resumes with
-//! lastSeq). One stalled client so costs at most its queue.
+//! them to the socket. A burst of events can be many times larger than
+//! `max_queue_bytes`, and larger than the org's replay window, and still
+//! arrive in one hub turn (a V1 answer after a long upstream outage, a
+//! resumed native backlog), before the connection could write anything;
+//! closing then would cut off clients that read. So an event message that
+//! does not fit is not queued as text: the queue becomes *lagging* and
+//! takes that message's events, and every later one's, as shared pointers
+//! to the hub's stored events ([`Outgoing::Replay`], rendered into messages
+//! as the connection writes them). They cost one pointer each: the events
+//! themselves are the ones every other client of the org and the replay
+//! window hold. Once the connection has taken everything queued, the queue
+//! is no longer lagging.
+//!
+//! What a lagging queue pins is bounded by its lag budget
+//! (`stream.replay_bytes`, counting each event's bytes plus
+//! [`PIN_OVERHEAD`]): a client that stopped reading passes it and its queue
+//! closes (1013, "resume with lastSeq"); it could not have resumed from
+//! further behind anyway. The events pinned by the lagging clients of one
+//! org are a suffix of its stream no longer than the budget, so they cost at
+//! most one budget per org, however many clients stopped.
+//!
+//! Control messages (keep-alives, errors) are queued with [`CONTROL_SLACK`]
+//! of room beyond the bound in a queue that carries events; past that the
+//! queue drops what it holds and closes (1013).
 //!
 //! A resume's replay is queued as one [`Outgoing::Replay`] item holding the
 //! window's shared events, not their text: the connection renders it into
@@ -105,6 +125,17 @@ pub enum Outgoing {
     Replay(Vec<Arc<Stored>>),
 }
 
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// An event message not queued because the queue is lagging: its
+    /// events go to [`SessionQueue::push_lagged`].
+    Lagging,
+    /// The queue is closed.
+    Closed,
+}
+
 /// Why the queue stopped accepting frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueClosed {
@@ -112,55 +143,100 @@ pub enum QueueClosed {
     Overflow,
 }
 
+/// What one pinned event counts against the lag budget besides its bytes
+/// (the pointer and its share of the list), so a flood of tiny events is
+/// bounded too.
+pub const PIN_OVERHEAD: usize = 64;
+
+/// Room for control messages beyond `max_queue_bytes` in a queue that
+/// carries event messages: a keep-alive or an error arriving while a burst
+/// fills the queue must not close a client that reads.
+pub const CONTROL_SLACK: usize = 64 * 1024;
+
 struct Inner {
     frames: VecDeque<Outgoing>,
     bytes: usize,
     closed: Option<QueueClosed>,
+    /// Set while event messages are taken as pinned events: what they
+    /// count against the lag budget (see the module docs).
+    lag: Option<usize>,
+    /// Set by the first event message: from then on control messages get
+    /// [`CONTROL_SLACK`] (a queue of control messages only, like a chat
+    /// connection's, keeps its exact bound).
+    carries_events: bool,
 }
 
 pub struct SessionQueue {
     inner: Mutex<Inner>,
     notify: Notify,
     max_bytes: usize,
+    lag_budget: usize,
 }
 
 impl SessionQueue {
+    /// A queue of `max_bytes` that never lags: an event message that does
+    /// not fit closes it (a chat connection, a V1 facade request).
     pub fn new(max_bytes: usize) -> Arc<SessionQueue> {
+        Self::with_lag_budget(max_bytes, 0)
+    }
+
+    /// A stream connection's queue: past `max_bytes`, event messages are
+    /// pinned as shared events up to `lag_budget` (module docs).
+    pub fn with_lag_budget(max_bytes: usize, lag_budget: usize) -> Arc<SessionQueue> {
         Arc::new(SessionQueue {
             inner: Mutex::new(Inner {
                 frames: VecDeque::new(),
                 bytes: 0,
                 closed: None,
+                lag: None,
+                carries_events: false,
             }),
             notify: Notify::new(),
             max_bytes,
+            lag_budget,
         })
     }
 
     /// Appends a frame; returns false when the queue is (now) closed.
     pub fn push(&self, frame: Frame) -> bool {
+        !matches!(self.offer(frame), Pushed::Closed)
+    }
+
+    /// Appends a frame and says what became of it.
+    pub fn offer(&self, frame: Frame) -> Pushed {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.closed.is_some() {
-            return false;
+            return Pushed::Closed;
         }
         let len = frame.text.len();
-        if g.bytes + len > self.max_bytes {
-            g.frames.clear();
-            g.frames.shrink_to_fit();
-            g.bytes = 0;
-            g.closed = Some(QueueClosed::Overflow);
-            drop(g);
-            self.notify.notify_one();
-            return false;
+        let bytes = g.bytes.saturating_add(len);
+        if frame.delivery.is_some() {
+            g.carries_events = true;
+            // An event message that does not fit: its events are to be
+            // pinned instead ([`SessionQueue::push_lagged`]).
+            if g.lag.is_some() {
+                return Pushed::Lagging;
+            }
+            if bytes > self.max_bytes {
+                g.lag = Some(0);
+                return Pushed::Lagging;
+            }
+        } else {
+            let slack = if g.carries_events { CONTROL_SLACK } else { 0 };
+            if bytes > self.max_bytes.saturating_add(slack) {
+                drop(g);
+                self.close_overflow();
+                return Pushed::Closed;
+            }
         }
-        g.bytes += len;
+        g.bytes = bytes;
         g.frames.push_back(Outgoing::Frame(frame));
         let was_empty = g.frames.len() == 1;
         drop(g);
         if was_empty {
             self.notify.notify_one();
         }
-        true
+        Pushed::Queued
     }
 
     /// Queues replayed events; they are not counted against `max_queue_bytes`
@@ -182,6 +258,49 @@ impl SessionQueue {
         true
     }
 
+    /// Closes the queue for a client too far behind (1013) and frees what
+    /// it holds.
+    pub fn close_overflow(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.frames.clear();
+        g.frames.shrink_to_fit();
+        g.bytes = 0;
+        g.lag = None;
+        g.closed = Some(QueueClosed::Overflow);
+        drop(g);
+        self.notify.notify_one();
+    }
+
+    /// Queues the events of a message that [`SessionQueue::offer`] answered
+    /// `Lagging` for, as shared pointers; past the lag budget the queue
+    /// closes (1013). Returns false when the queue is (now) closed.
+    pub fn push_lagged(&self, events: Vec<Arc<Stored>>) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.closed.is_some() {
+            return false;
+        }
+        let cost = events.iter().fold(0usize, |a, e| {
+            a.saturating_add(e.bytes()).saturating_add(PIN_OVERHEAD)
+        });
+        let pinned = g.lag.unwrap_or(0).saturating_add(cost);
+        if pinned > self.lag_budget {
+            drop(g);
+            self.close_overflow();
+            return false;
+        }
+        g.lag = Some(pinned);
+        let was_empty = g.frames.is_empty();
+        match g.frames.back_mut() {
+            Some(Outgoing::Replay(list)) => list.extend(events),
+            _ => g.frames.push_back(Outgoing::Replay(events)),
+        }
+        drop(g);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
     /// Takes everything queued, or the reason the queue closed.
     pub fn take(&self, out: &mut Vec<Outgoing>) -> Result<(), QueueClosed> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +309,8 @@ impl SessionQueue {
         }
         out.extend(g.frames.drain(..));
         g.bytes = 0;
+        // Everything pinned is the connection's now: no longer lagging.
+        g.lag = None;
         if g.frames.capacity() > 64 {
             g.frames.shrink_to_fit();
         }
@@ -226,6 +347,81 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(q.take(&mut out), Err(QueueClosed::Overflow));
         assert!(!q.push(Frame::control("1".into())));
+    }
+
+    fn stored(seq: u64, pad: usize) -> Arc<Stored> {
+        let raw = format!(r#"{{"eventId":"e{seq}","pad":"{}"}}"#, "x".repeat(pad));
+        Arc::new(Stored {
+            seq,
+            service: 0,
+            raw: serde_json::value::RawValue::from_string(raw).unwrap(),
+            property: None,
+            origin_ms: 0,
+            live: true,
+        })
+    }
+
+    fn event(seq: u64, pad: usize) -> Frame {
+        Frame::events(&[stored(seq, pad)], "finance", Some(ServingMode::Poll)).unwrap()
+    }
+
+    /// A burst larger than the queue makes it lag instead of closing: the
+    /// events that do not fit are pinned, in order after what was queued,
+    /// and once the connection took everything the queue takes text again.
+    #[test]
+    fn an_event_burst_past_the_bound_is_pinned_in_order() {
+        let q = SessionQueue::with_lag_budget(2 * event(1, 100).text.len() + 10, 10_000);
+        assert_eq!(q.offer(event(1, 100)), Pushed::Queued);
+        assert_eq!(q.offer(event(2, 100)), Pushed::Queued);
+        assert_eq!(q.offer(event(3, 100)), Pushed::Lagging);
+        assert!(q.push_lagged(vec![stored(3, 100)]));
+        // Lagging: later messages are pinned too, even ones that would fit.
+        assert_eq!(q.offer(event(4, 10)), Pushed::Lagging);
+        assert!(q.push_lagged(vec![stored(4, 10)]));
+        assert!(q.push(Frame::control("x".repeat(200))));
+        assert_eq!(q.is_closed(), None);
+        let mut out = Vec::new();
+        q.take(&mut out).unwrap();
+        let seqs: Vec<String> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Frame(f) if f.delivery.is_some() => "frame".into(),
+                Outgoing::Frame(_) => "control".into(),
+                Outgoing::Replay(p) => format!("{:?}", p.iter().map(|e| e.seq).collect::<Vec<_>>()),
+            })
+            .collect();
+        assert_eq!(seqs, ["frame", "frame", "[3, 4]", "control"]);
+        assert_eq!(q.offer(event(5, 10)), Pushed::Queued);
+    }
+
+    /// A client that stops reading is closed once what it pins passes the
+    /// lag budget.
+    #[test]
+    fn pinning_past_the_lag_budget_closes() {
+        let q = SessionQueue::with_lag_budget(event(1, 100).text.len(), 1000);
+        assert_eq!(q.offer(event(1, 100)), Pushed::Queued);
+        assert_eq!(q.offer(event(2, 400)), Pushed::Lagging);
+        assert!(q.push_lagged(vec![stored(2, 400)]));
+        assert!(!q.push_lagged(vec![stored(3, 400), stored(4, 400)]));
+        assert_eq!(q.is_closed(), Some(QueueClosed::Overflow));
+        assert_eq!(q.queued_bytes(), 0);
+        // A queue without a lag budget closes at the first pin.
+        let q = SessionQueue::new(event(1, 100).text.len());
+        assert_eq!(q.offer(event(1, 100)), Pushed::Queued);
+        assert_eq!(q.offer(event(2, 100)), Pushed::Lagging);
+        assert!(!q.push_lagged(vec![stored(2, 100)]));
+    }
+
+    /// A lagging queue gives control messages only a bounded slack.
+    #[test]
+    fn control_messages_past_the_slack_close_a_lagging_queue() {
+        let q = SessionQueue::with_lag_budget(event(1, 200).text.len() + 10, 10_000);
+        assert_eq!(q.offer(event(1, 200)), Pushed::Queued);
+        assert_eq!(q.offer(event(2, 200)), Pushed::Lagging);
+        assert!(q.push(Frame::control("x".repeat(CONTROL_SLACK / 2))));
+        assert!(!q.push(Frame::control("x".repeat(CONTROL_SLACK))));
+        assert_eq!(q.is_closed(), Some(QueueClosed::Overflow));
+        assert_eq!(q.queued_bytes(), 0);
     }
 
     #[test]

@@ -287,7 +287,11 @@ impl OrgHub {
                     continue;
                 };
                 for (_, q) in members {
-                    q.push(frame.clone());
+                    // A client behind by more than its queue gets the
+                    // events themselves, shared (hub::queue).
+                    if q.offer(frame.clone()) == Pushed::Lagging {
+                        q.push_lagged(batch.iter().map(|e| Arc::clone(e)).collect());
+                    }
                 }
             }
         }

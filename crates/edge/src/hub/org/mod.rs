@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::dedup::RecentIds;
-use super::queue::{Frame, SessionQueue};
+use super::queue::{Frame, Pushed, SessionQueue};
 use super::replay::{ReplayWindow, Stored, ViewKey, batches};
 use super::switching::{self, Handover};
 use super::tokens::TokenPool;
