@@ -280,9 +280,28 @@ pub async fn replicas(
         "cluster: {{redis_url: \"{}\", name: \"bench\"}}\n",
         redis.url
     );
+    // Each replica's id: the member that appears when it starts.
     let mut replicas = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for _ in 0..REPLICAS {
         replicas.push(SidecarProcess::spawn_with(exe, &sim.base_url(), &extra).await?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let new: Vec<String> = redis
+                .members()
+                .await?
+                .into_iter()
+                .filter(|m| !ids.contains(m))
+                .collect();
+            if let [id] = new.as_slice() {
+                ids.push(id.clone());
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(step("a replica did not join the cluster"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     // The clients of all replicas connect together, so every replica has
     // demand for every org when the leases are first taken: the owners
@@ -325,42 +344,43 @@ pub async fn replicas(
         .collect();
     let stop = sim.spawn_generator(generator(RATE, o.orgs));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let members = redis.members().await?;
+    // The victim: the replica owning the most orgs (not the last one,
+    // which holds the probes).
     let owners = redis.owners(o.orgs).await?;
-    let mut victim = replicas.remove(0);
+    let owned = |id: &str| -> Vec<u64> {
+        owners
+            .iter()
+            .filter(|(_, h)| h.as_deref() == Some(id))
+            .map(|(&org, _)| org)
+            .collect()
+    };
+    let v = (0..REPLICAS - 1)
+        .max_by_key(|&i| owned(&ids[i]).len())
+        .unwrap_or(0);
+    let victim_id = ids[v].clone();
+    let victim_orgs = owned(&victim_id);
+    let mut victim = replicas.remove(v);
     let killed_at = Instant::now();
     let _ = victim.child.start_kill();
     let _ = victim.child.wait().await;
-    drop(workers.remove(0));
-    // The killed replica is the member that lapses; its orgs are taken
-    // over when their leases name another replica.
+    drop(workers.remove(v));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let victim_orgs = loop {
-        let gone: Vec<String> = members
-            .difference(&redis.members().await?)
-            .cloned()
-            .collect();
-        if let [id] = gone.as_slice() {
-            let orgs: Vec<u64> = owners
-                .iter()
-                .filter(|(_, h)| h.as_deref() == Some(id.as_str()))
-                .map(|(&org, _)| org)
-                .collect();
-            let now = redis.owners(o.orgs).await?;
-            let moved = orgs.iter().all(|org| {
-                now.get(org)
-                    .is_some_and(|h| h.as_deref().is_some_and(|h| h != id))
-            });
-            if moved {
-                break orgs.len();
-            }
+    loop {
+        let now = redis.owners(o.orgs).await?;
+        let moved = victim_orgs.iter().all(|org| {
+            now.get(org)
+                .is_some_and(|h| h.as_deref().is_some_and(|h| h != victim_id))
+        });
+        if moved {
+            break;
         }
         if Instant::now() > deadline {
             return Err(step("the killed replica's orgs were not taken over"));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    }
     let failover = killed_at.elapsed();
+    let victim_orgs = victim_orgs.len();
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(stop);
     tokio::time::sleep(Duration::from_secs(2)).await;
