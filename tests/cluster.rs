@@ -304,6 +304,12 @@ async fn redis_lost_then_back_empty_clients_keep_receiving_and_old_positions_do_
     // Each replica polls for its own clients now.
     pollers(&sim, 2).await;
     round(&mut wa, &mut wb).await;
+    // A client of an org new to the replica is served meanwhile too.
+    let (mut newcomer, _) = subscribe(a.client_addr, 4, hello(&["finance"])).await;
+    pollers(&sim, 3).await;
+    let ids = publish(&sim, 4, 2);
+    receive_exactly(&mut newcomer, &ids).await;
+    drop(newcomer);
 
     redis.restart();
     eventually("both replicas back in the cluster", || async {
