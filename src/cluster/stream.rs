@@ -173,8 +173,6 @@ pub enum SourceAfter {
 /// One event read from an org's stream.
 #[derive(Debug)]
 pub struct StreamEvent {
-    /// The stream entry id (where a reader continues).
-    pub entry: String,
     pub seq: u64,
     pub generation: u64,
     pub id: Box<str>,
@@ -379,7 +377,6 @@ pub fn parse_entry(entry: &StreamId, names: &[String]) -> Result<StreamEvent, En
     })?;
     let property = field("p")?;
     Ok(StreamEvent {
-        entry: entry.id.clone(),
         seq,
         generation,
         id: field("i")?.into(),
