@@ -304,6 +304,12 @@ async fn redis_lost_then_back_empty_clients_keep_receiving_and_old_positions_do_
     // Each replica polls for its own clients now.
     pollers(&sim, 2).await;
     round(&mut wa, &mut wb).await;
+    // A client of an org new to the replica is served meanwhile too.
+    let (mut newcomer, _) = subscribe(a.client_addr, 4, hello(&["finance"])).await;
+    pollers(&sim, 3).await;
+    let ids = publish(&sim, 4, 2);
+    receive_exactly(&mut newcomer, &ids).await;
+    drop(newcomer);
 
     redis.restart();
     eventually("both replicas back in the cluster", || async {
@@ -348,6 +354,21 @@ async fn one_native_link_per_org_for_the_cluster() {
         sim.state.native_active() == 1
     })
     .await;
+    // The link is open before it has subscribed: events reach it from an
+    // event published once it has (one comes through to both clients).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event through the native link"
+        );
+        let probe = publish(&sim, 3, 1);
+        let got = drain_ids(&mut wa, std::time::Duration::from_millis(200)).await;
+        if got.contains(&probe[0]) {
+            drain_ids(&mut wb, std::time::Duration::from_millis(200)).await;
+            break;
+        }
+    }
     let ids = publish(&sim, 3, 3);
     receive_exactly(&mut wa, &ids).await;
     receive_exactly(&mut wb, &ids).await;

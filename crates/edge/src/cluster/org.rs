@@ -250,10 +250,18 @@ impl Agent {
     /// lease, or take a free one.
     async fn round(&mut self) {
         if !self.shared {
+            let redis_up = *self.link.up().borrow();
+            // Members are known once a heartbeat succeeded: Redis was up
+            // and is down now, so there is no point in waiting for it.
+            let known_down = !redis_up && !self.link.members().borrow().is_empty();
             if self.local_told {
-                if !*self.link.up().borrow() || !self.rejoin().await {
+                if !redis_up || !self.rejoin().await {
                     return;
                 }
+            } else if known_down {
+                self.local_told = true;
+                self.tell(ClusterUpdate::Local).await;
+                return;
             } else if let Err(e) = self.join().await {
                 tracing::debug!(org = self.org, error = %e, "org could not join the shared stream");
                 self.local_told = true;

@@ -25,7 +25,7 @@ use super::stream::OrgKeys;
 use crate::auth::OrgId;
 
 /// One renewal round. KEYS: demand, lease, epoch, src, then the org's
-/// stream-state keys (their TTL is refreshed). ARGV: replica, lease ms,
+/// stream-state keys (the owner refreshes their TTL). ARGV: replica, lease ms,
 /// org, the lease value held ('' for none), state TTL ms.
 /// Returns {1, value} (still owner), {2, value, src fields} (just became
 /// owner) or {0, holder} (not owner; holder '' when the lease is free).
@@ -36,13 +36,16 @@ local lease_ms = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + lease_ms, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], lease_ms * 4)
-for i = 3, #KEYS do
-  redis.call('PEXPIRE', KEYS[i], ARGV[5])
+local function keep_state()
+  for i = 3, #KEYS do
+    redis.call('PEXPIRE', KEYS[i], ARGV[5])
+  end
 end
 local cur = redis.call('GET', KEYS[2])
 if cur then
   if ARGV[4] ~= '' and cur == ARGV[4] then
     redis.call('PEXPIRE', KEYS[2], lease_ms)
+    keep_state()
     return {1, cur}
   end
   return {0, cur}
@@ -56,6 +59,7 @@ if best ~= ARGV[1] then return {0, ''} end
 local epoch = redis.call('INCR', KEYS[3])
 local v = ARGV[1] .. ':' .. epoch
 redis.call('SET', KEYS[2], v, 'PX', lease_ms)
+keep_state()
 return {2, v, redis.call('HGETALL', KEYS[4])}
 ";
 

@@ -31,8 +31,9 @@ use crate::protocol::PropertyKey;
 
 /// Appends accepted events if the caller's lease (fencing epoch) is the
 /// current one. KEYS: lease, pos, gen, ids, events, src. ARGV: lease
-/// value, stream cap, dedup cap, number of events, then six
-/// per event (id, service, property, origin ms, live, payload), then
+/// value, stream cap, dedup cap, number of events, then seven
+/// per event (id, service, property, origin ms, live, payload, source
+/// position after it), then
 /// field/value pairs for `src`. Returns {-1} when fenced off, else
 /// {appended, head}.
 const APPEND: &str = r"
@@ -50,13 +51,13 @@ local n = tonumber(ARGV[4])
 local appended = 0
 local head = 0
 for i = 0, n - 1 do
-  local a = 5 + i * 6
+  local a = 5 + i * 7
   local id = ARGV[a]
   if not redis.call('ZSCORE', KEYS[4], id) then
     head = redis.call('INCR', KEYS[2])
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*',
       'n', fmt(head), 'g', gen, 'i', id, 's', ARGV[a + 1], 'p', ARGV[a + 2],
-      'o', ARGV[a + 3], 'l', ARGV[a + 4], 'd', ARGV[a + 5])
+      'o', ARGV[a + 3], 'l', ARGV[a + 4], 'c', ARGV[a + 6], 'd', ARGV[a + 5])
     redis.call('ZADD', KEYS[4], head, id)
     appended = appended + 1
   end
@@ -64,7 +65,7 @@ end
 if appended > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))
 end
-local s = 5 + n * 6
+local s = 5 + n * 7
 if #ARGV >= s then
   redis.call('HSET', KEYS[6], unpack(ARGV, s))
 end
@@ -149,11 +150,29 @@ pub struct SourcePositions {
     pub native: Option<u64>,
 }
 
+impl SourcePositions {
+    /// The source position after an event of `service`, as written into
+    /// its stream entry: `c:<V1 cursor>`, `n:<native lastSeq>` or empty.
+    /// A replica that has to serve on its own starts its sources there.
+    fn after(&self, service: u16) -> String {
+        match self.cursors.iter().find(|(s, _)| *s == service) {
+            Some((_, c)) => format!("c:{c}"),
+            None => self.native.map(|n| format!("n:{n}")).unwrap_or_default(),
+        }
+    }
+}
+
+/// A source position read back from a stream entry (see
+/// [`SourcePositions::after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceAfter {
+    Cursor(String),
+    Native(u64),
+}
+
 /// One event read from an org's stream.
 #[derive(Debug)]
 pub struct StreamEvent {
-    /// The stream entry id (where a reader continues).
-    pub entry: String,
     pub seq: u64,
     pub generation: u64,
     pub id: Box<str>,
@@ -162,6 +181,8 @@ pub struct StreamEvent {
     pub property: Option<PropertyKey>,
     pub origin_ms: i64,
     pub live: bool,
+    /// Where the owner's source stood after this event.
+    pub after: Option<SourceAfter>,
 }
 
 /// Why a stream entry was skipped.
@@ -255,7 +276,8 @@ impl Scripts {
                 .arg(e.property.as_ref().map_or("", |p| &*p.0))
                 .arg(e.origin_ms)
                 .arg(if e.live { "1" } else { "0" })
-                .arg(e.raw.get());
+                .arg(e.raw.get())
+                .arg(positions.after(e.service));
         }
         for (s, cursor) in &positions.cursors {
             if let Some(name) = names.get(*s as usize) {
@@ -355,7 +377,6 @@ pub fn parse_entry(entry: &StreamId, names: &[String]) -> Result<StreamEvent, En
     })?;
     let property = field("p")?;
     Ok(StreamEvent {
-        entry: entry.id.clone(),
         seq,
         generation,
         id: field("i")?.into(),
@@ -364,6 +385,13 @@ pub fn parse_entry(entry: &StreamId, names: &[String]) -> Result<StreamEvent, En
         property: (!property.is_empty()).then(|| PropertyKey(property.into())),
         origin_ms: field("o")?.parse().unwrap_or(0),
         live: field("l")? == "1",
+        after: entry.get::<String>("c").and_then(|c| {
+            if let Some(cursor) = c.strip_prefix("c:") {
+                Some(SourceAfter::Cursor(cursor.to_string()))
+            } else {
+                c.strip_prefix("n:")?.parse().ok().map(SourceAfter::Native)
+            }
+        }),
     })
 }
 
@@ -402,6 +430,15 @@ mod tests {
         ];
         let e = parse_entry(&entry(&good), &names).unwrap();
         assert_eq!((e.seq, e.generation, e.service), (5, 3, 1));
+        assert_eq!(e.after, None);
+        let mut with_cursor = good.to_vec();
+        with_cursor.push(("c", "c:abc"));
+        let e = parse_entry(&entry(&with_cursor), &names).unwrap();
+        assert_eq!(e.after, Some(SourceAfter::Cursor("abc".into())));
+        with_cursor.pop();
+        with_cursor.push(("c", "n:17"));
+        let e = parse_entry(&entry(&with_cursor), &names).unwrap();
+        assert_eq!(e.after, Some(SourceAfter::Native(17)));
         assert_eq!(e.property, Some(PropertyKey("12".into())));
         assert!(e.live);
         let mut bad = good;

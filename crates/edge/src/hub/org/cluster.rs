@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::cluster::org::{AppendBatch, ClusterUpdate, OrgLink};
-use crate::cluster::stream::{Outgoing, SourcePositions, StreamEvent};
+use crate::cluster::stream::{Outgoing, SourceAfter, SourcePositions, StreamEvent};
 
 /// How the hub serves an org in cluster mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,6 +404,19 @@ impl OrgHub {
                 self.boundary();
             }
             self.seq = e.seq;
+            // A replica that has to serve on its own starts its sources
+            // where the owner's stood after what this one has read.
+            if !self.cluster.as_ref().is_some_and(|c| c.owner) {
+                match &e.after {
+                    Some(SourceAfter::Cursor(c)) => {
+                        if let Some(slot) = self.slots.get_mut(e.service as usize) {
+                            slot.cursor = Some(c.clone());
+                        }
+                    }
+                    Some(SourceAfter::Native(n)) => self.native_seq = Some(*n),
+                    None => {}
+                }
+            }
             if !self.delivered.insert(&e.id) {
                 continue;
             }
