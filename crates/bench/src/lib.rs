@@ -9,7 +9,7 @@
 
 mod chat;
 mod facade;
-pub mod histogram;
+pub(crate) mod histogram;
 mod processes;
 mod runs;
 mod scenarios;

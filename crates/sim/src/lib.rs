@@ -8,12 +8,12 @@
 
 mod chat;
 mod generator;
-pub mod jwks;
+pub(crate) mod jwks;
 mod native;
 mod state;
 mod uploads;
 mod v1;
-pub mod writes;
+pub(crate) mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use chat::{ChatCounters, ChatStore};
+pub(crate) use chat::ChatStore;
 pub use generator::GeneratorConfig;
 pub use state::{Fault, SimState};
 pub use uploads::{StoredFile, UploadStore, checksum};

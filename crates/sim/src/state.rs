@@ -33,7 +33,7 @@ pub enum Fault {
 
 impl Fault {
     /// Parses the control API's `{"kind": ..., ...}`.
-    pub fn from_json(v: &Value) -> Result<Fault, String> {
+    pub(crate) fn from_json(v: &Value) -> Result<Fault, String> {
         let kind = v.get("kind").and_then(Value::as_str).unwrap_or("none");
         Ok(match kind {
             "none" => Fault::None,
@@ -63,18 +63,18 @@ impl Fault {
 
 /// One published event.
 #[derive(Debug)]
-pub struct LoggedEvent {
+pub(crate) struct LoggedEvent {
     /// Position in the org's log (also the native stream's seq).
-    pub idx: u64,
-    pub service: String,
-    pub json: Box<serde_json::value::RawValue>,
+    pub(crate) idx: u64,
+    pub(crate) service: String,
+    pub(crate) json: Box<serde_json::value::RawValue>,
 }
 
 pub struct OrgLog {
-    pub events: VecDeque<Arc<LoggedEvent>>,
+    pub(crate) events: VecDeque<Arc<LoggedEvent>>,
     /// The newest position; 0 before any event.
     pub last: u64,
-    pub changed: watch::Sender<u64>,
+    pub(crate) changed: watch::Sender<u64>,
 }
 
 impl OrgLog {
@@ -87,7 +87,7 @@ impl OrgLog {
     }
 
     /// Events after `after`, of the given services (all when `None`).
-    pub fn after(&self, after: u64, services: Option<&[String]>) -> Vec<Arc<LoggedEvent>> {
+    pub(crate) fn after(&self, after: u64, services: Option<&[String]>) -> Vec<Arc<LoggedEvent>> {
         let start = self.events.partition_point(|e| e.idx <= after);
         self.events
             .range(start..)
@@ -96,22 +96,22 @@ impl OrgLog {
             .collect()
     }
 
-    pub fn first_idx(&self) -> u64 {
+    pub(crate) fn first_idx(&self) -> u64 {
         self.events.front().map_or(self.last + 1, |e| e.idx)
     }
 }
 
 /// Counters the control API reports.
 #[derive(Default)]
-pub struct SimCounters {
-    pub requests_by_service: Mutex<BTreeMap<String, u64>>,
-    pub requests_by_org: Mutex<BTreeMap<OrgId, u64>>,
-    pub active_polls: Mutex<BTreeMap<String, i64>>,
-    pub active_polls_total: AtomicI64,
-    pub unauthorized: AtomicU64,
-    pub native_active: AtomicI64,
-    pub native_total: AtomicU64,
-    pub published: AtomicU64,
+pub(crate) struct SimCounters {
+    pub(crate) requests_by_service: Mutex<BTreeMap<String, u64>>,
+    pub(crate) requests_by_org: Mutex<BTreeMap<OrgId, u64>>,
+    pub(crate) active_polls: Mutex<BTreeMap<String, i64>>,
+    pub(crate) active_polls_total: AtomicI64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) native_active: AtomicI64,
+    pub(crate) native_total: AtomicU64,
+    pub(crate) published: AtomicU64,
 }
 
 pub struct SimState {
@@ -119,18 +119,18 @@ pub struct SimState {
     orgs: Mutex<HashMap<OrgId, OrgLog>>,
     faults: Mutex<HashMap<String, Fault>>,
     /// Bumped to close every native connection; while true, new ones get 503.
-    pub native_down: watch::Sender<bool>,
-    pub counters: SimCounters,
+    pub(crate) native_down: watch::Sender<bool>,
+    pub(crate) counters: SimCounters,
     log_capacity: usize,
     next_event: AtomicU64,
     /// Tokens the backend refuses with 401 although they verify.
     revoked: Mutex<std::collections::HashSet<String>>,
     /// The key set served at `/.well-known/jwks.json`.
-    pub jwks: super::jwks::JwksDoc,
+    pub(crate) jwks: super::jwks::JwksDoc,
 }
 
 impl SimState {
-    pub fn new(services: Vec<(String, String)>, log_capacity: usize) -> Arc<SimState> {
+    pub(crate) fn new(services: Vec<(String, String)>, log_capacity: usize) -> Arc<SimState> {
         Arc::new(SimState {
             services,
             orgs: Mutex::new(HashMap::new()),
@@ -144,7 +144,7 @@ impl SimState {
         })
     }
 
-    pub fn has_service(&self, name: &str) -> bool {
+    pub(crate) fn has_service(&self, name: &str) -> bool {
         self.services.iter().any(|(n, _)| n == name)
     }
 
@@ -207,7 +207,7 @@ impl SimState {
         }
     }
 
-    pub fn fault(&self, service: &str) -> Fault {
+    pub(crate) fn fault(&self, service: &str) -> Fault {
         self.faults
             .lock()
             .ok()
@@ -222,7 +222,7 @@ impl SimState {
         }
     }
 
-    pub fn is_revoked(&self, token: &str) -> bool {
+    pub(crate) fn is_revoked(&self, token: &str) -> bool {
         self.revoked
             .lock()
             .map(|r| r.contains(token))
@@ -233,7 +233,7 @@ impl SimState {
         self.native_down.send_replace(down);
     }
 
-    pub fn count_request(&self, service: &str, org: Option<OrgId>) {
+    pub(crate) fn count_request(&self, service: &str, org: Option<OrgId>) {
         if let Ok(mut m) = self.counters.requests_by_service.lock() {
             *m.entry(service.to_string()).or_default() += 1;
         }
@@ -244,7 +244,7 @@ impl SimState {
         }
     }
 
-    pub fn poll_started(&self, service: &str, delta: i64) {
+    pub(crate) fn poll_started(&self, service: &str, delta: i64) {
         self.counters
             .active_polls_total
             .fetch_add(delta, Ordering::Relaxed);

@@ -30,9 +30,9 @@ use realtime_edge::auth::OrgId;
 use realtime_edge::http_server::{self, Body, BoxError, json, json_error};
 
 /// The legacy multipart endpoint.
-pub const LEGACY_PATH: &str = "/documents/upload";
+pub(crate) const LEGACY_PATH: &str = "/documents/upload";
 /// The native upload stream.
-pub const NATIVE_PATH: &str = "/v2/documents/upload/stream";
+pub(crate) const NATIVE_PATH: &str = "/v2/documents/upload/stream";
 /// Largest file the simulator accepts.
 const MAX_FILE_BYTES: u64 = 1 << 31;
 

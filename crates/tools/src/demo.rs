@@ -22,7 +22,7 @@ pub struct DemoOptions {
 }
 
 /// The flags file the demo uses when it is started in a checkout.
-pub const DEMO_FLAGS_FILE: &str = "flags/flags.yaml";
+pub(crate) const DEMO_FLAGS_FILE: &str = "flags/flags.yaml";
 
 /// The demo's flags file: `flags/flags.yaml` when it exists in the current
 /// directory (so the file-based path can be tried), else none.

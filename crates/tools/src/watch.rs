@@ -67,7 +67,7 @@ fn reason_suffix(reason: &str) -> String {
 }
 
 /// What a close code means for a client of the stream (docs/protocol.md).
-pub fn close_code_meaning(code: u16) -> &'static str {
+pub(crate) fn close_code_meaning(code: u16) -> &'static str {
     match code {
         1000 => "normal close",
         1001 => "the sidecar is shutting down; reconnect with lastSeq",
