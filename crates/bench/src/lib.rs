@@ -6,6 +6,7 @@
 //! `bench-worker` child processes (a process here holds at most 20,000
 //! file descriptors), spread over several 127.0.0.x source addresses.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod chat;
 mod facade;
@@ -43,12 +44,19 @@ const SERVICES: [&str; 3] = ["finance", "staff", "tasks"];
 /// What to run and at which size.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// Stream clients of the load, latency and fan-out runs.
     pub clients: usize,
+    /// Orgs the clients are spread over.
     pub orgs: u64,
+    /// Published events per second of the latency run.
     pub events_per_second: u32,
+    /// How long each measurement lasts.
     pub measure: Duration,
+    /// Idle connection counts of the memory run.
     pub memory_steps: Vec<usize>,
+    /// Orgs of the flag-flip run.
     pub flip_orgs: usize,
+    /// Publish rates of the fan-out run.
     pub fanout_rates: Vec<u32>,
     /// Letters of the scenarios to run (a-f, r, u).
     pub scenarios: String,
@@ -59,10 +67,13 @@ pub struct BenchOptions {
     pub runs: usize,
 }
 
+/// Why a benchmark run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// A process, socket or file operation failed.
     #[error("benchmark I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// A scenario step did not reach its condition.
     #[error("benchmark step failed: {0}")]
     Step(String),
 }

@@ -5,6 +5,7 @@
 //! (`writes`), and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod chat;
 mod generator;
@@ -42,16 +43,21 @@ use realtime_edge::http_server::{self, Body, BoxError, ServerLimits, json, json_
 /// How the simulated backend behaves.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// The HS256 secret tokens are verified with.
     pub jwt_secret: String,
+    /// The claim holding the org id.
     pub org_claim: String,
     /// How long a V1 request is held when nothing is pending.
     pub hold: Duration,
     /// (name, v1_path) of each service.
     pub services: Vec<(String, String)>,
+    /// Path of the native stream.
     pub native_path: String,
+    /// Interval of the native stream's `ping` messages.
     pub ping_interval: Duration,
     /// Events kept per org for cursors and native resume.
     pub log_capacity: usize,
+    /// An event generator started with the simulator.
     pub generator: Option<GeneratorConfig>,
 }
 
@@ -75,7 +81,9 @@ impl Default for SimConfig {
 
 /// A running simulated backend.
 pub struct Simulator {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The V1 and native state: event logs, faults, counters.
     pub state: Arc<SimState>,
     /// The document upload endpoints' state.
     pub uploads: Arc<UploadStore>,
@@ -165,10 +173,12 @@ impl Simulator {
         stop_tx
     }
 
+    /// `http://{addr}`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Stops serving and waits (briefly) for its tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {

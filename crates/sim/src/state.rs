@@ -15,6 +15,7 @@ use realtime_edge::clock;
 /// A fault injected into one service's V1 endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
+    /// Serve normally.
     None,
     /// Answer with this HTTP status.
     Status(u16),
@@ -114,7 +115,10 @@ pub(crate) struct SimCounters {
     pub(crate) published: AtomicU64,
 }
 
+/// What the simulated backend holds: per-org event logs, faults, the
+/// native stream's switches and the request counters.
 pub struct SimState {
+    /// (name, v1_path) of each service.
     pub services: Vec<(String, String)>,
     orgs: Mutex<HashMap<OrgId, OrgLog>>,
     faults: Mutex<HashMap<String, Fault>>,
@@ -201,6 +205,7 @@ impl SimState {
         ids
     }
 
+    /// Injects a fault into one service's V1 endpoint (`Fault::None` clears it).
     pub fn set_fault(&self, service: &str, fault: Fault) {
         if let Ok(mut f) = self.faults.lock() {
             f.insert(service.to_string(), fault);
@@ -229,6 +234,7 @@ impl SimState {
             .unwrap_or(false)
     }
 
+    /// Takes the native stream down (its links are closed and refused) or back up.
     pub fn set_native_down(&self, down: bool) {
         self.native_down.send_replace(down);
     }
@@ -272,6 +278,7 @@ impl SimState {
             .unwrap_or(0)
     }
 
+    /// The counters as `GET /_sim/stats` shows them.
     pub fn stats_json(&self) -> Value {
         let c = &self.counters;
         let by_org: BTreeMap<String, u64> = c

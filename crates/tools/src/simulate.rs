@@ -55,14 +55,19 @@ pub struct SimulateOptions {
     pub(crate) print_token: bool,
 }
 
+/// Why the simulated backend could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
+    /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
+    /// The simulated backend did not start.
     #[error("cannot start the simulated backend: {0}")]
     Start(#[source] std::io::Error),
 }
