@@ -169,19 +169,11 @@ impl Probes {
         let received = self.received.lock().map(|r| r.clone()).unwrap_or_default();
         let (mut lost, mut dup, mut expected_total) = (0, 0, 0);
         for (&org, &start) in from {
-            let expected: HashSet<String> = sim.state.with_org(org, |log| {
-                log.events
-                    .iter()
-                    .filter(|e| e.idx > start && SERVICES.contains(&e.service.as_str()))
-                    .filter_map(|e| {
-                        serde_json::from_str::<serde_json::Value>(e.json.get())
-                            .ok()?
-                            .get("eventId")?
-                            .as_str()
-                            .map(str::to_string)
-                    })
-                    .collect()
-            });
+            let expected: HashSet<String> = sim
+                .state
+                .with_org(org, |log| log.event_ids_after(start, &SERVICES))
+                .into_iter()
+                .collect();
             let got: Vec<&String> = received
                 .get(&org)
                 .into_iter()
@@ -215,18 +207,10 @@ async fn steady(
     let stop = sim.spawn_generator(generator(RATE, o.orgs));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let requests = sim.state.total_requests();
-    let published = sim
-        .state
-        .counters
-        .published
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let published = sim.state.published();
     let (hist, events, _) = measure(workers, o.measure).await?;
     let rate = (sim.state.total_requests() - requests) as f64 / o.measure.as_secs_f64();
-    let published = sim
-        .state
-        .counters
-        .published
-        .load(std::sync::atomic::Ordering::Relaxed)
+    let published = sim.state.published()
         - published;
     drop(stop);
     Ok((rate, hist, events, published))

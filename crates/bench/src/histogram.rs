@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const GROWTH: f64 = 1.02;
 /// Enough buckets for 1 µs .. ~1000 s.
-pub const BUCKETS: usize = 1400;
+pub(crate) const BUCKETS: usize = 1400;
 
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: Vec<AtomicU64>,
 }
 
@@ -32,17 +32,17 @@ fn bucket_upper(i: usize) -> f64 {
 }
 
 impl Histogram {
-    pub fn record(&self, micros: u64) {
+    pub(crate) fn record(&self, micros: u64) {
         self.counts[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         for c in &self.counts {
             c.store(0, Ordering::Relaxed);
         }
     }
 
-    pub fn snapshot(&self) -> Vec<u64> {
+    pub(crate) fn snapshot(&self) -> Vec<u64> {
         self.counts
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
@@ -52,12 +52,12 @@ impl Histogram {
 
 /// Counts merged from several histograms.
 #[derive(Debug, Clone, Default)]
-pub struct Merged {
-    pub counts: Vec<u64>,
+pub(crate) struct Merged {
+    pub(crate) counts: Vec<u64>,
 }
 
 impl Merged {
-    pub fn add(&mut self, counts: &[u64]) {
+    pub(crate) fn add(&mut self, counts: &[u64]) {
         if self.counts.len() < counts.len() {
             self.counts.resize(counts.len(), 0);
         }
@@ -66,12 +66,12 @@ impl Merged {
         }
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
 
     /// The latency (ms) below which `q` of the samples fall.
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile_ms(&self, q: f64) -> Option<f64> {
         let total = self.total();
         if total == 0 {
             return None;

@@ -86,7 +86,7 @@ fn median(sorted: &[f64]) -> f64 {
 /// The same cell from every run, as one: each number the median, with
 /// `(min-max)` after it where the runs differ. Cells whose wording differs
 /// between runs (a different count of numbers) are listed per run instead.
-pub fn combine(cells: &[&str]) -> String {
+pub(crate) fn combine(cells: &[&str]) -> String {
     let Some(first) = cells.first() else {
         return String::new();
     };
@@ -123,7 +123,7 @@ pub fn combine(cells: &[&str]) -> String {
 }
 
 /// The machine's 1, 5 and 15 minute load averages, as `/proc/loadavg` says.
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

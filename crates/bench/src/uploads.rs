@@ -172,7 +172,7 @@ fn mib_per_s(bytes: usize, d: Duration) -> f64 {
 }
 
 /// Runs scenario u and appends its rows.
-pub async fn run(rows: &mut Vec<Row>) -> Result<(), BenchError> {
+pub(crate) async fn run(rows: &mut Vec<Row>) -> Result<(), BenchError> {
     let sim = start_sim(Duration::from_secs(25)).await?;
     let spool = std::env::temp_dir().join(format!(
         "re-bench-spool-{}-{}",
@@ -338,7 +338,7 @@ const CONCURRENT: usize = 50;
 
 /// Peak RSS of a sidecar child process while `CONCURRENT` version-2
 /// uploads of 50 MiB run at once (spooled and delivered).
-pub async fn concurrent_memory(
+pub(crate) async fn concurrent_memory(
     exe: &std::path::PathBuf,
     rows: &mut Vec<Row>,
 ) -> Result<(), BenchError> {

@@ -19,17 +19,17 @@ use super::histogram::Histogram;
 use super::worker::publish_times;
 
 /// A crowd of V1 long-poll loops.
-pub struct V1Clients {
+pub(crate) struct V1Clients {
     running: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
     /// Publish-to-answer latency of every event received, in microseconds.
-    pub latency: Arc<Histogram>,
+    pub(crate) latency: Arc<Histogram>,
 }
 
 impl V1Clients {
     /// `clients` browsers spread over orgs 1..=orgs, each polling every path
     /// of `paths` at `base_url` (no trailing slash).
-    pub fn start(
+    pub(crate) fn start(
         base_url: &str,
         paths: &[String],
         clients: usize,
@@ -62,7 +62,7 @@ impl V1Clients {
         }
     }
 
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.running.store(false, Ordering::Relaxed);
         for t in self.tasks {
             t.abort();

@@ -23,20 +23,20 @@ use realtime_edge::protocol;
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerOptions {
     #[arg(long)]
-    pub target: SocketAddr,
+    pub(crate) target: SocketAddr,
     #[arg(long)]
-    pub secret: String,
+    pub(crate) secret: String,
     #[arg(long)]
-    pub source_ip: IpAddr,
+    pub(crate) source_ip: IpAddr,
     #[arg(long)]
-    pub clients: usize,
+    pub(crate) clients: usize,
     /// Client i belongs to org `org_start + i % org_count`.
     #[arg(long)]
-    pub org_start: u64,
+    pub(crate) org_start: u64,
     #[arg(long)]
-    pub org_count: u64,
+    pub(crate) org_count: u64,
     #[arg(long, value_delimiter = ',')]
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
 }
 
 #[derive(Default)]
@@ -49,7 +49,7 @@ struct Counters {
 }
 
 /// Extracts every `"t_us":N` of a message without parsing the JSON.
-pub fn publish_times(text: &str) -> impl Iterator<Item = i64> + '_ {
+pub(crate) fn publish_times(text: &str) -> impl Iterator<Item = i64> + '_ {
     text.match_indices("\"t_us\":").filter_map(move |(i, m)| {
         let rest = &text[i + m.len()..];
         let end = rest

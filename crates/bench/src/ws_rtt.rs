@@ -26,8 +26,10 @@ pub struct RttOptions {
 /// Why a measurement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RttError {
+    /// The connection failed.
     #[error("WebSocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The echo endpoint stopped answering.
     #[error("the echo endpoint stopped answering")]
     NoAnswer,
 }

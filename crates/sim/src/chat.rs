@@ -26,10 +26,10 @@ use realtime_edge::auth::OrgId;
 use realtime_edge::clock;
 use realtime_edge::http_server::{self, Body, json, json_error};
 
-pub const HISTORY_PATH: &str = "/collaboration/chat/history";
-pub const MESSAGES_PATH: &str = "/collaboration/chat/messages";
-pub const RECEIPTS_PATH: &str = "/collaboration/chat/receipts";
-pub const STREAM_PATH: &str = realtime_edge::chat::CHAT_PATH;
+pub(crate) const HISTORY_PATH: &str = "/collaboration/chat/history";
+pub(crate) const MESSAGES_PATH: &str = "/collaboration/chat/messages";
+pub(crate) const RECEIPTS_PATH: &str = "/collaboration/chat/receipts";
+pub(crate) const STREAM_PATH: &str = realtime_edge::chat::CHAT_PATH;
 
 /// Messages kept per room.
 const ROOM_CAPACITY: usize = 1000;
@@ -47,7 +47,7 @@ pub struct ChatCounters {
     pub messages: AtomicU64,
     pub receipts: AtomicU64,
     /// Messages actually stored (idempotent repeats excluded).
-    pub saved: AtomicU64,
+    pub(crate) saved: AtomicU64,
     pub native_connections: AtomicU64,
 }
 
@@ -162,7 +162,7 @@ impl ChatStore {
         }
     }
 
-    pub fn stats_json(&self) -> Value {
+    pub(crate) fn stats_json(&self) -> Value {
         let c = &self.counters;
         json!({
             "history": c.history.load(Ordering::Relaxed),

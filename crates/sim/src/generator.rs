@@ -11,6 +11,7 @@ use super::SimState;
 /// What the generator publishes.
 #[derive(Debug, Clone)]
 pub struct GeneratorConfig {
+    /// Events published per second, spread over orgs and services.
     pub events_per_second: u32,
     /// Orgs 1..=orgs receive events.
     pub orgs: u64,

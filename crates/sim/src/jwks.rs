@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use realtime_edge::http_server::{Body, json};
 
 /// Where the simulator serves its key set.
-pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub(crate) const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 /// The document served at [`JWKS_PATH`]; an empty key set until set.
-pub struct JwksDoc(Mutex<Value>);
+pub(crate) struct JwksDoc(Mutex<Value>);
 
 impl Default for JwksDoc {
     fn default() -> Self {
@@ -24,11 +24,11 @@ impl Default for JwksDoc {
 
 impl JwksDoc {
     /// Replaces the served document.
-    pub fn set(&self, doc: Value) {
+    pub(crate) fn set(&self, doc: Value) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = doc;
     }
 
-    pub fn serve(&self) -> Response<Body> {
+    pub(crate) fn serve(&self) -> Response<Body> {
         let doc = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         json(StatusCode::OK, &doc)
     }

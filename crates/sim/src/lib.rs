@@ -5,14 +5,16 @@
 //! (`writes`), and a control API under `/_sim/`
 //! (publish, faults, counters) that is also available in-process.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod chat;
 mod generator;
-pub mod jwks;
+pub(crate) mod jwks;
 mod native;
 mod state;
 mod uploads;
-pub mod writes;
+mod v1;
+pub(crate) mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use chat::{ChatCounters, ChatStore};
+pub(crate) use chat::ChatStore;
 pub use generator::GeneratorConfig;
 pub use state::{Fault, SimState};
 pub use uploads::{StoredFile, UploadStore, checksum};
@@ -41,16 +43,21 @@ use realtime_edge::http_server::{self, Body, BoxError, ServerLimits, json, json_
 /// How the simulated backend behaves.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// The HS256 secret tokens are verified with.
     pub jwt_secret: String,
+    /// The claim holding the org id.
     pub org_claim: String,
     /// How long a V1 request is held when nothing is pending.
     pub hold: Duration,
     /// (name, v1_path) of each service.
     pub services: Vec<(String, String)>,
+    /// Path of the native stream.
     pub native_path: String,
+    /// Interval of the native stream's `ping` messages.
     pub ping_interval: Duration,
     /// Events kept per org for cursors and native resume.
     pub log_capacity: usize,
+    /// An event generator started with the simulator.
     pub generator: Option<GeneratorConfig>,
 }
 
@@ -74,7 +81,9 @@ impl Default for SimConfig {
 
 /// A running simulated backend.
 pub struct Simulator {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The V1 and native state: event logs, faults, counters.
     pub state: Arc<SimState>,
     /// The document upload endpoints' state.
     pub uploads: Arc<UploadStore>,
@@ -164,10 +173,12 @@ impl Simulator {
         stop_tx
     }
 
+    /// `http://{addr}`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Stops serving and waits (briefly) for its tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -204,7 +215,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
     if let Some((name, _)) = ctx.cfg.services.iter().find(|(_, p)| *p == path) {
         let name = name.clone();
-        return v1(&ctx, req, &name).await;
+        return v1::serve(&ctx, req, &name).await;
     }
     if let Some(route) = writes::route(&ctx.cfg.services, req.method(), &path) {
         return write(&ctx, req, route).await;
@@ -228,119 +239,6 @@ fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<OrgId, Box<Response<B
         .unauthorized
         .fetch_add(1, Ordering::Relaxed);
     Err(Box::new(json_error(StatusCode::UNAUTHORIZED, &refusal)))
-}
-
-fn cursor_value(c: u64) -> String {
-    format!("c{c:x}")
-}
-
-fn parse_cursor(s: &str) -> Option<u64> {
-    u64::from_str_radix(s.strip_prefix('c')?, 16).ok()
-}
-
-struct PollGuard<'a>(&'a SimState, &'a str);
-
-impl Drop for PollGuard<'_> {
-    fn drop(&mut self) {
-        self.0.poll_started(self.1, -1);
-    }
-}
-
-/// `GET {v1_path}?since=cursor`: hold until events after the cursor exist
-/// or the hold time passes.
-async fn v1(ctx: &Ctx, req: Request<Incoming>, service: &str) -> Response<Body> {
-    if req.method() != Method::GET {
-        return json_error(StatusCode::METHOD_NOT_ALLOWED, "GET only");
-    }
-    let org = authorize(ctx, &req);
-    ctx.state.count_request(service, org.as_ref().ok().copied());
-    let org = match org {
-        Ok(o) => o,
-        Err(resp) => return *resp,
-    };
-    let since = req.uri().query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "since")
-            .map(|(_, v)| v.into_owned())
-    });
-    let state = &ctx.state;
-    let _guard = {
-        state.poll_started(service, 1);
-        PollGuard(state, service)
-    };
-    // The request is registered when it arrives (a request without a cursor
-    // sees what is published after that), however late it is answered.
-    let (mut after, mut changed) = state.with_org(org, |log| (log.last, log.changed.subscribe()));
-    match state.fault(service) {
-        Fault::None => {}
-        Fault::StaleCursor if since.is_some() => {
-            state.set_fault(service, Fault::None);
-            return json_error(StatusCode::GONE, "cursor no longer honoured");
-        }
-        Fault::StaleCursor => {}
-        Fault::Status(code) => {
-            return json_error(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                "injected fault",
-            );
-        }
-        Fault::Slow(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-        Fault::Garbage => {
-            return Response::builder()
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(http_server::full("<html>502 Bad Gateway</html>"))
-                .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "x"));
-        }
-        Fault::Drop => {
-            let failing = stream::once(async {
-                Err::<Frame<Bytes>, BoxError>("connection dropped by fault".into())
-            });
-            return Response::builder()
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(BodyExt::boxed(StreamBody::new(failing)))
-                .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "x"));
-        }
-        Fault::Hang => {
-            let mut shutdown = ctx.shutdown.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-                _ = shutdown.changed() => {}
-            }
-            return json_error(StatusCode::GATEWAY_TIMEOUT, "hung");
-        }
-    }
-    if let Some(s) = since {
-        match parse_cursor(&s) {
-            Some(c) => after = c,
-            None => return json_error(StatusCode::BAD_REQUEST, "invalid cursor"),
-        }
-    }
-    let deadline = tokio::time::Instant::now() + ctx.cfg.hold;
-    let services = [service.to_string()];
-    let mut shutdown = ctx.shutdown.clone();
-    loop {
-        changed.borrow_and_update();
-        let (events, last) =
-            state.with_org(org, |log| (log.after(after, Some(&services)), log.last));
-        if !events.is_empty() {
-            let body: Vec<&serde_json::value::RawValue> = events.iter().map(|e| &*e.json).collect();
-            return json(
-                StatusCode::OK,
-                &json!({"events": body, "cursor": cursor_value(last)}),
-            );
-        }
-        // Nothing for this service up to `last`: the cursor may move past it.
-        after = after.max(last);
-        tokio::select! {
-            r = changed.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = shutdown.changed() => break,
-        }
-    }
-    json(
-        StatusCode::OK,
-        &json!({"events": [], "cursor": cursor_value(after)}),
-    )
 }
 
 /// A write of the guide's walkthrough (`POST /finance/revenue`, ...):
@@ -493,14 +391,6 @@ async fn control(ctx: &Ctx, req: Request<Incoming>, path: &str) -> Response<Body
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_round_trip() {
-        assert_eq!(parse_cursor(&cursor_value(0)), Some(0));
-        assert_eq!(parse_cursor(&cursor_value(12345)), Some(12345));
-        assert_eq!(parse_cursor("12"), None);
-        assert_eq!(parse_cursor("cZZ"), None);
-    }
 
     #[test]
     fn faults_parse() {

@@ -15,6 +15,7 @@ use realtime_edge::clock;
 /// A fault injected into one service's V1 endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
+    /// Serve normally.
     None,
     /// Answer with this HTTP status.
     Status(u16),
@@ -33,7 +34,7 @@ pub enum Fault {
 
 impl Fault {
     /// Parses the control API's `{"kind": ..., ...}`.
-    pub fn from_json(v: &Value) -> Result<Fault, String> {
+    pub(crate) fn from_json(v: &Value) -> Result<Fault, String> {
         let kind = v.get("kind").and_then(Value::as_str).unwrap_or("none");
         Ok(match kind {
             "none" => Fault::None,
@@ -63,18 +64,18 @@ impl Fault {
 
 /// One published event.
 #[derive(Debug)]
-pub struct LoggedEvent {
+pub(crate) struct LoggedEvent {
     /// Position in the org's log (also the native stream's seq).
-    pub idx: u64,
-    pub service: String,
-    pub json: Box<serde_json::value::RawValue>,
+    pub(crate) idx: u64,
+    pub(crate) service: String,
+    pub(crate) json: Box<serde_json::value::RawValue>,
 }
 
 pub struct OrgLog {
-    pub events: VecDeque<Arc<LoggedEvent>>,
+    pub(crate) events: VecDeque<Arc<LoggedEvent>>,
     /// The newest position; 0 before any event.
     pub last: u64,
-    pub changed: watch::Sender<u64>,
+    pub(crate) changed: watch::Sender<u64>,
 }
 
 impl OrgLog {
@@ -87,7 +88,7 @@ impl OrgLog {
     }
 
     /// Events after `after`, of the given services (all when `None`).
-    pub fn after(&self, after: u64, services: Option<&[String]>) -> Vec<Arc<LoggedEvent>> {
+    pub(crate) fn after(&self, after: u64, services: Option<&[String]>) -> Vec<Arc<LoggedEvent>> {
         let start = self.events.partition_point(|e| e.idx <= after);
         self.events
             .range(start..)
@@ -96,41 +97,61 @@ impl OrgLog {
             .collect()
     }
 
-    pub fn first_idx(&self) -> u64 {
+    /// The eventIds of the events after position `after` of the given
+    /// services, oldest first (what a client of those services should get).
+    pub fn event_ids_after(&self, after: u64, services: &[&str]) -> Vec<String> {
+        let start = self.events.partition_point(|e| e.idx <= after);
+        self.events
+            .range(start..)
+            .filter(|e| services.contains(&e.service.as_str()))
+            .filter_map(|e| {
+                serde_json::from_str::<serde_json::Value>(e.json.get())
+                    .ok()?
+                    .get("eventId")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    pub(crate) fn first_idx(&self) -> u64 {
         self.events.front().map_or(self.last + 1, |e| e.idx)
     }
 }
 
 /// Counters the control API reports.
 #[derive(Default)]
-pub struct SimCounters {
-    pub requests_by_service: Mutex<BTreeMap<String, u64>>,
-    pub requests_by_org: Mutex<BTreeMap<OrgId, u64>>,
-    pub active_polls: Mutex<BTreeMap<String, i64>>,
-    pub active_polls_total: AtomicI64,
-    pub unauthorized: AtomicU64,
-    pub native_active: AtomicI64,
-    pub native_total: AtomicU64,
-    pub published: AtomicU64,
+pub(crate) struct SimCounters {
+    pub(crate) requests_by_service: Mutex<BTreeMap<String, u64>>,
+    pub(crate) requests_by_org: Mutex<BTreeMap<OrgId, u64>>,
+    pub(crate) active_polls: Mutex<BTreeMap<String, i64>>,
+    pub(crate) active_polls_total: AtomicI64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) native_active: AtomicI64,
+    pub(crate) native_total: AtomicU64,
+    pub(crate) published: AtomicU64,
 }
 
+/// What the simulated backend holds: per-org event logs, faults, the
+/// native stream's switches and the request counters.
 pub struct SimState {
+    /// (name, v1_path) of each service.
     pub services: Vec<(String, String)>,
     orgs: Mutex<HashMap<OrgId, OrgLog>>,
     faults: Mutex<HashMap<String, Fault>>,
     /// Bumped to close every native connection; while true, new ones get 503.
-    pub native_down: watch::Sender<bool>,
-    pub counters: SimCounters,
+    pub(crate) native_down: watch::Sender<bool>,
+    pub(crate) counters: SimCounters,
     log_capacity: usize,
     next_event: AtomicU64,
     /// Tokens the backend refuses with 401 although they verify.
     revoked: Mutex<std::collections::HashSet<String>>,
     /// The key set served at `/.well-known/jwks.json`.
-    pub jwks: super::jwks::JwksDoc,
+    pub(crate) jwks: super::jwks::JwksDoc,
 }
 
 impl SimState {
-    pub fn new(services: Vec<(String, String)>, log_capacity: usize) -> Arc<SimState> {
+    pub(crate) fn new(services: Vec<(String, String)>, log_capacity: usize) -> Arc<SimState> {
         Arc::new(SimState {
             services,
             orgs: Mutex::new(HashMap::new()),
@@ -144,7 +165,7 @@ impl SimState {
         })
     }
 
-    pub fn has_service(&self, name: &str) -> bool {
+    pub(crate) fn has_service(&self, name: &str) -> bool {
         self.services.iter().any(|(n, _)| n == name)
     }
 
@@ -201,13 +222,14 @@ impl SimState {
         ids
     }
 
+    /// Injects a fault into one service's V1 endpoint (`Fault::None` clears it).
     pub fn set_fault(&self, service: &str, fault: Fault) {
         if let Ok(mut f) = self.faults.lock() {
             f.insert(service.to_string(), fault);
         }
     }
 
-    pub fn fault(&self, service: &str) -> Fault {
+    pub(crate) fn fault(&self, service: &str) -> Fault {
         self.faults
             .lock()
             .ok()
@@ -222,18 +244,19 @@ impl SimState {
         }
     }
 
-    pub fn is_revoked(&self, token: &str) -> bool {
+    pub(crate) fn is_revoked(&self, token: &str) -> bool {
         self.revoked
             .lock()
             .map(|r| r.contains(token))
             .unwrap_or(false)
     }
 
+    /// Takes the native stream down (its links are closed and refused) or back up.
     pub fn set_native_down(&self, down: bool) {
         self.native_down.send_replace(down);
     }
 
-    pub fn count_request(&self, service: &str, org: Option<OrgId>) {
+    pub(crate) fn count_request(&self, service: &str, org: Option<OrgId>) {
         if let Ok(mut m) = self.counters.requests_by_service.lock() {
             *m.entry(service.to_string()).or_default() += 1;
         }
@@ -244,7 +267,7 @@ impl SimState {
         }
     }
 
-    pub fn poll_started(&self, service: &str, delta: i64) {
+    pub(crate) fn poll_started(&self, service: &str, delta: i64) {
         self.counters
             .active_polls_total
             .fetch_add(delta, Ordering::Relaxed);
@@ -253,7 +276,12 @@ impl SimState {
         }
     }
 
-    /// V1 requests being held right now.
+    /// Events published since the start.
+    pub fn published(&self) -> u64 {
+        self.counters.published.load(Ordering::Relaxed)
+    }
+
+    /// V1 polls parked at the backend now.
     pub fn active_polls(&self) -> i64 {
         self.counters.active_polls_total.load(Ordering::Relaxed)
     }
@@ -272,6 +300,7 @@ impl SimState {
             .unwrap_or(0)
     }
 
+    /// The counters as `GET /_sim/stats` shows them.
     pub fn stats_json(&self) -> Value {
         let c = &self.counters;
         let by_org: BTreeMap<String, u64> = c

@@ -30,9 +30,9 @@ use realtime_edge::auth::OrgId;
 use realtime_edge::http_server::{self, Body, BoxError, json, json_error};
 
 /// The legacy multipart endpoint.
-pub const LEGACY_PATH: &str = "/documents/upload";
+pub(crate) const LEGACY_PATH: &str = "/documents/upload";
 /// The native upload stream.
-pub const NATIVE_PATH: &str = "/v2/documents/upload/stream";
+pub(crate) const NATIVE_PATH: &str = "/v2/documents/upload/stream";
 /// Largest file the simulator accepts.
 const MAX_FILE_BYTES: u64 = 1 << 31;
 
@@ -52,16 +52,23 @@ fn checksum_more(mut h: u64, data: &[u8]) -> u64 {
 /// One stored document.
 #[derive(Debug, Clone)]
 pub struct StoredFile {
+    /// The org of the token it was sent with.
     pub org: OrgId,
+    /// The endpoint it arrived at: "legacy" or "native".
     pub route: &'static str,
+    /// Its filename.
     pub filename: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its [`checksum`].
     pub checksum: u64,
     /// The form's text fields (legacy) or the handshake's (native).
     pub fields: BTreeMap<String, String>,
     /// The request's Content-Length (legacy), checked against the body.
     pub content_length: Option<u64>,
+    /// The `Idempotency-Key` header it was sent with.
     pub idempotency_key: Option<String>,
+    /// The `Authorization` header it was sent with.
     pub authorization: Option<String>,
 }
 

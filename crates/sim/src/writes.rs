@@ -13,20 +13,20 @@ use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 /// Largest write body the simulator reads.
-pub const MAX_WRITE_BODY_BYTES: usize = 1 << 20;
+pub(crate) const MAX_WRITE_BODY_BYTES: usize = 1 << 20;
 
 /// A write the simulator understood: which service it belongs to and which
 /// event it publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteRoute {
-    pub service: String,
-    pub entity: String,
-    pub id: Option<String>,
-    pub action: &'static str,
+pub(crate) struct WriteRoute {
+    pub(crate) service: String,
+    pub(crate) entity: String,
+    pub(crate) id: Option<String>,
+    pub(crate) action: &'static str,
 }
 
 /// The URL prefix under which a service's writes live.
-pub fn service_prefix(v1_path: &str) -> &str {
+pub(crate) fn service_prefix(v1_path: &str) -> &str {
     match v1_path.find("/realtime/") {
         Some(i) if i > 0 => &v1_path[..i],
         _ => {
@@ -46,7 +46,11 @@ fn is_name(s: &str) -> bool {
 }
 
 /// Matches `method path` against the services' write endpoints.
-pub fn route(services: &[(String, String)], method: &Method, path: &str) -> Option<WriteRoute> {
+pub(crate) fn route(
+    services: &[(String, String)],
+    method: &Method,
+    path: &str,
+) -> Option<WriteRoute> {
     for (name, v1_path) in services {
         let prefix = service_prefix(v1_path);
         if prefix.is_empty() {
@@ -82,7 +86,11 @@ pub fn route(services: &[(String, String)], method: &Method, path: &str) -> Opti
 
 /// The event a write publishes and the entity the endpoint answers with.
 /// `body` must be a JSON object (or empty, for a delete).
-pub fn event_for(route: &WriteRoute, body: &[u8], new_id: u64) -> Result<(Value, Value), String> {
+pub(crate) fn event_for(
+    route: &WriteRoute,
+    body: &[u8],
+    new_id: u64,
+) -> Result<(Value, Value), String> {
     let mut fields: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -112,7 +120,7 @@ pub fn event_for(route: &WriteRoute, body: &[u8], new_id: u64) -> Result<(Value,
 }
 
 /// The status a successful write answers with.
-pub fn status_for(route: &WriteRoute) -> StatusCode {
+pub(crate) fn status_for(route: &WriteRoute) -> StatusCode {
     if route.action == "created" {
         StatusCode::CREATED
     } else {

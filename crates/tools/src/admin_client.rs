@@ -7,14 +7,28 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+/// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
+    /// `--admin` is not a URL.
     #[error("bad admin URL {0:?}")]
     Url(String),
+    /// No answer.
     #[error("cannot reach the admin API at {url}: {message}")]
-    Unreachable { url: String, message: String },
+    Unreachable {
+        /// The request's URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// An answer other than 2xx.
     #[error("admin API answered {status}: {body}")]
-    Refused { status: u16, body: String },
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The answer's body.
+        body: String,
+    },
 }
 
 /// One admin request; returns the pretty-printed JSON answer.

@@ -7,7 +7,7 @@ use std::io::Write;
 
 /// What to do after a failed write to standard output.
 #[derive(Debug, PartialEq, Eq)]
-pub enum WriteOutcome {
+pub(crate) enum WriteOutcome {
     Written,
     /// The reader went away (EPIPE): a normal end.
     ReaderGone,
@@ -16,7 +16,7 @@ pub enum WriteOutcome {
 }
 
 /// Writes `text` and a newline to `out` and flushes it.
-pub fn write_line(out: &mut impl Write, text: &str) -> WriteOutcome {
+pub(crate) fn write_line(out: &mut impl Write, text: &str) -> WriteOutcome {
     let result = out
         .write_all(text.as_bytes())
         .and_then(|()| out.write_all(b"\n"))

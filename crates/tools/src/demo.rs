@@ -9,20 +9,26 @@ use realtime_edge::app::{Listeners, Sidecar, StartError};
 use realtime_edge::config::{Config, ConfigError, EnvSecrets};
 use realtime_edge_sim::{GeneratorConfig, SimConfig, Simulator};
 
+/// The JWT secret the demo's backend and sidecar share (and `simulate`'s default).
 pub const DEMO_SECRET: &str = "demo-secret";
 
+/// Where and how the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// The sidecar's client listener.
     pub listen: SocketAddr,
+    /// The sidecar's admin listener.
     pub admin_listen: SocketAddr,
+    /// Events the simulated backend publishes per second.
     pub events_per_second: u32,
+    /// Orgs the events are spread over (1..=orgs).
     pub orgs: u64,
     /// Flags file to load and watch; `None` runs on defaults and the admin API.
     pub flags_file: Option<std::path::PathBuf>,
 }
 
 /// The flags file the demo uses when it is started in a checkout.
-pub const DEMO_FLAGS_FILE: &str = "flags/flags.yaml";
+pub(crate) const DEMO_FLAGS_FILE: &str = "flags/flags.yaml";
 
 /// The demo's flags file: `flags/flags.yaml` when it exists in the current
 /// directory (so the file-based path can be tried), else none.
@@ -31,12 +37,16 @@ pub fn default_flags_file() -> Option<std::path::PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// The simulated backend did not start.
     #[error("cannot start the simulated backend: {0}")]
     Backend(#[source] std::io::Error),
+    /// The demo's configuration was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The sidecar did not start.
     #[error(transparent)]
     Start(#[from] StartError),
 }

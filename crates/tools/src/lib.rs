@@ -4,6 +4,7 @@
 //! stream client), [`admin_client`] (`flags`, `drain`), and [`cli_output`]
 //! (standard output that survives a closed pipe).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admin_client;
 pub mod cli_output;

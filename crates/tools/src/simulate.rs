@@ -28,47 +28,52 @@ pub struct SimulateOptions {
         default_value = crate::demo::DEMO_SECRET,
         hide_env_values = true
     )]
-    pub jwt_secret: String,
+    pub(crate) jwt_secret: String,
     /// Claim that carries the org id.
     #[arg(long, default_value = "orgId")]
-    pub org_claim: String,
+    pub(crate) org_claim: String,
     /// Events the generator publishes per second (0: only what is written).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    pub events_per_second: u32,
+    pub(crate) events_per_second: u32,
     /// Orgs the generated events are spread over (1..=N).
     #[arg(long, default_value_t = 3)]
-    pub orgs: u64,
+    pub(crate) orgs: u64,
     /// Properties per org the generated events name (1..=N).
     #[arg(long, default_value_t = 5)]
-    pub properties: u64,
+    pub(crate) properties: u64,
     /// Seconds a V1 long-poll is held when nothing happens.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub hold_s: u64,
+    pub(crate) hold_s: u64,
     /// Org of the token printed at start-up.
     #[arg(long, default_value_t = 1)]
-    pub token_org: u64,
+    pub(crate) token_org: u64,
     /// Lifetime of the printed token, seconds (at most ten years).
     #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_TTL_S))]
-    pub token_ttl_s: u64,
+    pub(crate) token_ttl_s: u64,
     /// Print a token for --token-org and exit without serving.
     #[arg(long)]
-    pub print_token: bool,
+    pub(crate) print_token: bool,
 }
 
+/// Why the simulated backend could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
+    /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
+    /// The simulated backend did not start.
     #[error("cannot start the simulated backend: {0}")]
     Start(#[source] std::io::Error),
 }
 
 /// A token the simulated backend (and a sidecar sharing its secret) accepts.
-pub fn token(opts: &SimulateOptions) -> String {
+pub(crate) fn token(opts: &SimulateOptions) -> String {
     realtime_edge::auth::mint_hs256(
         &opts.jwt_secret,
         &opts.org_claim,

@@ -16,10 +16,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to watch.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
+    /// The stream URL.
     pub url: String,
+    /// The bearer token.
     pub token: String,
+    /// Services to subscribe to.
     pub services: Vec<String>,
+    /// `filters.propertyId`.
     pub property: Option<serde_json::Value>,
+    /// Resume after this position.
     pub last_seq: Option<u64>,
     /// Stop after this many event messages.
     pub max_events: Option<u64>,
@@ -31,29 +36,46 @@ pub struct WatchOptions {
 /// the binary prints the chain (`error: cannot connect: <cause>`).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
+    /// The URL is not a WebSocket URL.
     #[error("bad URL {url:?}")]
     Url {
+        /// The URL.
         url: String,
+        /// Why not.
         #[source]
         source: tokio_tungstenite::tungstenite::Error,
     },
+    /// The connection or upgrade failed.
     #[error("cannot connect")]
     Connect(#[source] tokio_tungstenite::tungstenite::Error),
+    /// No upgrade within this time.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The upgrade was answered with an HTTP error.
     #[error("the server refused the stream with HTTP {status}: {error}")]
-    Refused { status: u16, error: String },
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The answer's `error`.
+        error: String,
+    },
+    /// Reading or writing the stream failed.
     #[error("stream failed")]
     Stream(#[source] tokio_tungstenite::tungstenite::Error),
+    /// The server closed the stream.
     #[error(
         "the server closed the stream with code {code} ({meaning}){}",
         reason_suffix(reason)
     )]
     Closed {
+        /// The close code.
         code: u16,
+        /// What the code means in this protocol.
         meaning: &'static str,
+        /// The close reason.
         reason: String,
     },
+    /// The connection ended without a close frame.
     #[error("the connection ended without a close frame")]
     Ended,
 }
@@ -67,7 +89,7 @@ fn reason_suffix(reason: &str) -> String {
 }
 
 /// What a close code means for a client of the stream (docs/protocol.md).
-pub fn close_code_meaning(code: u16) -> &'static str {
+pub(crate) fn close_code_meaning(code: u16) -> &'static str {
     match code {
         1000 => "normal close",
         1001 => "the sidecar is shutting down; reconnect with lastSeq",
