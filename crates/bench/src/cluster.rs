@@ -31,14 +31,15 @@ const RATE: u32 = 100;
 /// Replicas of the cluster run.
 const REPLICAS: usize = 3;
 
-/// A redis-server of the benchmark's own, killed when dropped.
-struct RedisProcess {
+/// A redis-server of the benchmark's own, killed when dropped (scenarios
+/// n and k).
+pub(super) struct RedisProcess {
     _child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl RedisProcess {
-    async fn start() -> Result<RedisProcess, BenchError> {
+    pub(super) async fn start() -> Result<RedisProcess, BenchError> {
         let port = free_port().await?.port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -47,7 +48,11 @@ impl RedisProcess {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| step(format!("scenario n needs redis-server: {e}")))?;
+            .map_err(|e| {
+                step(format!(
+                    "the cluster scenarios need redis-server on the PATH: {e}"
+                ))
+            })?;
         let me = RedisProcess {
             _child: child,
             url: format!("redis://127.0.0.1:{port}"),
@@ -210,8 +215,7 @@ async fn steady(
     let published = sim.state.published();
     let (hist, events, _) = measure(workers, o.measure).await?;
     let rate = (sim.state.total_requests() - requests) as f64 / o.measure.as_secs_f64();
-    let published = sim.state.published()
-        - published;
+    let published = sim.state.published() - published;
     drop(stop);
     Ok((rate, hist, events, published))
 }

@@ -5,12 +5,10 @@
 //! shows the new version is one sample.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
-
-use super::{BenchError, Row, SidecarProcess, free_port, http_get, start_sim, step};
+use super::cluster::RedisProcess;
+use super::{BenchError, Row, SidecarProcess, http_get, start_sim, step};
 
 /// Replicas in the cluster.
 const REPLICAS: usize = 3;
@@ -18,40 +16,6 @@ const REPLICAS: usize = 3;
 const CHANGES: usize = 200;
 /// Longest a change may take to show on a replica before the run fails.
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
-
-/// A `redis-server` child process, killed on drop.
-struct RedisProcess {
-    _child: Child,
-    url: String,
-}
-
-impl RedisProcess {
-    async fn start() -> Result<RedisProcess, BenchError> {
-        let port = free_port().await?.port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| step(format!("scenario k needs redis-server on the PATH: {e}")))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                return Err(step("redis-server did not come up"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(RedisProcess {
-            _child: child,
-            url: format!("redis://127.0.0.1:{port}"),
-        })
-    }
-}
 
 /// The flags version a replica shows.
 async fn version_of(replica: &SidecarProcess) -> Option<u64> {
