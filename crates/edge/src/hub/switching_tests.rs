@@ -387,8 +387,10 @@ async fn poll_to_native_stops_the_poller_only_once_native_is_ready_body() {
     );
     // The answer that was in flight when native became ready is not enough
     // (issue 16 item 3: its cut-off may predate the link's start).
+    // (Its events are ones the link did not deliver: an answer that reaches
+    // the link's live events proves the overlap by content, see below.)
     poller
-        .answer(0, vec![event("b", 1)], "c2", sent_early)
+        .answer(0, vec![event("a", 1)], "c2", sent_early)
         .await;
     settle().await;
     assert!(!f.scripted.stopped(0), "an answer in flight is not enough");
@@ -744,5 +746,47 @@ async fn a_resumed_native_backlog_longer_than_the_dedup_set_is_not_redelivered_b
     let mut want = polled.clone();
     want.push("g1".into());
     assert_eq!(got.len(), want.len(), "no event twice");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_retiring_pollers_late_answer_stops_where_native_coverage_began() {
+    paused(a_retiring_pollers_late_answer_stops_where_native_coverage_began_body);
+}
+
+/// The 120 s soak's duplicates: a poller whose requests kept failing while
+/// the org moved to native answered at last from its old cursor, repeating
+/// more of what the link had delivered than the de-duplication set holds.
+async fn a_retiring_pollers_late_answer_stops_where_native_coverage_began_body() {
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    drain(&q);
+    let poller = Source::of(&f.scripted, 0);
+    let sent_early = tokio::time::Instant::now();
+    set(&f, &native_for(1));
+    settle().await;
+    let native = Source::of(&f.scripted, 1);
+    native.status(SourceStatus::Ready).await;
+    let live: Vec<String> = (0..5000).map(|i| format!("n{i}")).collect();
+    for chunk in live.chunks(500) {
+        native
+            .events(0, chunk.iter().map(|id| event(id, 1)).collect(), None)
+            .await;
+        settle().await;
+    }
+    assert!(!f.scripted.stopped(0), "no answer yet: still overlapping");
+    // The late answer: the gap before the link began, then all it delivered.
+    let mut late = vec![event("g1", 1), event("g2", 1)];
+    late.extend(live.iter().map(|id| event(id, 1)));
+    poller.answer(0, late, "c-old", sent_early).await;
+    settle().await;
+    assert!(
+        f.scripted.stopped(0),
+        "the poller stops at native's coverage"
+    );
+    let got = event_ids(&drain(&q));
+    let mut want = live.clone();
+    want.extend(["g1".to_string(), "g2".to_string()]);
+    assert_eq!(got.len(), want.len(), "no event twice, none lost");
     assert_eq!(got, want);
 }

@@ -2,6 +2,7 @@
 //! the replay window and the byte- and count-bounded batches pushed to
 //! every view.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -83,6 +84,23 @@ impl OrgHub {
         cursor: Option<String>,
         native_seq: Option<u64>,
     ) {
+        // A retiring poller's answer is cut where a native link's live
+        // coverage began (see `Running::live_marks`).
+        let native_marks: HashSet<Box<str>> = if self.retiring(source, service)
+            && !matches!(
+                self.sources.get(&source).map(|r| &r.kind),
+                Some(SourceKind::Native(_))
+            ) {
+            self.sources
+                .values()
+                .flat_map(|r| r.live_marks.iter())
+                .filter(|(s, _)| *s == service)
+                .map(|(_, id)| id.clone())
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let mut reached_native = false;
         self.bound_overlap(source, service, events.len());
         // Positions to restart from are taken only from the source that
         // serves: a retiring source's position is history, not a plan.
@@ -158,12 +176,23 @@ impl OrgHub {
                 r.backlog_covered.push((service, Some(poller)));
                 continue;
             }
+            if native_marks.contains(&ev.id) {
+                reached_native = true;
+                break;
+            }
             if ev.org != Some(self.org) {
                 tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
                     "dropped an event of another org (or without orgId) from the backend");
                 self.ctx.stats.count_error(ErrorKind::CrossOrg);
                 ::metrics::counter!(m::CROSS_ORG_DROPPED).increment(1);
                 continue;
+            }
+            if native
+                && ev.live
+                && let Some(r) = self.sources.get_mut(&source)
+                && r.live_marks.iter().filter(|(s, _)| *s == service).count() < COVERAGE_MARKS
+            {
+                r.live_marks.push((service, ev.id.clone()));
             }
             if !self.recent.insert(&ev.id) {
                 if backlog && let Some(r) = self.sources.get_mut(&source) {
@@ -189,6 +218,11 @@ impl OrgHub {
         }
         for (id, size) in too_large {
             self.report_too_large(service, &id, size);
+        }
+        if reached_native && let Some(r) = self.sources.remove(&source) {
+            tracing::debug!(org = self.org, service = %self.cfg.services[service as usize].name,
+                "the poller being replaced reached the native link's coverage; it stops");
+            r.handle.stop();
         }
     }
 

@@ -93,6 +93,12 @@ struct Running {
     /// backlog that reaches one of them is cut there, however many events
     /// the de-duplication set has seen since.
     first_answer_ids: Vec<Box<str>>,
+    /// A native link: its first live eventIds per service since it was last
+    /// up. It covers everything from them on, so a retiring poller's answer
+    /// that reaches one of them is cut there: a poller whose requests kept
+    /// failing answers from an old cursor and would repeat what the link
+    /// delivered, past what the de-duplication set remembers.
+    live_marks: Vec<(u16, Box<str>)>,
     handle: SourceHandle,
 }
 

@@ -41,6 +41,8 @@ impl OrgHub {
             SourceStatus::Down => {
                 running.ready = false;
                 running.ready_at = None;
+                // Coverage restarts with the link's next live events.
+                running.live_marks.clear();
                 let native = matches!(running.kind, SourceKind::Native(_));
                 if native
                     && self.newest_native() == Some(source)
@@ -386,6 +388,7 @@ impl OrgHub {
                 overlap_events: 0,
                 backlog_covered: Vec::new(),
                 first_answer_ids: Vec::new(),
+                live_marks: Vec::new(),
                 handle,
             },
         );
@@ -421,6 +424,7 @@ impl OrgHub {
                 overlap_events: 0,
                 backlog_covered: Vec::new(),
                 first_answer_ids: Vec::new(),
+                live_marks: Vec::new(),
                 handle,
             },
         );
