@@ -27,15 +27,7 @@ const RELAY_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2)
 
 /// The backend's chat stream URL: the base URL with a ws scheme.
 pub(crate) fn backend_url(base: &url::Url) -> String {
-    let scheme = if base.scheme() == "https" {
-        "wss"
-    } else {
-        "ws"
-    };
-    let host = base.host_str().unwrap_or("127.0.0.1");
-    let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
-    let prefix = base.path().trim_end_matches('/');
-    format!("{scheme}://{host}{port}{prefix}{CHAT_PATH}")
+    crate::upstream::ws_url(base, CHAT_PATH)
 }
 
 /// Relays one client connection to the backend until either side ends.

@@ -170,6 +170,20 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// `path` on the backend as a WebSocket URL: the base URL's host, port and
+/// path prefix with a ws (or wss, for https) scheme.
+pub(crate) fn ws_url(base: &url::Url, path: &str) -> String {
+    let scheme = if base.scheme() == "https" {
+        "wss"
+    } else {
+        "ws"
+    };
+    let host = base.host_str().unwrap_or("127.0.0.1");
+    let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let prefix = base.path().trim_end_matches('/');
+    format!("{scheme}://{host}{port}{prefix}{path}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

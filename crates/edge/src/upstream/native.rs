@@ -73,18 +73,9 @@ impl MalformedLog {
 
 /// The native stream URL: the base URL with a ws scheme.
 pub(crate) fn native_url(up: &Upstream) -> String {
-    let base = &up.config.upstream.base_url;
-    let scheme = if base.scheme() == "https" {
-        "wss"
-    } else {
-        "ws"
-    };
-    let host = base.host_str().unwrap_or("127.0.0.1");
-    let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
-    let prefix = base.path().trim_end_matches('/');
-    format!(
-        "{scheme}://{host}{port}{prefix}{}",
-        up.config.upstream.native_stream_path
+    super::ws_url(
+        &up.config.upstream.base_url,
+        &up.config.upstream.native_stream_path,
     )
 }
 
