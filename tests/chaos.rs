@@ -6,7 +6,9 @@
 //! end nothing is left (connections, hubs, pollers, native links).
 //!
 //! The CI form runs for a few seconds of chaos; `CHAOS_SECONDS` makes it
-//! longer.
+//! longer. `CHAOS_LOG` (a tracing filter, e.g. `warn,realtime_edge::hub=debug`)
+//! writes the sidecar's log to `chaos-soak.log` in the temporary directory:
+//! sources starting and stopping, native acks with their positions.
 
 mod common;
 
@@ -90,6 +92,19 @@ fn random_fault() -> Fault {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_delivers_exactly_once_and_leaks_nothing() {
+    if let Ok(filter) = std::env::var("CHAOS_LOG") {
+        let path = std::env::temp_dir().join("chaos-soak.log");
+        eprintln!(
+            "chaos: the sidecar's log ({filter}) goes to {}",
+            path.display()
+        );
+        let file = std::fs::File::create(path).unwrap();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init();
+    }
     let sim = start_sim(Duration::from_secs(1)).await;
     let sc = start_sidecar(config(
         &sim.base_url(),

@@ -22,11 +22,20 @@ impl RecentIds {
         }
     }
 
-    /// Records `id`; false when it was already seen.
-    pub fn insert(&mut self, id: &str) -> bool {
+    fn key(&self, id: &str) -> u64 {
         let mut h = self.hasher.build_hasher();
         h.write(id.as_bytes());
-        let key = h.finish();
+        h.finish()
+    }
+
+    /// Whether `id` is among the remembered ones.
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(&self.key(id))
+    }
+
+    /// Records `id`; false when it was already seen.
+    pub fn insert(&mut self, id: &str) -> bool {
+        let key = self.key(id);
         if !self.set.insert(key) {
             return false;
         }
@@ -61,5 +70,6 @@ mod tests {
         // "a" was forgotten, the rest are remembered.
         assert!(r.insert("a"));
         assert!(!r.insert("d"));
+        assert!(r.contains("d") && !r.contains("b"));
     }
 }

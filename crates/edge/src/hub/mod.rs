@@ -122,8 +122,13 @@ pub enum SourceStatus {
         auth: bool,
         message: String,
     },
-    /// The native link lost its connection (it keeps retrying).
+    /// The native link lost its connection (it keeps retrying). Its
+    /// coverage goes on if it resumes when it is back.
     Down,
+    /// The native link connected without resuming (the first time, or the
+    /// backend could not resume it): it covers only what is published from
+    /// now on; what was published while it was down is not in it.
+    Unresumed,
 }
 
 /// Messages into a hub.

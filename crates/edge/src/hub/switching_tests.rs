@@ -790,3 +790,122 @@ async fn a_retiring_pollers_late_answer_stops_where_native_coverage_began_body()
     assert_eq!(got.len(), want.len(), "no event twice, none lost");
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_serving_pollers_late_answer_skips_what_native_delivered_meanwhile() {
+    paused(a_serving_pollers_late_answer_skips_what_native_delivered_meanwhile_body);
+}
+
+/// The 120 s soak's duplicates, second kind: the org went back to polling
+/// while the poller's requests kept failing, so the native link (kept until
+/// the poller answers) went on delivering, dropping and resuming meanwhile;
+/// the poller's answer at last, from its old cursor, held all of that, more
+/// than the de-duplication set remembers. What lies before the link's
+/// coverage and what is newer than anything delivered arrive; nothing twice.
+async fn a_serving_pollers_late_answer_skips_what_native_delivered_meanwhile_body() {
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    let poller = Source::of(&f.scripted, 0);
+    poller
+        .answer(0, vec![event("a1", 1)], "c1", tokio::time::Instant::now())
+        .await;
+    settle().await;
+    let sent_early = tokio::time::Instant::now();
+    set(&f, &native_for(1));
+    settle().await;
+    let native = Source::of(&f.scripted, 1);
+    native.status(SourceStatus::Unresumed).await;
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
+    settle().await;
+    assert!(
+        !f.scripted.stopped(1),
+        "the link runs until the poller answers"
+    );
+    let live: Vec<String> = (0..5000).map(|i| format!("n{i}")).collect();
+    for (i, chunk) in live.chunks(500).enumerate() {
+        if i == 4 {
+            // A drop the link resumes from: its coverage goes on.
+            native.status(SourceStatus::Down).await;
+            native.status(SourceStatus::Ready).await;
+        }
+        native
+            .events(0, chunk.iter().map(|id| event(id, 1)).collect(), None)
+            .await;
+        settle().await;
+    }
+    let mut late = vec![event("g1", 1), event("g2", 1)];
+    late.extend(live.iter().map(|id| event(id, 1)));
+    late.extend([event("x1", 1), event("x2", 1)]);
+    poller.answer(0, late, "c2", sent_early).await;
+    settle().await;
+    let got = event_ids(&drain(&q));
+    let mut want = vec!["a1".to_string()];
+    want.extend(live.iter().cloned());
+    want.extend(["g1", "g2", "x1", "x2"].map(String::from));
+    assert_eq!(got.len(), want.len(), "no event twice, none lost");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_late_answer_after_a_link_restarted_without_resuming_keeps_the_gap() {
+    paused(a_late_answer_after_a_link_restarted_without_resuming_keeps_the_gap_body);
+}
+
+/// A link that could not resume covers only what came after: what a
+/// poller's late answer holds from before that is delivered, not skipped.
+async fn a_late_answer_after_a_link_restarted_without_resuming_keeps_the_gap_body() {
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    let poller = Source::of(&f.scripted, 0);
+    poller
+        .answer(0, vec![event("a1", 1)], "c1", tokio::time::Instant::now())
+        .await;
+    settle().await;
+    let sent_early = tokio::time::Instant::now();
+    set(&f, &native_for(1));
+    settle().await;
+    let native = Source::of(&f.scripted, 1);
+    native.status(SourceStatus::Unresumed).await;
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
+    settle().await;
+    let before: Vec<String> = (0..3000).map(|i| format!("b{i}")).collect();
+    native
+        .events(0, before.iter().map(|id| event(id, 1)).collect(), None)
+        .await;
+    settle().await;
+    // Down, and back without its resume: "h1" and "h2" are in no source
+    // but the poller's answer.
+    native.status(SourceStatus::Down).await;
+    native.status(SourceStatus::Unresumed).await;
+    native.status(SourceStatus::Ready).await;
+    let after: Vec<String> = (0..3000).map(|i| format!("n{i}")).collect();
+    native
+        .events(0, after.iter().map(|id| event(id, 1)).collect(), None)
+        .await;
+    settle().await;
+    let mut late: Vec<IncomingEvent> = before.iter().map(|id| event(id, 1)).collect();
+    late.extend([event("h1", 1), event("h2", 1)]);
+    late.extend(after.iter().map(|id| event(id, 1)));
+    poller.answer(0, late, "c2", sent_early).await;
+    settle().await;
+    let got = event_ids(&drain(&q));
+    for hole in ["h1", "h2"] {
+        assert_eq!(
+            got.iter().filter(|g| *g == hole).count(),
+            1,
+            "{hole} arrives once"
+        );
+    }
+    let twice = after
+        .iter()
+        .filter(|id| got.iter().filter(|g| g == id).count() != 1);
+    assert_eq!(
+        twice.count(),
+        0,
+        "what the restarted link delivered arrives once"
+    );
+}

@@ -266,14 +266,20 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                 "ack" => {
                     acked = true;
                     spec.tokens.accepted(&token);
+                    tracing::debug!(org = spec.org, source = spec.source, last_seq = ?last_seq, ack = ?msg.seq, resumed = ?msg.resumed, "native ack");
                     if msg.resumed == Some(true) {
                         backlog_until = msg.seq;
                     }
-                    if msg.resumed != Some(true) && last_seq.is_some() {
-                        tracing::info!(
-                            org = spec.org,
-                            "native stream could not resume; events during the gap may be missing"
-                        );
+                    if msg.resumed != Some(true) {
+                        if last_seq.is_some() {
+                            tracing::info!(
+                                org = spec.org,
+                                "native stream could not resume; events during the gap may be missing"
+                            );
+                        }
+                        if !send(&spec, SourceStatus::Unresumed).await {
+                            return;
+                        }
                     }
                     if !send(&spec, SourceStatus::Ready).await {
                         return;

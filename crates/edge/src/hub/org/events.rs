@@ -9,6 +9,10 @@ use tokio::time::Instant;
 
 use super::*;
 
+fn native_source(r: Option<&Running>) -> bool {
+    matches!(r.map(|r| &r.kind), Some(SourceKind::Native(_)))
+}
+
 /// How many of a poller's first eventIds mark where its coverage begins.
 const COVERAGE_MARKS: usize = 16;
 
@@ -101,6 +105,9 @@ impl OrgHub {
             HashSet::new()
         };
         let mut reached_native = false;
+        let stale = self.stale_overlap(source, service, &events);
+        let caught_up = !native_source(self.sources.get(&source)) || !events.is_empty();
+        let mut delivered = 0usize;
         self.bound_overlap(source, service, events.len());
         // Positions to restart from are taken only from the source that
         // serves: a retiring source's position is history, not a plan.
@@ -151,7 +158,7 @@ impl OrgHub {
         };
         // Any source's events are accepted, even from one being retired:
         // they may predate what its replacement covers. Duplicates go.
-        for mut ev in events {
+        for (i, mut ev) in events.into_iter().enumerate() {
             ev.live &= live;
             // A resumed native link replays its backlog oldest first: first
             // what nobody else covered (the gap), then what the pollers
@@ -179,6 +186,9 @@ impl OrgHub {
             if native_marks.contains(&ev.id) {
                 reached_native = true;
                 break;
+            }
+            if stale.contains(&i) {
+                continue;
             }
             if ev.org != Some(self.org) {
                 tracing::warn!(org = self.org, event_org = ?ev.org, event_id = %ev.id, service = %self.cfg.services[service as usize].name,
@@ -210,6 +220,7 @@ impl OrgHub {
                     slot.pending_since = Some(Instant::now());
                 }
                 slot.pending.push(ev);
+                delivered += 1;
             }
         }
         if slot.last_error_sent.is_some() && !slot.pending.is_empty() {
@@ -219,10 +230,91 @@ impl OrgHub {
         for (id, size) in too_large {
             self.report_too_large(service, &id, size);
         }
+        self.note_outrun(source, service, delivered, caught_up);
         if reached_native && let Some(r) = self.sources.remove(&source) {
             tracing::debug!(org = self.org, service = %self.cfg.services[service as usize].name,
                 "the poller being replaced reached the native link's coverage; it stops");
             r.handle.stop();
+        }
+    }
+
+    /// The part of an answer of `source` for `service` that repeats what
+    /// other sources delivered since its last one, when they delivered more
+    /// than the de-duplication set can tell apart (a poller whose requests
+    /// kept failing while a native link delivered, a link that was down
+    /// while pollers did): from where another running source's coverage
+    /// began (one of its marks in the answer, else the answer's start) to
+    /// the last event the set still remembers. An answer holds events in the
+    /// order the backend published them, and what the hub delivered is
+    /// gapless from such a mark on, so all of that range was delivered;
+    /// before the mark lies what nobody else covered, after the last
+    /// remembered event what is new. Empty while the set suffices.
+    fn stale_overlap(
+        &self,
+        source: SourceId,
+        service: u16,
+        events: &[IncomingEvent],
+    ) -> std::ops::Range<usize> {
+        let outrun = self
+            .sources
+            .get(&source)
+            .and_then(|r| r.outrun.get(service as usize))
+            .copied()
+            .unwrap_or(0);
+        if outrun <= self.cfg.stream.dedup_events / 2 {
+            return 0..0;
+        }
+        let marks: HashSet<&str> = self
+            .sources
+            .iter()
+            .filter(|&(&id, _)| id != source)
+            .flat_map(|(_, r)| {
+                let poller_marks: &[Box<str>] = match r.kind {
+                    SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _)
+                        if s == service =>
+                    {
+                        &r.first_answer_ids
+                    }
+                    _ => &[],
+                };
+                r.live_marks
+                    .iter()
+                    .filter(|(s, _)| *s == service)
+                    .map(|(_, id)| &**id)
+                    .chain(poller_marks.iter().map(|id| &**id))
+            })
+            .collect();
+        let start = events
+            .iter()
+            .position(|e| marks.contains(&*e.id))
+            .unwrap_or(0);
+        match events.iter().rposition(|e| self.recent.contains(&e.id)) {
+            Some(last) if last >= start => start..last + 1,
+            _ => 0..0,
+        }
+    }
+
+    /// Keeps [`Running::outrun`]: `source` has caught up on `service` (a
+    /// poller's answer, a link's events); every other source of it is
+    /// `delivered` events further behind.
+    fn note_outrun(&mut self, source: SourceId, service: u16, delivered: usize, caught_up: bool) {
+        let s = service as usize;
+        for (&id, r) in self.sources.iter_mut() {
+            let covers = match &r.kind {
+                SourceKind::Native(set) => set.binary_search(&service).is_ok(),
+                SourceKind::SharedPoller(x) | SourceKind::SessionPoller(x, _) => *x == service,
+            };
+            if !covers {
+                continue;
+            }
+            if r.outrun.len() <= s {
+                r.outrun.resize(s + 1, 0);
+            }
+            if id != source {
+                r.outrun[s] = r.outrun[s].saturating_add(delivered);
+            } else if caught_up {
+                r.outrun[s] = 0;
+            }
         }
     }
 

@@ -99,6 +99,12 @@ struct Running {
     /// failing answers from an old cursor and would repeat what the link
     /// delivered, past what the de-duplication set remembers.
     live_marks: Vec<(u16, Box<str>)>,
+    /// Per service (by index): how many of its events other sources
+    /// delivered since this one last answered (a poller) or delivered (a
+    /// native link). Past what the de-duplication set can tell apart, its
+    /// next answer is cut where the others' coverage lies (see
+    /// `OrgHub::stale_overlap`).
+    outrun: Vec<usize>,
     handle: SourceHandle,
 }
 

@@ -41,8 +41,6 @@ impl OrgHub {
             SourceStatus::Down => {
                 running.ready = false;
                 running.ready_at = None;
-                // Coverage restarts with the link's next live events.
-                running.live_marks.clear();
                 let native = matches!(running.kind, SourceKind::Native(_));
                 if native
                     && self.newest_native() == Some(source)
@@ -52,6 +50,10 @@ impl OrgHub {
                 }
                 self.reconcile();
             }
+            // Coverage restarts with the link's next live events; a link
+            // that resumes after a drop keeps its marks (its backlog, or the
+            // pollers that served meanwhile, fill the drop).
+            SourceStatus::Unresumed => running.live_marks.clear(),
             SourceStatus::Failed {
                 service,
                 auth,
@@ -296,6 +298,7 @@ impl OrgHub {
                 {
                     self.native_seq = None;
                 }
+                tracing::debug!(org = self.org, source = id, "stop source");
                 r.handle.stop();
             }
         }
@@ -372,6 +375,7 @@ impl OrgHub {
             },
             hub: self.me.clone(),
         };
+        tracing::debug!(org = self.org, source = id, service, cursor = ?spec.cursor, "start poller");
         let handle = self.ctx.upstream.spawn_poller(spec);
         let kind = match session {
             None => SourceKind::SharedPoller(service),
@@ -389,6 +393,7 @@ impl OrgHub {
                 backlog_covered: Vec::new(),
                 first_answer_ids: Vec::new(),
                 live_marks: Vec::new(),
+                outrun: Vec::new(),
                 handle,
             },
         );
@@ -412,6 +417,7 @@ impl OrgHub {
             tokens: self.tokens.clone(),
             hub: self.me.clone(),
         };
+        tracing::debug!(org = self.org, source = id, last_seq = ?spec.last_seq, "start native");
         let handle = self.ctx.upstream.spawn_native(spec);
         self.sources.insert(
             id,
@@ -425,6 +431,7 @@ impl OrgHub {
                 backlog_covered: Vec::new(),
                 first_answer_ids: Vec::new(),
                 live_marks: Vec::new(),
+                outrun: Vec::new(),
                 handle,
             },
         );
