@@ -6,6 +6,7 @@ use std::io::Cursor;
 
 use crate::auth::OrgId;
 use crate::flags::Flags;
+use crate::metrics::ServingMode;
 
 /// Where an org's events for a service come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,6 +20,15 @@ impl Mode {
         match self {
             Mode::Poll => "poll",
             Mode::Native => "native",
+        }
+    }
+}
+
+impl From<Mode> for ServingMode {
+    fn from(mode: Mode) -> ServingMode {
+        match mode {
+            Mode::Poll => ServingMode::Poll,
+            Mode::Native => ServingMode::Native,
         }
     }
 }
