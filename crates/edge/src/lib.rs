@@ -17,6 +17,7 @@ pub mod app;
 pub mod assets;
 pub mod auth;
 pub mod chat;
+pub mod client_ws;
 pub mod clock;
 pub mod cluster;
 pub mod config;
