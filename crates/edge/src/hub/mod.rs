@@ -18,14 +18,11 @@ pub mod replay;
 mod switching;
 #[cfg(test)]
 mod switching_tests;
-pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::OrgId;
@@ -33,100 +30,17 @@ use crate::config::Config;
 use crate::flags::FlagStore;
 use crate::metrics::Stats;
 use crate::protocol::PropertyKey;
-use crate::upstream::SourceSpawner;
+use crate::upstream::{IncomingEvent, SourceId, SourceReport, SourceSpawner, SourceStatus};
 
+/// A session's id; the token pool the sources borrow from keys by it.
+pub use crate::upstream::SessionId;
 pub use queue::{Frame, SessionQueue};
 
 /// Capacity of a hub's inbox (joins, leaves, source batches).
 const HUB_INBOX: usize = 1024;
 
-/// One event as a source delivered it, with the fields the hub needs.
-#[derive(Debug)]
-pub struct IncomingEvent {
-    pub raw: Box<RawValue>,
-    pub id: Box<str>,
-    pub org: Option<OrgId>,
-    pub property: Option<PropertyKey>,
-    /// The event's own timestamp (epoch ms), or its arrival when it has none.
-    pub origin_ms: i64,
-    /// Cleared by the hub for events a source caught up on after an absence.
-    pub live: bool,
-}
-
-#[derive(Deserialize)]
-struct EventMeta {
-    #[serde(rename = "eventId")]
-    event_id: Option<serde_json::Value>,
-    #[serde(rename = "orgId")]
-    org_id: Option<serde_json::Value>,
-    #[serde(rename = "propertyId")]
-    property_id: Option<serde_json::Value>,
-    timestamp: Option<serde_json::Value>,
-}
-
-/// Why an upstream event was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EventError {
-    #[error("event is not a JSON object")]
-    NotAnObject,
-    #[error("event has no eventId")]
-    NoEventId,
-}
-
-impl IncomingEvent {
-    /// Reads the fields the hub needs from an upstream event object.
-    pub fn parse(raw: Box<RawValue>, arrival_ms: i64) -> Result<IncomingEvent, EventError> {
-        let meta: EventMeta =
-            serde_json::from_str(raw.get()).map_err(|_| EventError::NotAnObject)?;
-        let id: Box<str> = match meta.event_id {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.into(),
-            Some(serde_json::Value::Number(n)) => n.to_string().into(),
-            _ => return Err(EventError::NoEventId),
-        };
-        let org = match meta.org_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64(),
-            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        };
-        let origin_ms = match meta.timestamp {
-            Some(serde_json::Value::String(s)) => crate::clock::parse_rfc3339_millis(&s),
-            Some(serde_json::Value::Number(n)) => n.as_i64(),
-            _ => None,
-        }
-        .unwrap_or(arrival_ms);
-        Ok(IncomingEvent {
-            raw,
-            id,
-            org,
-            property: meta.property_id.as_ref().and_then(PropertyKey::from_json),
-            origin_ms,
-            live: true,
-        })
-    }
-}
-
-/// Identifies a running source within its hub.
-pub type SourceId = u64;
-/// Identifies a client connection.
-pub type SessionId = u64;
-
-/// What a source tells its hub about itself.
-#[derive(Debug)]
-pub enum SourceStatus {
-    /// The source now covers every event from here on (poller: first answer
-    /// or started from a known cursor; native link: ack received).
-    Ready,
-    /// The source failed; `service` is `None` for all its services.
-    Failed {
-        service: Option<u16>,
-        auth: bool,
-        message: String,
-    },
-    /// The native link lost its connection (it keeps retrying).
-    Down,
-}
-
-/// Messages into a hub.
+/// Messages into a hub. A source's [`SourceReport`]s arrive as `Events`
+/// and `Status` (see the `From` below).
 pub enum HubMsg {
     Join(Box<JoinRequest>),
     /// A reader that is not a live session (a V1 facade) asks the window.
@@ -155,6 +69,29 @@ pub enum HubMsg {
         link: u64,
         update: crate::cluster::org::ClusterUpdate,
     },
+}
+
+impl From<SourceReport> for HubMsg {
+    fn from(report: SourceReport) -> HubMsg {
+        match report {
+            SourceReport::Events {
+                source,
+                service,
+                events,
+                cursor,
+                native_seq,
+                requested_at,
+            } => HubMsg::Events {
+                source,
+                service,
+                events,
+                cursor,
+                native_seq,
+                requested_at,
+            },
+            SourceReport::Status { source, status } => HubMsg::Status { source, status },
+        }
+    }
 }
 
 /// A client connection asking to be served.
@@ -209,7 +146,7 @@ pub struct HubContext {
     pub config: Arc<Config>,
     pub flags: Arc<FlagStore>,
     pub stats: Arc<Stats>,
-    pub upstream: Arc<dyn SourceSpawner>,
+    pub upstream: Arc<dyn SourceSpawner<HubMsg>>,
     pub shutdown: watch::Receiver<bool>,
     /// The replica's cluster link (`cluster.redis_url` set).
     pub cluster: Option<Arc<crate::cluster::ClusterLink>>,
@@ -353,38 +290,5 @@ impl HubRegistry {
             .active_orgs
             .store(n as u64, Ordering::Relaxed);
         ::metrics::gauge!(crate::metrics::ACTIVE_ORGS).set(n as f64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_string()).unwrap()
-    }
-
-    #[test]
-    fn parses_event_fields() {
-        let e = IncomingEvent::parse(
-            raw(r#"{"eventId":"e1","orgId":"7","propertyId":12,"timestamp":"2023-11-14T22:13:20.000Z","x":[1]}"#),
-            5,
-        )
-        .unwrap();
-        assert_eq!(&*e.id, "e1");
-        assert_eq!(e.org, Some(7));
-        assert_eq!(e.property, Some(PropertyKey("12".into())));
-        assert_eq!(e.origin_ms, 1_700_000_000_000);
-        let e = IncomingEvent::parse(raw(r#"{"eventId":5,"timestamp":"bad"}"#), 9).unwrap();
-        assert_eq!(e.org, None);
-        assert_eq!(e.origin_ms, 9);
-        assert_eq!(
-            IncomingEvent::parse(raw(r#"{"orgId":1}"#), 0).unwrap_err(),
-            EventError::NoEventId
-        );
-        assert_eq!(
-            IncomingEvent::parse(raw("[1]"), 0).unwrap_err(),
-            EventError::NotAnObject
-        );
     }
 }

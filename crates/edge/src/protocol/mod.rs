@@ -158,23 +158,3 @@ pub(crate) mod strategies {
         })
     }
 }
-
-#[cfg(test)]
-mod property_tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Any message on the native stream parses or is refused; every
-        /// event in it is accepted or refused with a typed error.
-        #[test]
-        fn any_native_frame_is_read_without_panic(v in strategies::json_value()) {
-            let text = v.to_string();
-            if let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) {
-                for raw in msg.events.unwrap_or_default() {
-                    let _ = crate::hub::IncomingEvent::parse(raw.to_owned(), 0);
-                }
-            }
-        }
-    }
-}
