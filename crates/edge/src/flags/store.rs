@@ -9,7 +9,7 @@
 //! every value as it was (the same value set again, a rejected file) keeps
 //! the version; `sources` and `lastError` are updated all the same.
 //!
-//! In cluster mode (CONTRACT 9, [`crate::cluster::flags`]) the overrides
+//! In cluster mode (CONTRACT 9, `cluster::flags`) the overrides
 //! layer, the version and the admin history are the cluster's, read from
 //! Redis and installed with [`FlagStore::apply_cluster`]; the file layer
 //! stays this replica's own, and a file reload keeps the cluster version.

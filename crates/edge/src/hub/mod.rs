@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::OrgId;
+use crate::cluster::org::LinkUpdate;
 use crate::config::Config;
 use crate::flags::FlagStore;
 use crate::metrics::Stats;
@@ -91,6 +92,12 @@ impl From<SourceReport> for HubMsg {
             },
             SourceReport::Status { source, status } => HubMsg::Status { source, status },
         }
+    }
+}
+
+impl From<LinkUpdate> for HubMsg {
+    fn from(LinkUpdate { link, update }: LinkUpdate) -> HubMsg {
+        HubMsg::Cluster { link, update }
     }
 }
 
