@@ -10,6 +10,14 @@
 //! [`admin`] (admin API), [`metrics`]. This is the production library, what
 //! `serve` runs; the simulated backend, the tools and the benchmark are
 //! crates of their own built on it (docs/architecture.md).
+//!
+//! The modules are layered, leaves first: [`clock`], [`http_server`],
+//! [`client_ws`] < [`metrics`], [`assets`] < [`protocol`] < [`config`],
+//! [`tls`], [`drain`] < [`auth`] < [`flags`], [`upstream`] < [`cluster`],
+//! [`uploads`] < [`hub`] < `facade`, [`chat`], `admin` < [`gateway`] <
+//! [`app`]. A module imports from the groups before its own (and, one
+//! way, from its own group); the `module_graph` test fails on a cycle
+//! (docs/architecture.md, "Module layering").
 #![forbid(unsafe_code)]
 
 pub(crate) mod admin;
