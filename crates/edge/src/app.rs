@@ -175,7 +175,7 @@ impl Sidecar {
     pub fn flag_store(config: &Config) -> Result<Arc<FlagStore>, StartError> {
         let schema = FlagSchema::new(config.services.iter().map(|s| s.name.clone()).collect());
         let env = schema
-            .from_env(|k| std::env::var(k).ok())
+            .parse_env(|k| std::env::var(k).ok())
             .map_err(|p| StartError::Flags {
                 file: config.source.clone(),
                 message: p.join("; "),

@@ -69,11 +69,15 @@ pub struct ClusterState {
 /// Why an admin change was refused; nothing was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The changes named unknown flags or bad values: every problem.
     #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),
+    /// The overrides file could not be written.
     #[error("cannot persist overrides to {file}: {source}")]
     Persist {
+        /// The overrides file.
         file: String,
+        /// Why the write failed.
         #[source]
         source: std::io::Error,
     },
@@ -116,6 +120,7 @@ impl FlagStore {
         })
     }
 
+    /// The flag names and types this store accepts.
     pub fn schema(&self) -> &FlagSchema {
         &self.schema
     }
