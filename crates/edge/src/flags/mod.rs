@@ -22,7 +22,8 @@ use crate::auth::OrgId;
 
 pub use rollout::bucket;
 pub(crate) use rollout::{Mode, decide, decide_org};
-pub use store::{ClusterState, FlagStore, HistoryEntry, Snapshot, Source};
+pub(crate) use store::ClusterState;
+pub use store::{FlagStore, HistoryEntry, Snapshot, Source};
 pub(crate) use yaml_file::is_empty_document;
 
 pub(crate) const STREAMING_V2: &str = "REALTIME_STREAMING_V2";

@@ -60,14 +60,14 @@ pub(crate) const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
 pub(crate) const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
 /// Gauge: 1 when Redis answered the last cluster heartbeat, else 0 (CONTRACT 9).
-pub const CLUSTER_REDIS_UP: &str = "cluster_redis_up";
+pub(crate) const CLUSTER_REDIS_UP: &str = "cluster_redis_up";
 /// Counter: orgs whose sources this replica took over (cluster mode).
-pub const CLUSTER_OWNERSHIPS: &str = "cluster_org_ownerships_total";
+pub(crate) const CLUSTER_OWNERSHIPS: &str = "cluster_org_ownerships_total";
 /// Counter: events this replica appended to orgs' Redis streams as owner.
-pub const CLUSTER_EVENTS_APPENDED: &str = "cluster_events_appended_total";
+pub(crate) const CLUSTER_EVENTS_APPENDED: &str = "cluster_events_appended_total";
 /// Counter: times an owner's appends outran Redis (`cluster.append_queue`)
 /// and the org was served locally.
-pub const CLUSTER_APPEND_OVERFLOWS: &str = "cluster_append_overflows_total";
+pub(crate) const CLUSTER_APPEND_OVERFLOWS: &str = "cluster_append_overflows_total";
 
 /// Counter by `version`: uploads admitted (CONTRACT 7).
 pub(crate) const UPLOADS_STARTED: &str = "uploads_started_total";

@@ -10,7 +10,7 @@ use crate::protocol::PropertyKey;
 
 /// One event as a source delivered it, with the fields the hub needs.
 #[derive(Debug)]
-pub struct IncomingEvent {
+pub(crate) struct IncomingEvent {
     /// The event object exactly as the backend sent it.
     pub raw: Box<RawValue>,
     /// Its `eventId` (a number is kept as its decimal text).
@@ -38,7 +38,7 @@ struct EventMeta {
 
 /// Why an upstream event was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EventError {
+pub(crate) enum EventError {
     /// The event is not a JSON object (or its fields are not readable).
     #[error("event is not a JSON object")]
     NotAnObject,

@@ -12,7 +12,7 @@ mod native;
 mod poller;
 mod tokens;
 
-pub use event::{EventError, IncomingEvent};
+pub(crate) use event::IncomingEvent;
 pub use native::client_ws_config;
 pub(crate) use tokens::TokenPool;
 
@@ -34,13 +34,13 @@ use crate::metrics::Stats;
 pub(crate) const MAX_POLL_BODY: usize = 16 << 20;
 
 /// Identifies a running source within its hub.
-pub type SourceId = u64;
+pub(crate) type SourceId = u64;
 /// Identifies a client connection (whose token the [`TokenPool`] holds).
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// What a source tells its hub about itself.
 #[derive(Debug)]
-pub enum SourceStatus {
+pub(crate) enum SourceStatus {
     /// The source now covers every event from here on (poller: first answer
     /// or started from a known cursor; native link: ack received).
     Ready,
@@ -60,7 +60,7 @@ pub enum SourceStatus {
 /// What a source pushes into its hub. The hub's inbox message type `M`
 /// takes these (`M: From<SourceReport>`), so sources do not depend on it.
 #[derive(Debug)]
-pub enum SourceReport {
+pub(crate) enum SourceReport {
     /// Events of one service, oldest first.
     Events {
         /// The source that read them.
@@ -97,7 +97,7 @@ pub(crate) enum TokenChoice {
 
 /// What a V1 poller is started with: one org and service, and the inbox
 /// (of message type `M`) of the hub it reports to.
-pub struct PollerSpec<M> {
+pub(crate) struct PollerSpec<M> {
     pub(crate) org: OrgId,
     pub(crate) service: u16,
     pub(crate) source: SourceId,
@@ -108,7 +108,7 @@ pub struct PollerSpec<M> {
 
 /// What a native link is started with: one org and its native services,
 /// and the inbox (of message type `M`) of the hub it reports to.
-pub struct NativeSpec<M> {
+pub(crate) struct NativeSpec<M> {
     pub(crate) org: OrgId,
     pub(crate) services: Vec<u16>,
     pub(crate) source: SourceId,
@@ -118,7 +118,7 @@ pub struct NativeSpec<M> {
 }
 
 /// Owns a running source; stopping or dropping it ends the task.
-pub struct SourceHandle {
+pub(crate) struct SourceHandle {
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -168,7 +168,7 @@ impl Upstream {
 /// Starts sources for a hub whose inbox takes messages of type `M`. The
 /// hub depends on this seam, not on HTTP, so its switching logic is tested
 /// with scripted sources.
-pub trait SourceSpawner<M>: Send + Sync {
+pub(crate) trait SourceSpawner<M>: Send + Sync {
     /// Starts a V1 poller.
     fn spawn_poller(&self, spec: PollerSpec<M>) -> SourceHandle;
     /// Starts a native link.

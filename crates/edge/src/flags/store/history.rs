@@ -25,7 +25,7 @@ pub struct HistoryEntry {
 }
 
 /// How many changes the history keeps (locally, and in Redis in cluster mode).
-pub const HISTORY_LIMIT: usize = 500;
+pub(crate) const HISTORY_LIMIT: usize = 500;
 
 impl FlagStore {
     /// The recorded changes, oldest first. In cluster mode: the cluster's
