@@ -372,7 +372,7 @@ impl Sidecar {
         &self.drain
     }
 
-    /// Runs until a drain (started by [`Drain::begin`], a signal in `main`
+    /// Runs until a drain (started by `Drain::begin`, a signal in `main`
     /// or `POST /drain`) has finished, then stops every loop.
     pub async fn run(self) {
         self.drain.stopped().await;
@@ -382,7 +382,7 @@ impl Sidecar {
     }
 
     /// Closes every stream with 1001 now, lets requests in flight finish
-    /// (at most [`crate::drain::FINAL_GRACE`]), then stops.
+    /// (at most `crate::drain::FINAL_GRACE`), then stops.
     pub async fn shutdown(self) {
         self.drain.begin_now();
         self.run().await;

@@ -7,13 +7,13 @@
 //! stream and pass-through), [`hub`] (per-org stream: positions, replay,
 //! de-duplication, batching, source switching), [`upstream`] (V1 poller and
 //! native link), [`flags`] (flag store, file watcher, rollout decision),
-//! [`admin`] (admin API), [`metrics`]. This is the production library, what
+//! `admin` (admin API), [`metrics`]. This is the production library, what
 //! `serve` runs; the simulated backend, the tools and the benchmark are
 //! crates of their own built on it (docs/architecture.md).
 //!
 //! The modules are layered, leaves first: [`clock`], [`http_server`],
 //! [`client_ws`] < [`metrics`], [`assets`] < [`protocol`] < [`config`],
-//! [`tls`], [`drain`] < [`auth`] < [`flags`], [`upstream`] < [`cluster`],
+//! [`tls`], `drain` < [`auth`] < [`flags`], [`upstream`] < `cluster`,
 //! [`uploads`] < [`hub`] < `facade`, [`chat`], `admin` < [`gateway`] <
 //! [`app`]. A module imports from the groups before its own (and, one
 //! way, from its own group); the `module_graph` test fails on a cycle

@@ -11,7 +11,7 @@
 //!
 //! In cluster mode (CONTRACT 9, `cluster::flags`) the overrides
 //! layer, the version and the admin history are the cluster's, read from
-//! Redis and installed with [`FlagStore::apply_cluster`]; the file layer
+//! Redis and installed with `FlagStore::apply_cluster`; the file layer
 //! stays this replica's own, and a file reload keeps the cluster version.
 //!
 //! This module holds the layers and publishes snapshots; how a snapshot

@@ -1,5 +1,5 @@
 //! Hot reload of the flags file. The watcher re-reads the file every
-//! [`POLL_INTERVAL`] and applies it when its content changed. Comparing
+//! `POLL_INTERVAL` and applies it when its content changed. Comparing
 //! content (not inotify events or mtimes) catches every way ops replace a
 //! file — rewritten in place, renamed over by an editor, swapped through a
 //! symlink by a Kubernetes ConfigMap — at the cost of reading a small file

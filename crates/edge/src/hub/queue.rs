@@ -8,7 +8,7 @@
 //! closing then would cut off clients that read. So an event message that
 //! does not fit is not queued as text: the queue becomes *lagging* and
 //! takes that message's events, and every later one's, as shared pointers
-//! to the hub's stored events ([`Outgoing::Replay`], rendered into messages
+//! to the hub's stored events (`Outgoing::Replay`, rendered into messages
 //! as the connection writes them). They cost one pointer each: the events
 //! themselves are the ones every other client of the org and the replay
 //! window hold. Once the connection has taken everything queued, the queue
@@ -26,7 +26,7 @@
 //! of room beyond the bound in a queue that carries events; past that the
 //! queue drops what it holds and closes (1013).
 //!
-//! A resume's replay is queued as one [`Outgoing::Replay`] item holding the
+//! A resume's replay is queued as one `Outgoing::Replay` item holding the
 //! window's shared events, not their text: the connection renders it into
 //! messages as it writes, so a replay larger than the queue never closes a
 //! client that reads (its cost is one pointer per event).

@@ -1,9 +1,9 @@
 //! Sources of events: the V1 long-poller and the native stream link. Each
-//! runs as its own task, owned by a hub through a [`SourceHandle`]; dropping
+//! runs as its own task, owned by a hub through a `SourceHandle`; dropping
 //! or stopping the handle ends the task. Sources only push into their hub,
-//! as [`SourceReport`]s: what a source produces (the parsed
-//! [`IncomingEvent`]s, its [`SourceStatus`]) and what it borrows (the
-//! org's [`TokenPool`]) are defined here, and the hub builds on them; this
+//! as `SourceReport`s: what a source produces (the parsed
+//! `IncomingEvent`s, its `SourceStatus`) and what it borrows (the
+//! org's `TokenPool`) are defined here, and the hub builds on them; this
 //! module does not know the hub.
 #![warn(missing_docs)]
 

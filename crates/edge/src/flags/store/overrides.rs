@@ -100,7 +100,7 @@ impl FlagStore {
     }
 
     /// Sets admin overrides atomically and persists them, blocking; for
-    /// tools and tests (the admin API uses [`Self::set_overrides_persisted`]).
+    /// tools and tests (the admin API uses `Self::set_overrides_persisted`).
     pub fn set_overrides(
         &self,
         who: &str,
