@@ -175,7 +175,7 @@ impl Sidecar {
     pub fn flag_store(config: &Config) -> Result<Arc<FlagStore>, StartError> {
         let schema = FlagSchema::new(config.services.iter().map(|s| s.name.clone()).collect());
         let env = schema
-            .from_env(|k| std::env::var(k).ok())
+            .parse_env(|k| std::env::var(k).ok())
             .map_err(|p| StartError::Flags {
                 file: config.source.clone(),
                 message: p.join("; "),
@@ -372,7 +372,7 @@ impl Sidecar {
         &self.drain
     }
 
-    /// Runs until a drain (started by [`Drain::begin`], a signal in `main`
+    /// Runs until a drain (started by `Drain::begin`, a signal in `main`
     /// or `POST /drain`) has finished, then stops every loop.
     pub async fn run(self) {
         self.drain.stopped().await;
@@ -382,7 +382,7 @@ impl Sidecar {
     }
 
     /// Closes every stream with 1001 now, lets requests in flight finish
-    /// (at most [`crate::drain::FINAL_GRACE`]), then stops.
+    /// (at most `crate::drain::FINAL_GRACE`), then stops.
     pub async fn shutdown(self) {
         self.drain.begin_now();
         self.run().await;

@@ -50,7 +50,7 @@ const NATIVE_BATCH_BYTES: usize = 64 * 1024;
 const SIM_MAX_MESSAGE: usize = 72 << 20;
 
 fn sim_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    realtime_edge::gateway::server_ws_config().max_write_buffer_size(SIM_MAX_MESSAGE)
+    realtime_edge::client_ws::server_ws_config().max_write_buffer_size(SIM_MAX_MESSAGE)
 }
 
 type ServerWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;

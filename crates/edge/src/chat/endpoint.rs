@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use super::session::ChatUser;
 use super::{ChatService, relay, session};
 use crate::auth::{self, Verifier};
-use crate::gateway::server_ws_config;
+use crate::client_ws::server_ws_config;
 use crate::http_server::{Body, json_error};
 use crate::metrics::{self as m, ErrorKind};
 

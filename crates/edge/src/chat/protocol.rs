@@ -63,7 +63,7 @@ impl Status {
     }
 
     /// Any status, as replicas tell each other (cluster mode).
-    pub fn from_wire(s: &str) -> Option<Status> {
+    pub(crate) fn from_wire(s: &str) -> Option<Status> {
         match s {
             "offline" => Some(Status::Offline),
             other => Self::from_client(other),

@@ -17,8 +17,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::protocol::{self, ChatErrorCode};
 use super::session::{ChatUser, sleep_until_opt};
 use super::{CHAT_PATH, ChatService};
-use crate::gateway::server_ws_config;
-use crate::gateway::session::close_with;
+use crate::client_ws::{close_with, server_ws_config};
 use crate::metrics as m;
 use crate::protocol::close;
 

@@ -16,7 +16,7 @@ use super::ChatService;
 use super::protocol::{self, ChatErrorCode};
 use super::registry::{JoinError, RoomKey};
 use super::room::{ConnId, Member, RoomMsg};
-use crate::gateway::session::close_with;
+use crate::client_ws::close_with;
 use crate::hub::queue::Outgoing;
 use crate::hub::queue::QueueClosed;
 use crate::hub::{Frame, SessionQueue};

@@ -32,7 +32,6 @@ use super::stream::{
 };
 use crate::auth::OrgId;
 use crate::config::Config;
-use crate::hub::HubMsg;
 use crate::metrics as m;
 
 /// What the org's link tells its hub.
@@ -59,6 +58,18 @@ pub enum ClusterUpdate {
     Unappended(Vec<Outgoing>),
 }
 
+/// An update as the hub receives it: tagged with the id of the link that
+/// sent it, so a replaced link's late words are told from the current
+/// one's. The hub's inbox message type `M` takes these
+/// (`M: From<LinkUpdate>`), so this module does not depend on the hub.
+#[derive(Debug)]
+pub struct LinkUpdate {
+    /// [`OrgLink::id`] of the sending link.
+    pub link: u64,
+    /// What it says.
+    pub update: ClusterUpdate,
+}
+
 /// Accepted events and the source positions reached with them.
 #[derive(Debug)]
 pub struct AppendBatch {
@@ -80,11 +91,11 @@ pub struct QueueFull(pub AppendBatch);
 
 impl OrgLink {
     /// Starts the link of `org`; updates go to `hub`.
-    pub fn start(
+    pub fn start<M: From<LinkUpdate> + Send + 'static>(
         link: Arc<ClusterLink>,
         org: OrgId,
         config: &Config,
-        hub: mpsc::Sender<HubMsg>,
+        hub: mpsc::Sender<M>,
     ) -> OrgLink {
         let (appends, rx) = mpsc::channel(config.cluster.append_queue.max(1));
         let (floor, floor_rx) = watch::channel(0);
@@ -158,7 +169,7 @@ impl Drop for Reader {
     }
 }
 
-struct Agent {
+struct Agent<M> {
     id: u64,
     link: Arc<ClusterLink>,
     keys: OrgKeys,
@@ -168,7 +179,7 @@ struct Agent {
     read_batch: usize,
     state_ttl_ms: u64,
     timeout: Duration,
-    hub: mpsc::Sender<HubMsg>,
+    hub: mpsc::Sender<M>,
     floor: watch::Receiver<u64>,
     /// The lease value while this replica owns the org.
     held: Option<String>,
@@ -181,7 +192,7 @@ struct Agent {
     ownership: OwnershipScripts,
 }
 
-impl Agent {
+impl<M: From<LinkUpdate> + Send + 'static> Agent<M> {
     async fn run(mut self, mut appends: mpsc::Receiver<AppendBatch>) {
         let mut tick = tokio::time::interval(self.link.lease() / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -237,10 +248,13 @@ impl Agent {
     async fn tell(&self, update: ClusterUpdate) {
         let _ = self
             .hub
-            .send(HubMsg::Cluster {
-                link: self.id,
-                update,
-            })
+            .send(
+                LinkUpdate {
+                    link: self.id,
+                    update,
+                }
+                .into(),
+            )
             .await;
     }
 

@@ -11,13 +11,12 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio::sync::{mpsc, oneshot};
 
-use super::org::ClusterUpdate;
+use super::org::{ClusterUpdate, LinkUpdate};
 use super::stream::{StreamEvent, parse_entry};
 use crate::auth::OrgId;
-use crate::hub::HubMsg;
 
 /// Where and how one reader reads.
-pub struct ReaderSpec {
+pub struct ReaderSpec<M> {
     pub org: OrgId,
     /// The id of the org link the reader belongs to.
     pub link: u64,
@@ -30,14 +29,15 @@ pub struct ReaderSpec {
     pub batch: usize,
     /// How long one XREAD blocks.
     pub block: Duration,
-    pub hub: mpsc::Sender<HubMsg>,
+    /// The inbox of the org's hub.
+    pub hub: mpsc::Sender<M>,
 }
 
 /// Reads until the connection fails (reported through `failed`) or the
 /// hub is gone; the org's link aborts it when it leaves shared mode.
-pub async fn run(
+pub async fn run<M: From<LinkUpdate>>(
     mut conn: MultiplexedConnection,
-    spec: ReaderSpec,
+    spec: ReaderSpec<M>,
     failed: oneshot::Sender<redis::RedisError>,
 ) {
     let mut after = spec.after.clone();
@@ -70,10 +70,13 @@ pub async fn run(
         if !events.is_empty()
             && spec
                 .hub
-                .send(HubMsg::Cluster {
-                    link: spec.link,
-                    update: ClusterUpdate::Events(events),
-                })
+                .send(
+                    LinkUpdate {
+                        link: spec.link,
+                        update: ClusterUpdate::Events(events),
+                    }
+                    .into(),
+                )
                 .await
                 .is_err()
         {

@@ -88,6 +88,7 @@ impl Facade {
             .map(|(i, s)| (s.v1_path.clone(), i as u16))
             .collect();
         let held = Arc::new(Semaphore::new(config.legacy.facade_max_held));
+        m::register_facade_zeroes(ForwardReason::ALL.iter().map(|reason| reason.as_str()));
         Facade {
             config,
             registry,

@@ -10,7 +10,7 @@
 //! through the store, which validates, builds a new immutable [`Snapshot`]
 //! and publishes it on a `watch` channel for the hubs that must act.
 
-pub mod rollout;
+pub(crate) mod rollout;
 pub mod store;
 pub mod watcher;
 mod yaml_file;
@@ -20,31 +20,39 @@ use std::fmt;
 
 use crate::auth::OrgId;
 
-pub use rollout::{Mode, Reason, bucket, decide, decide_org};
-pub use store::{ClusterState, FlagStore, HistoryEntry, Snapshot, Source};
-pub use yaml_file::{MAX_NESTING, is_empty_document, nesting_beyond};
+pub use rollout::bucket;
+pub(crate) use rollout::{Mode, decide, decide_org};
+pub(crate) use store::ClusterState;
+pub use store::{FlagStore, HistoryEntry, Snapshot, Source};
+pub(crate) use yaml_file::is_empty_document;
 
-pub const STREAMING_V2: &str = "REALTIME_STREAMING_V2";
-pub const ROLLOUT_PERCENT: &str = "REALTIME_ROLLOUT_PERCENT";
-pub const ALLOWLIST: &str = "REALTIME_ALLOWLIST_ORGS";
-pub const DENYLIST: &str = "REALTIME_DENYLIST_ORGS";
-pub const LEADER_ENABLED: &str = "FIN_LEADER_ENABLED";
+pub(crate) const STREAMING_V2: &str = "REALTIME_STREAMING_V2";
+pub(crate) const ROLLOUT_PERCENT: &str = "REALTIME_ROLLOUT_PERCENT";
+pub(crate) const ALLOWLIST: &str = "REALTIME_ALLOWLIST_ORGS";
+pub(crate) const DENYLIST: &str = "REALTIME_DENYLIST_ORGS";
+pub(crate) const LEADER_ENABLED: &str = "FIN_LEADER_ENABLED";
 /// The sidecar answers old clients' V1 long-polls from the hub (CONTRACT 3.4).
-pub const V1_FACADE: &str = "REALTIME_V1_FACADE";
+pub(crate) const V1_FACADE: &str = "REALTIME_V1_FACADE";
 /// Uploads go to the backend's native upload stream instead of multipart (CONTRACT 7).
-pub const UPLOAD_NATIVE: &str = "DOCUMENTS_UPLOAD_NATIVE";
+pub(crate) const UPLOAD_NATIVE: &str = "DOCUMENTS_UPLOAD_NATIVE";
 /// Chat is relayed to the backend's native chat stream instead of hosted here (CONTRACT 8).
-pub const CHAT_NATIVE: &str = "COLLAB_CHAT_NATIVE";
+pub(crate) const CHAT_NATIVE: &str = "COLLAB_CHAT_NATIVE";
 /// Suffix of the per-service flags (`FINANCE_REALTIME_V1`).
-pub const SERVICE_V1_SUFFIX: &str = "_REALTIME_V1";
+pub(crate) const SERVICE_V1_SUFFIX: &str = "_REALTIME_V1";
 
 /// The effective flags, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flags {
+    /// `REALTIME_STREAMING_V2`: the master switch of native serving.
     pub streaming_v2: bool,
+    /// `REALTIME_ROLLOUT_PERCENT`.
     pub rollout_percent: u8,
+    /// `REALTIME_ALLOWLIST_ORGS`.
     pub allowlist: BTreeSet<OrgId>,
+    /// `REALTIME_DENYLIST_ORGS`.
     pub denylist: BTreeSet<OrgId>,
+    /// `FIN_LEADER_ENABLED`: one shared poller per org and service (else
+    /// one per connection).
     pub leader_enabled: bool,
     /// `REALTIME_V1_FACADE`.
     pub v1_facade: bool,
@@ -75,12 +83,16 @@ impl Default for Flags {
 /// One flag's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlagValue {
+    /// An on/off flag.
     Bool(bool),
+    /// `REALTIME_ROLLOUT_PERCENT`: 0 to 100.
     Percent(u8),
+    /// An allow- or denylist of orgs.
     Orgs(BTreeSet<OrgId>),
 }
 
 impl FlagValue {
+    /// The value as the admin API shows it.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             FlagValue::Bool(b) => serde_json::json!(b),
@@ -106,10 +118,17 @@ impl fmt::Display for FlagValue {
 /// A bad flag key or value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlagError {
+    /// No flag has this name (for this sidecar's services).
     #[error("unknown flag {0:?}")]
     UnknownKey(String),
+    /// The value does not fit the flag's type or range.
     #[error("{key}: {problem}")]
-    BadValue { key: String, problem: String },
+    BadValue {
+        /// The flag.
+        key: String,
+        /// What is wrong with the value.
+        problem: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -126,11 +145,13 @@ pub struct FlagSchema {
 }
 
 impl FlagSchema {
+    /// The schema of a sidecar serving `services` (their names, in index
+    /// order).
     pub fn new(services: Vec<String>) -> Self {
         FlagSchema { services }
     }
 
-    pub fn service_flag(service: &str) -> String {
+    pub(crate) fn service_flag(service: &str) -> String {
         format!("{}{SERVICE_V1_SUFFIX}", service.to_ascii_uppercase())
     }
 
@@ -177,7 +198,7 @@ impl FlagSchema {
     }
 
     /// The built-in defaults for every key.
-    pub fn defaults(&self) -> BTreeMap<String, FlagValue> {
+    pub(crate) fn defaults(&self) -> BTreeMap<String, FlagValue> {
         self.keys()
             .into_iter()
             .filter_map(|k| self.default_value(&k).map(|v| (k, v)))
@@ -292,7 +313,7 @@ impl FlagSchema {
     }
 
     /// Reads the flags given as environment variables.
-    pub fn from_env(
+    pub(crate) fn parse_env(
         &self,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<BTreeMap<String, FlagValue>, Vec<String>> {
@@ -316,7 +337,7 @@ impl FlagSchema {
     }
 
     /// Builds typed flags from a complete value map.
-    pub fn typed(&self, values: &BTreeMap<String, FlagValue>) -> Flags {
+    pub(crate) fn typed(&self, values: &BTreeMap<String, FlagValue>) -> Flags {
         let bool_of = |k: &str, d: bool| match values.get(k) {
             Some(FlagValue::Bool(b)) => *b,
             _ => d,
@@ -347,7 +368,7 @@ impl FlagSchema {
 }
 
 /// Booleans as CONTRACT 4 lists them: true/false/1/0/on/off, any case.
-pub fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "on" => Some(true),
         "false" | "0" | "off" => Some(false),
@@ -428,11 +449,11 @@ mod tests {
     fn env_layer() {
         let s = schema();
         let layer = s
-            .from_env(|k| (k == ROLLOUT_PERCENT).then(|| "7".to_string()))
+            .parse_env(|k| (k == ROLLOUT_PERCENT).then(|| "7".to_string()))
             .unwrap();
         assert_eq!(layer.get(ROLLOUT_PERCENT), Some(&FlagValue::Percent(7)));
         assert!(
-            s.from_env(|k| (k == STREAMING_V2).then(|| "perhaps".to_string()))
+            s.parse_env(|k| (k == STREAMING_V2).then(|| "perhaps".to_string()))
                 .is_err()
         );
     }

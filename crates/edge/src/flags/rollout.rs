@@ -6,16 +6,17 @@ use std::io::Cursor;
 
 use crate::auth::OrgId;
 use crate::flags::Flags;
+use crate::metrics::ServingMode;
 
 /// Where an org's events for a service come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
+pub(crate) enum Mode {
     Poll,
     Native,
 }
 
 impl Mode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Poll => "poll",
             Mode::Native => "native",
@@ -23,9 +24,18 @@ impl Mode {
     }
 }
 
+impl From<Mode> for ServingMode {
+    fn from(mode: Mode) -> ServingMode {
+        match mode {
+            Mode::Poll => ServingMode::Poll,
+            Mode::Native => ServingMode::Native,
+        }
+    }
+}
+
 /// Why an org got its mode; shown by `/feature-flags/evaluate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     V1Disabled,
     MasterSwitchOff,
     Denylisted,
@@ -35,7 +45,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::V1Disabled => "service V1 endpoint disabled",
             Reason::MasterSwitchOff => "REALTIME_STREAMING_V2 is off",
@@ -48,13 +58,13 @@ impl Reason {
 }
 
 /// Canonical MurmurHash3 x86 32-bit.
-pub fn murmur3_x86_32(data: &[u8], seed: u32) -> u32 {
+pub(crate) fn murmur3_x86_32(data: &[u8], seed: u32) -> u32 {
     // Reading from an in-memory cursor cannot fail.
     murmur3::murmur3_32(&mut Cursor::new(data), seed).unwrap_or(0)
 }
 
 /// Unleash's `normalizedValue(id, groupId)`: 1..=100.
-pub fn normalized_value(id: &str, group: &str) -> u32 {
+pub(crate) fn normalized_value(id: &str, group: &str) -> u32 {
     murmur3_x86_32(format!("{group}:{id}").as_bytes(), 0) % 100 + 1
 }
 
@@ -64,7 +74,7 @@ pub fn bucket(group: &str, org: OrgId) -> u32 {
 }
 
 /// The org-level decision, ignoring per-service V1 flags.
-pub fn decide_org(flags: &Flags, group: &str, org: OrgId) -> (Mode, Reason) {
+pub(crate) fn decide_org(flags: &Flags, group: &str, org: OrgId) -> (Mode, Reason) {
     if !flags.streaming_v2 {
         (Mode::Poll, Reason::MasterSwitchOff)
     } else if flags.denylist.contains(&org) {
@@ -79,7 +89,7 @@ pub fn decide_org(flags: &Flags, group: &str, org: OrgId) -> (Mode, Reason) {
 }
 
 /// The decision for one service of an org (`service` indexes the configured services).
-pub fn decide(flags: &Flags, group: &str, org: OrgId, service: usize) -> (Mode, Reason) {
+pub(crate) fn decide(flags: &Flags, group: &str, org: OrgId, service: usize) -> (Mode, Reason) {
     if !flags.service_v1.get(service).copied().unwrap_or(true) {
         return (Mode::Native, Reason::V1Disabled);
     }

@@ -9,9 +9,9 @@
 //! every value as it was (the same value set again, a rejected file) keeps
 //! the version; `sources` and `lastError` are updated all the same.
 //!
-//! In cluster mode (CONTRACT 9, [`crate::cluster::flags`]) the overrides
+//! In cluster mode (CONTRACT 9, `cluster::flags`) the overrides
 //! layer, the version and the admin history are the cluster's, read from
-//! Redis and installed with [`FlagStore::apply_cluster`]; the file layer
+//! Redis and installed with `FlagStore::apply_cluster`; the file layer
 //! stays this replica's own, and a file reload keeps the cluster version.
 //!
 //! This module holds the layers and publishes snapshots; how a snapshot
@@ -32,7 +32,8 @@ mod history;
 mod overrides;
 mod snapshot;
 
-pub use history::{HISTORY_LIMIT, HistoryEntry};
+pub(crate) use history::HISTORY_LIMIT;
+pub use history::HistoryEntry;
 use snapshot::build;
 pub use snapshot::{Snapshot, Source};
 
@@ -57,7 +58,7 @@ struct ClusterLayer {
 
 /// The cluster's shared flag state (CONTRACT 9), as read from Redis.
 #[derive(Debug, Clone)]
-pub struct ClusterState {
+pub(crate) struct ClusterState {
     /// The cluster-wide flags version.
     pub version: u64,
     /// The admin overrides every replica applies.
@@ -69,11 +70,15 @@ pub struct ClusterState {
 /// Why an admin change was refused; nothing was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The changes named unknown flags or bad values: every problem.
     #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),
+    /// The overrides file could not be written.
     #[error("cannot persist overrides to {file}: {source}")]
     Persist {
+        /// The overrides file.
         file: String,
+        /// Why the write failed.
         #[source]
         source: std::io::Error,
     },
@@ -116,6 +121,7 @@ impl FlagStore {
         })
     }
 
+    /// The flag names and types this store accepts.
     pub fn schema(&self) -> &FlagSchema {
         &self.schema
     }
@@ -137,7 +143,7 @@ impl FlagStore {
 
     /// The value `key` has below the overrides (default, environment, file)
     /// on this replica; `None` for an unknown key.
-    pub fn base_value(&self, key: &str) -> Option<FlagValue> {
+    pub(crate) fn base_value(&self, key: &str) -> Option<FlagValue> {
         let layers = self.lock_layers();
         layers
             .file
@@ -154,7 +160,7 @@ impl FlagStore {
 
     /// Installs the cluster's overrides, version and history (cluster
     /// mode). Publishes a new snapshot when anything visible changed.
-    pub fn apply_cluster(&self, state: ClusterState) -> Arc<Snapshot> {
+    pub(crate) fn apply_cluster(&self, state: ClusterState) -> Arc<Snapshot> {
         let mut layers = self.lock_layers();
         let old = self.current.load_full();
         let ClusterState {
@@ -186,7 +192,7 @@ impl FlagStore {
 
     /// Replaces the file layer with a freshly read file, or records why it
     /// was rejected (an empty file is rejected: CONTRACT 4).
-    pub fn apply_file(&self, file: &str, text: &str) -> Result<(), String> {
+    pub(crate) fn apply_file(&self, file: &str, text: &str) -> Result<(), String> {
         match self.schema.parse_yaml_file(text) {
             Ok(layer) => {
                 let who = format!("file {file}");
@@ -204,7 +210,7 @@ impl FlagStore {
     }
 
     /// Records a file that could not be used; the last good flags stay.
-    pub fn reject_file(&self, file: &str, why: &str) -> String {
+    pub(crate) fn reject_file(&self, file: &str, why: &str) -> String {
         let msg = format!("{file}: {why}");
         tracing::error!(file, error = %msg, "flags file rejected; the last good flags stay in force");
         ::metrics::counter!(m::FLAG_RELOADS, m::label::RESULT => m::Outcome::Error.as_str())

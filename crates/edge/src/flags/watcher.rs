@@ -1,5 +1,5 @@
 //! Hot reload of the flags file. The watcher re-reads the file every
-//! [`POLL_INTERVAL`] and applies it when its content changed. Comparing
+//! `POLL_INTERVAL` and applies it when its content changed. Comparing
 //! content (not inotify events or mtimes) catches every way ops replace a
 //! file — rewritten in place, renamed over by an editor, swapped through a
 //! symlink by a Kubernetes ConfigMap — at the cost of reading a small file
@@ -17,15 +17,19 @@ use tokio::sync::watch;
 
 use super::FlagStore;
 
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// A flags file is a few hundred bytes; anything this large is a mistake.
-pub const MAX_FILE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// What one read of the flags file found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileState {
+    /// There is no file at the path.
     Missing,
+    /// The file's text.
     Text(String),
+    /// The file exists but could not be read (or is not a regular file,
+    /// or too large): why.
     Unreadable(String),
 }
 
@@ -95,7 +99,10 @@ fn apply(store: &FlagStore, file: &str, state: &FileState) -> Result<(), String>
 /// [`watch_file`] to compare against, and whether it was accepted; when it
 /// was not, the defaults, environment and overrides apply and `lastError`
 /// says so.
-pub async fn load_initial(store: &FlagStore, path: &Path) -> (FileState, Result<(), String>) {
+pub(crate) async fn load_initial(
+    store: &FlagStore,
+    path: &Path,
+) -> (FileState, Result<(), String>) {
     let state = read_state(path).await;
     let file = path.display().to_string();
     let why = match &state {
@@ -118,7 +125,7 @@ pub async fn load_initial(store: &FlagStore, path: &Path) -> (FileState, Result<
 
 /// Watches `path` until `shutdown` fires; `last` is what was applied last,
 /// so a change made between start-up and the first look is not missed.
-pub async fn watch_file(
+pub(crate) async fn watch_file(
     store: Arc<FlagStore>,
     path: PathBuf,
     mut last: FileState,

@@ -12,7 +12,7 @@ use super::{FlagSchema, FlagValue};
 impl FlagSchema {
     /// Parses a flags file (a flat YAML mapping). All problems, or the
     /// layer. An empty document (blank, comments only, `~`), nesting deeper
-    /// than [`MAX_NESTING`] and duplicate keys are refused (CONTRACT 4).
+    /// than `MAX_NESTING` and duplicate keys are refused (CONTRACT 4).
     pub fn parse_yaml_file(&self, text: &str) -> Result<BTreeMap<String, FlagValue>, Vec<String>> {
         if is_empty_document(text) {
             return Err(vec![

@@ -20,9 +20,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::auth::{self, Verifier};
+use crate::client_ws::{close_with, server_ws_config};
 use crate::drain::Drain;
 use crate::http_server::{Body, json_error};
 use crate::hub::HubRegistry;
@@ -30,19 +31,6 @@ use crate::metrics::ErrorKind;
 
 /// The path of the unified stream.
 pub(crate) const STREAM_PATH: &str = "/v2/realtime/stream";
-
-/// Buffers of a client WebSocket: small, since most connections are idle
-/// and clients send almost nothing after the handshake (tungstenite's
-/// 128 KiB default read buffer would dominate memory; it still grows for a
-/// larger frame, up to `max_frame_size`).
-pub fn server_ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(Some(64 * 1024))
-        .max_frame_size(Some(64 * 1024))
-}
 
 /// What the client listener needs.
 pub(crate) struct Gateway {
@@ -172,7 +160,7 @@ impl Gateway {
                     Some(server_ws_config()),
                 )
                 .await;
-                session::close_with(
+                close_with(
                     &mut ws,
                     crate::protocol::close::TRY_AGAIN_LATER,
                     "sidecar overloaded; retry with lastSeq",

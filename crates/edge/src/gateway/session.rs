@@ -13,10 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::Identity;
+use crate::client_ws::{CLOSE_GRACE, close_with, server_ws_config};
 use crate::config::Config;
 use crate::drain::StreamClose;
 use crate::hub::queue::{Outgoing, QueueClosed};
@@ -27,26 +26,12 @@ use crate::protocol::{self, close};
 use super::stream_guard::{EndReason, StreamGuard, count_close};
 use super::write::{record_delivery, write_items};
 
-/// How long a close handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
 /// When a token with expiry `exp` (epoch seconds) must be closed with
 /// 4001, as a point on the runtime's clock; `None` when it never expires
 /// or is so far away that the clock cannot represent it.
 fn expiry_deadline(exp: Option<u64>, now_unix_s: u64) -> Option<tokio::time::Instant> {
     let remaining = Duration::from_secs(exp?.saturating_sub(now_unix_s));
     tokio::time::Instant::now().checked_add(remaining)
-}
-
-pub(crate) async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
 }
 
 /// Serves one upgraded client stream until it ends.
@@ -302,7 +287,7 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// write buffer that holds the largest message the sizes allow, so a legal
 /// message is never refused as `WriteBufferFull` (CONTRACT 2.1).
 pub(crate) fn ws_config(cfg: &Config) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    crate::gateway::server_ws_config().max_write_buffer_size(write_buffer_limit(cfg))
+    server_ws_config().max_write_buffer_size(write_buffer_limit(cfg))
 }
 
 /// Room for one largest message plus a pending control frame (pong, close).

@@ -8,7 +8,7 @@
 //! closing then would cut off clients that read. So an event message that
 //! does not fit is not queued as text: the queue becomes *lagging* and
 //! takes that message's events, and every later one's, as shared pointers
-//! to the hub's stored events ([`Outgoing::Replay`], rendered into messages
+//! to the hub's stored events (`Outgoing::Replay`, rendered into messages
 //! as the connection writes them). They cost one pointer each: the events
 //! themselves are the ones every other client of the org and the replay
 //! window hold. Once the connection has taken everything queued, the queue
@@ -26,7 +26,7 @@
 //! of room beyond the bound in a queue that carries events; past that the
 //! queue drops what it holds and closes (1013).
 //!
-//! A resume's replay is queued as one [`Outgoing::Replay`] item holding the
+//! A resume's replay is queued as one `Outgoing::Replay` item holding the
 //! window's shared events, not their text: the connection renders it into
 //! messages as it writes, so a replay larger than the queue never closes a
 //! client that reads (its cost is one pointer per event).
@@ -43,30 +43,30 @@ use crate::protocol;
 
 /// One serialised server message, shared by every connection of a view.
 #[derive(Debug, Clone)]
-pub struct Frame {
-    pub text: Utf8Bytes,
+pub(crate) struct Frame {
+    pub(crate) text: Utf8Bytes,
     /// For event messages: the service index and the origin time (epoch ms)
     /// of each event, for the latency measurement at write time.
-    pub delivery: Option<Delivery>,
+    pub(crate) delivery: Option<Delivery>,
     /// The keep-alive `ping` message: a WebSocket Ping frame follows it.
-    pub ws_ping: bool,
+    pub(crate) ws_ping: bool,
 }
 
 #[derive(Debug, Clone)]
-pub struct Delivery {
-    pub service: u16,
+pub(crate) struct Delivery {
+    pub(crate) service: u16,
     /// How the events were served (poll or native).
-    pub mode: ServingMode,
+    pub(crate) mode: ServingMode,
     /// Events in the message.
-    pub count: u64,
+    pub(crate) count: u64,
     /// The origin times of the live events among them: replayed events and
     /// events a source caught up on after an absence are not live, and only
     /// live deliveries count in the latency.
-    pub live_origins_ms: Arc<[i64]>,
+    pub(crate) live_origins_ms: Arc<[i64]>,
 }
 
 impl Frame {
-    pub fn control(text: String) -> Frame {
+    pub(crate) fn control(text: String) -> Frame {
         Frame {
             text: text.into(),
             delivery: None,
@@ -75,7 +75,7 @@ impl Frame {
     }
 
     /// The periodic `ping` message, followed by a WebSocket Ping frame.
-    pub fn keepalive(text: String) -> Frame {
+    pub(crate) fn keepalive(text: String) -> Frame {
         Frame {
             ws_ping: true,
             ..Frame::control(text)
@@ -86,7 +86,7 @@ impl Frame {
     /// position is the message's `seq`); None for no events. `live` is how
     /// the hub's sources serve them now, None for a page of a replay (whose
     /// events the connection counts itself: the frame carries no delivery).
-    pub fn events<T: AsRef<Stored>>(
+    pub(crate) fn events<T: AsRef<Stored>>(
         events: &[T],
         service_name: &str,
         live: Option<ServingMode>,
@@ -117,7 +117,7 @@ impl Frame {
 
 /// One item of a connection's queue.
 #[derive(Debug, Clone)]
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     /// A serialised message.
     Frame(Frame),
     /// Replayed events (already filtered for the connection), rendered
@@ -127,7 +127,7 @@ pub enum Outgoing {
 
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     Queued,
     /// An event message not queued because the queue is lagging: its
     /// events go to [`SessionQueue::push_lagged`].
@@ -138,7 +138,7 @@ pub enum Pushed {
 
 /// Why the queue stopped accepting frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueClosed {
+pub(crate) enum QueueClosed {
     /// The client fell more than `max_queue_bytes` behind.
     Overflow,
 }
@@ -166,7 +166,7 @@ struct Inner {
     carries_events: bool,
 }
 
-pub struct SessionQueue {
+pub(crate) struct SessionQueue {
     inner: Mutex<Inner>,
     notify: Notify,
     max_bytes: usize,
@@ -176,13 +176,13 @@ pub struct SessionQueue {
 impl SessionQueue {
     /// A queue of `max_bytes` that never lags: an event message that does
     /// not fit closes it (a chat connection, a V1 facade request).
-    pub fn new(max_bytes: usize) -> Arc<SessionQueue> {
+    pub(crate) fn new(max_bytes: usize) -> Arc<SessionQueue> {
         Self::with_lag_budget(max_bytes, 0)
     }
 
     /// A stream connection's queue: past `max_bytes`, event messages are
     /// pinned as shared events up to `lag_budget` (module docs).
-    pub fn with_lag_budget(max_bytes: usize, lag_budget: usize) -> Arc<SessionQueue> {
+    pub(crate) fn with_lag_budget(max_bytes: usize, lag_budget: usize) -> Arc<SessionQueue> {
         Arc::new(SessionQueue {
             inner: Mutex::new(Inner {
                 frames: VecDeque::new(),
@@ -198,12 +198,12 @@ impl SessionQueue {
     }
 
     /// Appends a frame; returns false when the queue is (now) closed.
-    pub fn push(&self, frame: Frame) -> bool {
+    pub(crate) fn push(&self, frame: Frame) -> bool {
         !matches!(self.offer(frame), Pushed::Closed)
     }
 
     /// Appends a frame and says what became of it.
-    pub fn offer(&self, frame: Frame) -> Pushed {
+    pub(crate) fn offer(&self, frame: Frame) -> Pushed {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.closed.is_some() {
             return Pushed::Closed;
@@ -241,7 +241,7 @@ impl SessionQueue {
 
     /// Queues replayed events; they are not counted against `max_queue_bytes`
     /// (they are shared with the replay window, which is bounded).
-    pub fn push_replay(&self, events: Vec<Arc<Stored>>) -> bool {
+    pub(crate) fn push_replay(&self, events: Vec<Arc<Stored>>) -> bool {
         if events.is_empty() {
             return true;
         }
@@ -260,7 +260,7 @@ impl SessionQueue {
 
     /// Closes the queue for a client too far behind (1013) and frees what
     /// it holds.
-    pub fn close_overflow(&self) {
+    pub(crate) fn close_overflow(&self) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.frames.clear();
         g.frames.shrink_to_fit();
@@ -274,7 +274,7 @@ impl SessionQueue {
     /// Queues the events of a message that [`SessionQueue::offer`] answered
     /// `Lagging` for, as shared pointers; past the lag budget the queue
     /// closes (1013). Returns false when the queue is (now) closed.
-    pub fn push_lagged(&self, events: Vec<Arc<Stored>>) -> bool {
+    pub(crate) fn push_lagged(&self, events: Vec<Arc<Stored>>) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.closed.is_some() {
             return false;
@@ -302,7 +302,7 @@ impl SessionQueue {
     }
 
     /// Takes everything queued, or the reason the queue closed.
-    pub fn take(&self, out: &mut Vec<Outgoing>) -> Result<(), QueueClosed> {
+    pub(crate) fn take(&self, out: &mut Vec<Outgoing>) -> Result<(), QueueClosed> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = g.closed {
             return Err(c);
@@ -317,16 +317,17 @@ impl SessionQueue {
         Ok(())
     }
 
-    pub fn is_closed(&self) -> Option<QueueClosed> {
+    pub(crate) fn is_closed(&self) -> Option<QueueClosed> {
         self.inner.lock().map(|g| g.closed).unwrap_or(None)
     }
 
     /// Resolves when frames were pushed or the queue closed.
-    pub async fn notified(&self) {
+    pub(crate) async fn notified(&self) {
         self.notify.notified().await
     }
 
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.inner.lock().map(|g| g.bytes).unwrap_or(0)
     }
 }

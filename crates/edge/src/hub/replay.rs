@@ -20,34 +20,34 @@ use crate::protocol::PropertyKey;
 
 /// An accepted event with its position in the org's stream.
 #[derive(Debug)]
-pub struct Stored {
-    pub seq: u64,
-    pub service: u16,
-    pub raw: Box<RawValue>,
-    pub property: Option<PropertyKey>,
+pub(crate) struct Stored {
+    pub(crate) seq: u64,
+    pub(crate) service: u16,
+    pub(crate) raw: Box<RawValue>,
+    pub(crate) property: Option<PropertyKey>,
     /// The event's origin time (epoch ms), for the latency of live deliveries.
-    pub origin_ms: i64,
+    pub(crate) origin_ms: i64,
     /// False for events a source caught up on after an absence (their age
     /// is not a delivery latency).
-    pub live: bool,
+    pub(crate) live: bool,
 }
 
 impl Stored {
     /// Bytes this event adds to a message.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.raw.get().len()
     }
 }
 
 /// Which events a reader wants: sorted service indexes and a property filter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ViewKey {
-    pub services: Vec<u16>,
-    pub property: Option<PropertyKey>,
+pub(crate) struct ViewKey {
+    pub(crate) services: Vec<u16>,
+    pub(crate) property: Option<PropertyKey>,
 }
 
 impl ViewKey {
-    pub fn wants(&self, e: &Stored) -> bool {
+    pub(crate) fn wants(&self, e: &Stored) -> bool {
         self.services.binary_search(&e.service).is_ok()
             && match (&self.property, &e.property) {
                 (Some(want), Some(has)) => want == has,
@@ -57,7 +57,7 @@ impl ViewKey {
 }
 
 /// The newest events of an org, bounded in count and in bytes.
-pub struct ReplayWindow {
+pub(crate) struct ReplayWindow {
     events: VecDeque<Arc<Stored>>,
     bytes: usize,
     max_events: usize,
@@ -66,14 +66,14 @@ pub struct ReplayWindow {
 
 /// What [`ReplayWindow::read`] found.
 #[derive(Debug)]
-pub struct ReplayRead {
-    pub events: Vec<Arc<Stored>>,
+pub(crate) struct ReplayRead {
+    pub(crate) events: Vec<Arc<Stored>>,
     /// False when events after the asked position already left the window.
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 impl ReplayWindow {
-    pub fn new(max_events: usize, max_bytes: usize) -> ReplayWindow {
+    pub(crate) fn new(max_events: usize, max_bytes: usize) -> ReplayWindow {
         ReplayWindow {
             events: VecDeque::new(),
             bytes: 0,
@@ -84,7 +84,7 @@ impl ReplayWindow {
 
     /// Appends an event (positions only grow) and forgets the oldest until
     /// both bounds hold again.
-    pub fn push(&mut self, e: Arc<Stored>) {
+    pub(crate) fn push(&mut self, e: Arc<Stored>) {
         self.bytes = self.bytes.saturating_add(e.bytes());
         self.events.push_back(e);
         while self.events.len() > self.max_events || self.bytes > self.max_bytes {
@@ -96,7 +96,7 @@ impl ReplayWindow {
     }
 
     /// True when every event after `after` up to `head` is still held.
-    pub fn covers(&self, after: u64, head: u64) -> bool {
+    pub(crate) fn covers(&self, after: u64, head: u64) -> bool {
         match self.events.front() {
             Some(first) => first.seq <= after.saturating_add(1),
             // Nothing held: only "nothing happened since" is covered.
@@ -106,7 +106,7 @@ impl ReplayWindow {
 
     /// Events after position `after` that `view` wants, at most `max_events`
     /// and `max_bytes` (the first event is always included, however large).
-    pub fn read(
+    pub(crate) fn read(
         &self,
         view: &ViewKey,
         after: u64,
@@ -132,12 +132,12 @@ impl ReplayWindow {
     }
 
     #[cfg(test)]
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.events.len()
     }
 
     #[cfg(test)]
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }
@@ -145,7 +145,11 @@ impl ReplayWindow {
 /// Cuts a run of events into messages: each message holds events of one
 /// service, at most `max_events` of them and at most `max_bytes` of event
 /// text (commas included); an event larger than `max_bytes` travels alone.
-pub fn batches<T: AsRef<Stored>>(events: &[T], max_events: usize, max_bytes: usize) -> Vec<&[T]> {
+pub(crate) fn batches<T: AsRef<Stored>>(
+    events: &[T],
+    max_events: usize,
+    max_bytes: usize,
+) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0usize;

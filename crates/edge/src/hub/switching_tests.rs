@@ -88,8 +88,8 @@ impl Scripted {
 
 struct ScriptedSpawner(Arc<Scripted>);
 
-impl SourceSpawner for ScriptedSpawner {
-    fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle {
+impl SourceSpawner<HubMsg> for ScriptedSpawner {
+    fn spawn_poller(&self, spec: PollerSpec<HubMsg>) -> SourceHandle {
         let kind = Kind::Poller {
             service: spec.service,
             cursor: spec.cursor,
@@ -97,7 +97,7 @@ impl SourceSpawner for ScriptedSpawner {
         self.0.record(kind, spec.source, spec.hub)
     }
 
-    fn spawn_native(&self, spec: NativeSpec) -> SourceHandle {
+    fn spawn_native(&self, spec: NativeSpec<HubMsg>) -> SourceHandle {
         let kind = Kind::Native {
             services: spec.services,
             last_seq: spec.last_seq,

@@ -60,14 +60,14 @@ pub(crate) const JWKS_REFRESHES: &str = "streaming_jwks_refreshes_total";
 pub(crate) const JWKS_KEYS_REFUSED: &str = "streaming_jwks_keys_refused_total";
 
 /// Gauge: 1 when Redis answered the last cluster heartbeat, else 0 (CONTRACT 9).
-pub const CLUSTER_REDIS_UP: &str = "cluster_redis_up";
+pub(crate) const CLUSTER_REDIS_UP: &str = "cluster_redis_up";
 /// Counter: orgs whose sources this replica took over (cluster mode).
-pub const CLUSTER_OWNERSHIPS: &str = "cluster_org_ownerships_total";
+pub(crate) const CLUSTER_OWNERSHIPS: &str = "cluster_org_ownerships_total";
 /// Counter: events this replica appended to orgs' Redis streams as owner.
-pub const CLUSTER_EVENTS_APPENDED: &str = "cluster_events_appended_total";
+pub(crate) const CLUSTER_EVENTS_APPENDED: &str = "cluster_events_appended_total";
 /// Counter: times an owner's appends outran Redis (`cluster.append_queue`)
 /// and the org was served locally.
-pub const CLUSTER_APPEND_OVERFLOWS: &str = "cluster_append_overflows_total";
+pub(crate) const CLUSTER_APPEND_OVERFLOWS: &str = "cluster_append_overflows_total";
 
 /// Counter by `version`: uploads admitted (CONTRACT 7).
 pub(crate) const UPLOADS_STARTED: &str = "uploads_started_total";
@@ -84,8 +84,10 @@ pub(crate) const UPLOADS_EXPIRED: &str = "uploads_expired_total";
 /// Gauge: spool bytes reserved by the uploads held (this sidecar's).
 pub(crate) const UPLOADS_SPOOL_BYTES: &str = "uploads_spool_bytes";
 
-/// Upload series exist from the start, at zero, for every label value.
-pub(crate) fn register_upload_zeroes() {
+/// Upload series exist from the start, at zero, for every label value;
+/// `failure_reasons` are the `reason` values of [`UPLOADS_FAILED`] (the
+/// uploads module owns its error codes).
+pub(crate) fn register_upload_zeroes(failure_reasons: impl IntoIterator<Item = &'static str>) {
     metrics::describe_counter!(UPLOADS_STARTED, "Uploads admitted, by protocol version");
     metrics::describe_counter!(UPLOADS_COMPLETED, "Uploads delivered, by delivery route");
     metrics::describe_counter!(UPLOADS_FAILED, "Uploads failed, by reason");
@@ -107,8 +109,8 @@ pub(crate) fn register_upload_zeroes() {
     for route in UploadRoute::ALL {
         metrics::counter!(UPLOADS_COMPLETED, label::DELIVERY => route.as_str()).increment(0);
     }
-    for code in crate::uploads::UploadCode::ALL {
-        metrics::counter!(UPLOADS_FAILED, label::REASON => code.reason()).increment(0);
+    for reason in failure_reasons {
+        metrics::counter!(UPLOADS_FAILED, label::REASON => reason).increment(0);
     }
     metrics::counter!(UPLOADS_RECEIVED_BYTES).increment(0);
     metrics::counter!(UPLOADS_EXPIRED).increment(0);
@@ -259,8 +261,13 @@ fn register_zeroes() {
     metrics::gauge!(FACADE_HELD).set(0.0);
     metrics::counter!(FACADE_REQUESTS).increment(0);
     metrics::counter!(FACADE_EVENTS).increment(0);
-    for reason in crate::facade::ForwardReason::ALL {
-        metrics::counter!(FACADE_FORWARDED, label::REASON => reason.as_str()).increment(0);
+}
+
+/// The facade's forwarded counter exists from the start, at zero, for
+/// every `reason` (the facade module owns its reasons).
+pub(crate) fn register_facade_zeroes(forward_reasons: impl IntoIterator<Item = &'static str>) {
+    for reason in forward_reasons {
+        metrics::counter!(FACADE_FORWARDED, label::REASON => reason).increment(0);
     }
 }
 
@@ -321,15 +328,6 @@ label_values! {
         Native => "native",
         /// A connection some of whose services are polled and some native.
         Mixed => "mixed",
-    }
-}
-
-impl From<crate::flags::Mode> for ServingMode {
-    fn from(mode: crate::flags::Mode) -> ServingMode {
-        match mode {
-            crate::flags::Mode::Poll => ServingMode::Poll,
-            crate::flags::Mode::Native => ServingMode::Native,
-        }
     }
 }
 

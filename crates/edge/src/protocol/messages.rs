@@ -92,7 +92,7 @@ pub fn error_message(service: Option<&str>, code: ErrorCode, message: &str, seq:
 /// fields, a 20-digit seq, the timestamp, the service name (service names
 /// need no JSON escaping) and the commas between events are counted by the
 /// batcher itself. Rounded up generously.
-pub fn event_envelope_bytes(service_name_len: usize) -> usize {
+pub(crate) fn event_envelope_bytes(service_name_len: usize) -> usize {
     const FIXED: usize = 192;
     FIXED.saturating_add(service_name_len)
 }

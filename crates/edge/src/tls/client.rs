@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 /// The connector of every outgoing HTTP client: `http://` plain, `https://` verified.
-pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// Why the client TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ pub(crate) fn no_roots_config() -> Result<Arc<ClientConfig>, TlsClientError> {
 }
 
 /// An HTTP/1 connector that speaks TLS to `https://` URLs with `tls`.
-pub fn https_connector(tls: &ClientConfig, connect_timeout: Duration) -> HttpsConnector {
+pub(crate) fn https_connector(tls: &ClientConfig, connect_timeout: Duration) -> HttpsConnector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));

@@ -8,5 +8,6 @@
 pub(crate) mod client;
 pub(crate) mod reload;
 
-pub use client::{HttpsConnector, TlsClientError, client_config, https_connector};
+pub(crate) use client::{HttpsConnector, https_connector};
+pub use client::{TlsClientError, client_config};
 pub use reload::{CertError, ServerCert};

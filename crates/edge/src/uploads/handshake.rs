@@ -14,7 +14,7 @@ pub(crate) const MAX_FIELD_BYTES: usize = 1024;
 /// A rejected handshake: the code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct HandshakeError {
+pub(crate) struct HandshakeError {
     pub(crate) code: UploadCode,
     pub(crate) message: String,
 }
@@ -90,7 +90,7 @@ fn scalar_text(v: &Value) -> String {
 
 /// A parsed handshake.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     /// A new upload of either version.
     New { version: u8, meta: FileMeta },
     /// Version 2 resuming `upload_id`; `filesize`, when sent, must match.

@@ -100,7 +100,7 @@ impl Uploads {
         if removed > 0 {
             tracing::info!(removed, dir = %dir.display(), "removed spooled uploads of an earlier run");
         }
-        m::register_upload_zeroes();
+        m::register_upload_zeroes(UploadCode::ALL.iter().map(|code| code.reason()));
         Ok(Arc::new(Uploads {
             registry: registry::Registry::new(dir, config.uploads.max_spool_bytes),
             delivery: delivery::Delivery::new(&config),

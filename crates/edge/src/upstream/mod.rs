@@ -1,12 +1,20 @@
 //! Sources of events: the V1 long-poller and the native stream link. Each
-//! runs as its own task, owned by a hub through a [`SourceHandle`]; dropping
-//! or stopping the handle ends the task. Sources only push into their hub.
+//! runs as its own task, owned by a hub through a `SourceHandle`; dropping
+//! or stopping the handle ends the task. Sources only push into their hub,
+//! as `SourceReport`s: what a source produces (the parsed
+//! `IncomingEvent`s, its `SourceStatus`) and what it borrows (the
+//! org's `TokenPool`) are defined here, and the hub builds on them; this
+//! module does not know the hub.
 #![warn(missing_docs)]
 
+mod event;
 mod native;
 mod poller;
+mod tokens;
 
+pub(crate) use event::IncomingEvent;
 pub use native::client_ws_config;
+pub(crate) use tokens::TokenPool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +28,69 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::auth::OrgId;
 use crate::config::Config;
-use crate::hub::tokens::TokenPool;
-use crate::hub::{HubMsg, SessionId, SourceId};
 use crate::metrics::Stats;
 
 /// Largest V1 answer body read.
 pub(crate) const MAX_POLL_BODY: usize = 16 << 20;
+
+/// Identifies a running source within its hub.
+pub(crate) type SourceId = u64;
+/// Identifies a client connection (whose token the [`TokenPool`] holds).
+pub(crate) type SessionId = u64;
+
+/// What a source tells its hub about itself.
+#[derive(Debug)]
+pub(crate) enum SourceStatus {
+    /// The source now covers every event from here on (poller: first answer
+    /// or started from a known cursor; native link: ack received).
+    Ready,
+    /// The source failed; `service` is `None` for all its services.
+    Failed {
+        /// The failed service, `None` for all the source's services.
+        service: Option<u16>,
+        /// Whether the backend refused the token.
+        auth: bool,
+        /// What failed, for the log and the clients' `error` message.
+        message: String,
+    },
+    /// The native link lost its connection (it keeps retrying). Its
+    /// coverage goes on if it resumes when it is back.
+    Down,
+    /// The native link connected without resuming (the first time, or the
+    /// backend could not resume it): it covers only what is published from
+    /// now on; what was published while it was down is not in it.
+    Unresumed,
+}
+
+/// What a source pushes into its hub. The hub's inbox message type `M`
+/// takes these (`M: From<SourceReport>`), so sources do not depend on it.
+#[derive(Debug)]
+pub(crate) enum SourceReport {
+    /// Events of one service, oldest first.
+    Events {
+        /// The source that read them.
+        source: SourceId,
+        /// The service index.
+        service: u16,
+        /// The events, parsed (malformed ones are already dropped).
+        events: Vec<IncomingEvent>,
+        /// V1 poller: the cursor after this answer.
+        cursor: Option<String>,
+        /// Native link: the upstream position of the last event.
+        native_seq: Option<u64>,
+        /// V1 poller: when the request this answers was sent (switching
+        /// waits for an answer to a request sent after the new source was
+        /// ready). A poller reports every answer, even an empty one.
+        requested_at: Option<tokio::time::Instant>,
+    },
+    /// A change of the source's state.
+    Status {
+        /// The source it concerns.
+        source: SourceId,
+        /// Its new state.
+        status: SourceStatus,
+    },
+}
 
 /// Where a poller gets its bearer token.
 pub(crate) enum TokenChoice {
@@ -35,28 +100,30 @@ pub(crate) enum TokenChoice {
     Session(Arc<TokenPool>, SessionId),
 }
 
-/// What a V1 poller is started with: one org and service.
-pub struct PollerSpec {
+/// What a V1 poller is started with: one org and service, and the inbox
+/// (of message type `M`) of the hub it reports to.
+pub(crate) struct PollerSpec<M> {
     pub(crate) org: OrgId,
     pub(crate) service: u16,
     pub(crate) source: SourceId,
     pub(crate) cursor: Option<String>,
     pub(crate) tokens: TokenChoice,
-    pub(crate) hub: mpsc::Sender<HubMsg>,
+    pub(crate) hub: mpsc::Sender<M>,
 }
 
-/// What a native link is started with: one org and its native services.
-pub struct NativeSpec {
+/// What a native link is started with: one org and its native services,
+/// and the inbox (of message type `M`) of the hub it reports to.
+pub(crate) struct NativeSpec<M> {
     pub(crate) org: OrgId,
     pub(crate) services: Vec<u16>,
     pub(crate) source: SourceId,
     pub(crate) last_seq: Option<u64>,
     pub(crate) tokens: Arc<TokenPool>,
-    pub(crate) hub: mpsc::Sender<HubMsg>,
+    pub(crate) hub: mpsc::Sender<M>,
 }
 
 /// Owns a running source; stopping or dropping it ends the task.
-pub struct SourceHandle {
+pub(crate) struct SourceHandle {
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -103,23 +170,24 @@ impl Upstream {
     }
 }
 
-/// Starts sources for a hub. The hub depends on this seam, not on HTTP, so
-/// its switching logic is tested with scripted sources.
-pub trait SourceSpawner: Send + Sync {
+/// Starts sources for a hub whose inbox takes messages of type `M`. The
+/// hub depends on this seam, not on HTTP, so its switching logic is tested
+/// with scripted sources.
+pub(crate) trait SourceSpawner<M>: Send + Sync {
     /// Starts a V1 poller.
-    fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle;
+    fn spawn_poller(&self, spec: PollerSpec<M>) -> SourceHandle;
     /// Starts a native link.
-    fn spawn_native(&self, spec: NativeSpec) -> SourceHandle;
+    fn spawn_native(&self, spec: NativeSpec<M>) -> SourceHandle;
 }
 
-impl SourceSpawner for Arc<Upstream> {
-    fn spawn_poller(&self, spec: PollerSpec) -> SourceHandle {
+impl<M: From<SourceReport> + Send + 'static> SourceSpawner<M> for Arc<Upstream> {
+    fn spawn_poller(&self, spec: PollerSpec<M>) -> SourceHandle {
         let (handle, stop) = SourceHandle::new();
         tokio::spawn(poller::run(self.clone(), spec, stop));
         handle
     }
 
-    fn spawn_native(&self, spec: NativeSpec) -> SourceHandle {
+    fn spawn_native(&self, spec: NativeSpec<M>) -> SourceHandle {
         let (handle, stop) = SourceHandle::new();
         tokio::spawn(native::run(self.clone(), spec, stop));
         handle

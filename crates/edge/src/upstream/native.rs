@@ -13,8 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{Backoff, GaugeGuard, NativeSpec, Upstream};
-use crate::hub::{HubMsg, IncomingEvent, SourceStatus};
+use super::{Backoff, GaugeGuard, IncomingEvent, NativeSpec, SourceReport, SourceStatus, Upstream};
 use crate::metrics as m;
 use crate::protocol::{self, ServerMessage};
 
@@ -79,17 +78,24 @@ pub(crate) fn native_url(up: &Upstream) -> String {
     )
 }
 
-async fn send(spec: &NativeSpec, status: SourceStatus) -> bool {
+async fn send<M: From<SourceReport>>(spec: &NativeSpec<M>, status: SourceStatus) -> bool {
     spec.hub
-        .send(HubMsg::Status {
-            source: spec.source,
-            status,
-        })
+        .send(
+            SourceReport::Status {
+                source: spec.source,
+                status,
+            }
+            .into(),
+        )
         .await
         .is_ok()
 }
 
-pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::Receiver<()>) {
+pub(super) async fn run<M: From<SourceReport>>(
+    up: Arc<Upstream>,
+    spec: NativeSpec<M>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let cfg = up.config.clone();
     let url = native_url(&up);
     let names: Vec<String> = spec
@@ -305,7 +311,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                     if let Some(s) = msg.seq {
                         last_seq = Some(last_seq.map_or(s, |o| o.max(s)));
                     }
-                    let batch = HubMsg::Events {
+                    let batch = SourceReport::Events {
                         source: spec.source,
                         service: service as u16,
                         events,
@@ -313,7 +319,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: NativeSpec, mut stop: oneshot::
                         native_seq: msg.seq,
                         requested_at: None,
                     };
-                    if spec.hub.send(batch).await.is_err() {
+                    if spec.hub.send(batch.into()).await.is_err() {
                         return;
                     }
                 }

@@ -10,8 +10,10 @@ use http_body_util::{BodyExt, Empty, Limited};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{Backoff, GaugeGuard, MAX_POLL_BODY, PollerSpec, TokenChoice, Upstream};
-use crate::hub::{HubMsg, IncomingEvent, SourceStatus};
+use super::{
+    Backoff, GaugeGuard, IncomingEvent, MAX_POLL_BODY, PollerSpec, SourceReport, SourceStatus,
+    TokenChoice, Upstream,
+};
 use crate::metrics as m;
 
 /// An empty answer quicker than this means the backend is not holding requests.
@@ -59,7 +61,11 @@ struct Answer {
     cursor: Option<String>,
 }
 
-pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::Receiver<()>) {
+pub(super) async fn run<M: From<SourceReport>>(
+    up: Arc<Upstream>,
+    spec: PollerSpec<M>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let _gauge = GaugeGuard::new(m::UPSTREAM_POLLERS);
     let cfg = up.config.clone();
     let service = &cfg.services[spec.service as usize];
@@ -131,7 +137,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                 }
                 // Every answer is reported, even an empty one: it tells the
                 // hub how far this poller's coverage reaches (switching).
-                let msg = HubMsg::Events {
+                let msg = SourceReport::Events {
                     source: spec.source,
                     service: spec.service,
                     events,
@@ -139,16 +145,16 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     native_seq: None,
                     requested_at,
                 };
-                if spec.hub.send(msg).await.is_err() {
+                if spec.hub.send(msg.into()).await.is_err() {
                     return;
                 }
                 if !ready_sent {
                     ready_sent = true;
-                    let status = HubMsg::Status {
+                    let status = SourceReport::Status {
                         source: spec.source,
                         status: SourceStatus::Ready,
                     };
-                    if spec.hub.send(status).await.is_err() {
+                    if spec.hub.send(status.into()).await.is_err() {
                         return;
                     }
                 }
@@ -182,7 +188,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                     e.to_string()
                 };
                 tracing::warn!(org = spec.org, service = %service.name, error = %message, "V1 poll failed");
-                let status = HubMsg::Status {
+                let status = SourceReport::Status {
                     source: spec.source,
                     status: SourceStatus::Failed {
                         service: Some(spec.service),
@@ -190,7 +196,7 @@ pub(super) async fn run(up: Arc<Upstream>, spec: PollerSpec, mut stop: oneshot::
                         message,
                     },
                 };
-                if spec.hub.send(status).await.is_err() {
+                if spec.hub.send(status.into()).await.is_err() {
                     return;
                 }
                 // With another token at hand a refusal is retried at once,

@@ -12,15 +12,20 @@ use super::FlagStore;
 pub struct HistoryEntry {
     /// The flags version this change produced.
     pub version: u64,
+    /// When (RFC 3339, UTC).
     pub time: String,
+    /// Who made it (the admin caller, or `file <path>`).
     pub who: String,
+    /// The flag changed.
     pub key: String,
+    /// Its effective value before, as text.
     pub old: String,
+    /// Its effective value after, as text.
     pub new: String,
 }
 
 /// How many changes the history keeps (locally, and in Redis in cluster mode).
-pub const HISTORY_LIMIT: usize = 500;
+pub(crate) const HISTORY_LIMIT: usize = 500;
 
 impl FlagStore {
     /// The recorded changes, oldest first. In cluster mode: the cluster's

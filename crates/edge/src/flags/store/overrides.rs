@@ -13,14 +13,14 @@ impl FlagStore {
     /// Writes the overrides in force to `flags.overrides_file` (if set): in
     /// cluster mode a local copy of the cluster's overrides, so a replica
     /// restarted while Redis is down starts with the last ones it knew.
-    pub async fn save_overrides_copy(&self) -> Result<(), StoreError> {
+    pub(crate) async fn save_overrides_copy(&self) -> Result<(), StoreError> {
         let _order = self.override_writers.lock().await;
         let overrides = self.overrides();
         self.persist_off_thread(&overrides).await
     }
 
     /// Loads the persisted overrides at start-up. A bad file is an error.
-    pub fn load_overrides(&self) -> Result<(), String> {
+    pub(crate) fn load_overrides(&self) -> Result<(), String> {
         let Some(path) = &self.overrides_file else {
             return Ok(());
         };
@@ -48,7 +48,7 @@ impl FlagStore {
     /// Sets admin overrides atomically (all or nothing): written to the
     /// overrides file (off the async threads, temp file then rename) before
     /// they take effect, so a failed write changes nothing.
-    pub async fn set_overrides_persisted(
+    pub(crate) async fn set_overrides_persisted(
         &self,
         who: &str,
         changes: BTreeMap<String, FlagValue>,
@@ -64,7 +64,7 @@ impl FlagStore {
     }
 
     /// Drops one override like [`Self::set_overrides_persisted`]; `Ok(false)` when there was none.
-    pub async fn delete_override_persisted(
+    pub(crate) async fn delete_override_persisted(
         &self,
         who: &str,
         key: &str,
@@ -100,7 +100,7 @@ impl FlagStore {
     }
 
     /// Sets admin overrides atomically and persists them, blocking; for
-    /// tools and tests (the admin API uses [`Self::set_overrides_persisted`]).
+    /// tools and tests (the admin API uses `Self::set_overrides_persisted`).
     pub fn set_overrides(
         &self,
         who: &str,

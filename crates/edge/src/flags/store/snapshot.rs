@@ -10,13 +10,18 @@ use crate::flags::{FlagSchema, FlagValue, Flags};
 /// Which layer a flag's effective value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// The built-in default.
     Default,
+    /// An environment variable.
     Env,
+    /// The flags file.
     File,
+    /// An admin override.
     Override,
 }
 
 impl Source {
+    /// The name the admin API shows.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Default => "default",
@@ -30,9 +35,13 @@ impl Source {
 /// One immutable state of the flags.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The flags version: it grows with every applied change.
     pub version: u64,
+    /// The effective flags, typed.
     pub flags: Flags,
+    /// The effective value of every flag, by name.
     pub values: BTreeMap<String, FlagValue>,
+    /// The layer each value comes from, by name.
     pub sources: BTreeMap<String, Source>,
     /// The last rejected file or start-up problem, until a good file replaces it.
     pub last_error: Option<String>,

@@ -25,7 +25,6 @@ use super::dedup::RecentIds;
 use super::queue::{Frame, Pushed, SessionQueue};
 use super::replay::{ReplayWindow, Stored, ViewKey, batches};
 use super::switching::{self, Handover};
-use super::tokens::TokenPool;
 use super::{
     HubContext, HubMsg, HubRegistry, IncomingEvent, JoinReply, JoinRequest, ReadReply, ReadRequest,
     SessionId, SourceId, SourceStatus,
@@ -35,7 +34,7 @@ use crate::config::Config;
 use crate::flags::{Mode, Snapshot, decide, decide_org};
 use crate::metrics::{self as m, ErrorKind, ServingMode};
 use crate::protocol::{self, ErrorCode};
-use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, TokenChoice};
+use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, TokenChoice, TokenPool};
 
 /// Messages handled per wake-up before the hub looks at its timers again.
 const DRAIN_LIMIT: usize = 256;

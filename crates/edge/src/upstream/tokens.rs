@@ -32,8 +32,9 @@ struct Entry {
     refusals: u32,
 }
 
+/// The tokens of one org's live connections, by session.
 #[derive(Debug, Default)]
-pub struct TokenPool {
+pub(crate) struct TokenPool {
     entries: Mutex<Vec<Entry>>,
     /// The token of the last connection that left, and when it left: an
     /// org whose clients come and go (old clients' V1 polls through the
@@ -43,7 +44,8 @@ pub struct TokenPool {
 }
 
 impl TokenPool {
-    pub fn add(&self, session: u64, token: Arc<str>, expires_at: Option<u64>) {
+    /// Adds a connection's token (`expires_at`: epoch seconds).
+    pub(crate) fn add(&self, session: u64, token: Arc<str>, expires_at: Option<u64>) {
         if let Ok(mut e) = self.entries.lock() {
             e.push(Entry {
                 session,
@@ -55,7 +57,8 @@ impl TokenPool {
         }
     }
 
-    pub fn remove(&self, session: u64) {
+    /// Removes a connection's token; it lingers as the last one left.
+    pub(crate) fn remove(&self, session: u64) {
         let Ok(mut e) = self.entries.lock() else {
             return;
         };
@@ -69,7 +72,7 @@ impl TokenPool {
 
     /// Whether a connection left at most `linger` ago with a token that
     /// has not expired (the sources may go on with it meanwhile).
-    pub fn left_within(&self, linger: Duration) -> bool {
+    pub(crate) fn left_within(&self, linger: Duration) -> bool {
         let now = (clock::unix_millis() / 1000) as u64;
         self.last_left.lock().is_ok_and(|l| {
             l.as_ref().is_some_and(|(x, at)| {
@@ -80,7 +83,7 @@ impl TokenPool {
 
     /// A live token the backend has not refused, newest first (the newest
     /// connection's token usually lives longest).
-    pub fn pick(&self) -> Option<Arc<str>> {
+    pub(crate) fn pick(&self) -> Option<Arc<str>> {
         let now = (clock::unix_millis() / 1000) as u64;
         let usable = |x: &Entry| {
             x.refused_at
@@ -102,7 +105,7 @@ impl TokenPool {
     }
 
     /// The token of one session (per-connection polling).
-    pub fn of_session(&self, session: u64) -> Option<Arc<str>> {
+    pub(crate) fn of_session(&self, session: u64) -> Option<Arc<str>> {
         let e = self.entries.lock().ok()?;
         e.iter()
             .find(|x| x.session == session)
@@ -110,7 +113,7 @@ impl TokenPool {
     }
 
     /// Marks a token the backend refused with 401/403.
-    pub fn refuse(&self, token: &str) {
+    pub(crate) fn refuse(&self, token: &str) {
         if let Ok(mut e) = self.entries.lock() {
             for x in e.iter_mut().filter(|x| &*x.token == token) {
                 x.refused_at = Some(Instant::now());
@@ -121,7 +124,7 @@ impl TokenPool {
 
     /// Marks a token the backend accepted: its next refusal starts the
     /// pause from a few seconds again.
-    pub fn accepted(&self, token: &str) {
+    pub(crate) fn accepted(&self, token: &str) {
         if let Ok(mut e) = self.entries.lock() {
             for x in e.iter_mut().filter(|x| &*x.token == token) {
                 x.refused_at = None;
