@@ -82,14 +82,18 @@ impl ExchangeState {
     }
 }
 
-/// A deadline pushed back by every frame that passes.
+/// How long a body has been waiting without moving, and the timer that
+/// ends the wait at the limit.
 ///
-/// The timer itself is only armed when the body has to wait: a small body
-/// that is ready at once (most requests) never registers a timer, and a
-/// frame that passes only records the time instead of moving a timer entry.
+/// The clock is read only when the body has to wait (its source had nothing
+/// ready): a frame that passes just marks the wait as over, and a small body
+/// that is ready at once (most requests) never reads the clock or registers
+/// a timer. The wait is counted from the moment the body found nothing to
+/// pass on, so time the body was not asked for a frame (its receiver was
+/// slow) is not counted as the source's silence.
 pub(super) struct IdleTimer {
     limit: Duration,
-    last_progress: tokio::time::Instant,
+    waiting_since: Option<tokio::time::Instant>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -97,17 +101,20 @@ impl IdleTimer {
     pub(crate) fn new(limit: Duration) -> Self {
         IdleTimer {
             limit,
-            last_progress: tokio::time::Instant::now(),
+            waiting_since: None,
             sleep: None,
         }
     }
 
     fn progressed(&mut self) {
-        self.last_progress = tokio::time::Instant::now();
+        self.waiting_since = None;
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.last_progress + self.limit;
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + self.limit;
         let sleep = match &mut self.sleep {
             Some(sleep) => {
                 if sleep.deadline() != deadline {

@@ -33,16 +33,20 @@ use body::{BackendBody, ClientBody, ExchangeState, IdleTimer};
 use upstream::{Failure, Upstream, UpstreamPool};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub(crate) struct Passthrough {
     pool: Arc<UpstreamPool>,
@@ -332,18 +336,34 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in named {
-        headers.remove(h);
+    // One pass over the names present (a handful) finds which hop-by-hop
+    // headers there are; only those are looked up and removed.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    if present == 0 {
+        return;
+    }
+    // Bit 0 is `Connection`: the headers it names are hop-by-hop too.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for h in named {
+            headers.remove(h);
+        }
+    }
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
@@ -353,20 +373,26 @@ fn append_forwarded(
     tls: bool,
     host: Option<HeaderValue>,
 ) {
-    let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    use std::io::Write as _;
+    // "<earlier hops>, <peer>" written into one buffer that becomes the
+    // header value's bytes (one allocation).
+    let mut xff = Vec::with_capacity(48);
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR)
+        && !prev.is_empty()
+    {
+        xff.extend_from_slice(prev.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{}", peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(h) = host {
-        headers.insert("x-forwarded-host", h);
+        headers.insert(X_FORWARDED_HOST, h);
     }
 }
 
@@ -386,6 +412,40 @@ mod tests {
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_removed_and_others_stay() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "upgrade",
+        ] {
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+        }
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+
+        let mut untouched = HeaderMap::new();
+        untouched.insert("x-a", "1".parse().unwrap());
+        untouched.insert(header::CONTENT_LENGTH, "2".parse().unwrap());
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched.len(), 2);
+    }
+
+    #[test]
+    fn forwarded_for_starts_with_the_peer_when_absent() {
+        let mut h = HeaderMap::new();
+        append_forwarded(&mut h, "[::1]:5000".parse().unwrap(), true, None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert!(h.get("x-forwarded-host").is_none());
     }
 
     #[test]
