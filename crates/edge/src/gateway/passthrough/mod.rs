@@ -12,16 +12,14 @@
 //! fault: 400 or 408, not counted as a backend failure.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::sync::Arc;
+use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 
 use crate::config::PassthroughConfig;
@@ -29,33 +27,43 @@ use crate::drain::Drain;
 use crate::http_server::{Body, json_error};
 
 mod body;
+mod upstream;
 
-use body::{BackendBody, ClientBody, IdleTimer};
+use body::{BackendBody, ClientBody, ExchangeState, IdleTimer};
+use upstream::{Failure, Upstream, UpstreamPool};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 pub(crate) struct Passthrough {
-    client: Client<crate::tls::HttpsConnector, ClientBody>,
-    base: url::Url,
-    /// The backend's scheme and authority, when its base URL has no path:
-    /// then a request's URI is built from these and the request's own path
-    /// and query (shared bytes, no copy and no parse per request).
-    origin: Option<(http::uri::Scheme, http::uri::Authority)>,
+    pool: Arc<UpstreamPool>,
+    /// The base URL's path without its trailing slash ("" for none): what
+    /// every forwarded request's path is appended to.
+    base_path: String,
+    /// The Host header for a request that came without one: the backend's
+    /// authority.
+    backend_host: Option<HeaderValue>,
     config: PassthroughConfig,
     in_flight: Arc<Semaphore>,
     relays: Arc<Semaphore>,
     drain: Arc<Drain>,
 }
+
+/// How long connecting to the backend may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Passthrough {
     pub(crate) fn new(
@@ -64,24 +72,20 @@ impl Passthrough {
         drain: Arc<Drain>,
         tls: &tokio_rustls::rustls::ClientConfig,
     ) -> Self {
-        let connector = crate::tls::https_connector(tls, Duration::from_secs(5));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            // Idle pooled connections are descriptors too: within the budget.
-            .pool_max_idle_per_host(config.max_in_flight)
-            .build(connector);
-        let origin = if base.path() == "/" && base.query().is_none() {
-            base.as_str()
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|u| Some((u.scheme()?.clone(), u.authority()?.clone())))
-        } else {
-            None
+        let connector = crate::tls::https_connector(tls, CONNECT_TIMEOUT);
+        let host = base.host_str().unwrap_or_default();
+        let authority = match base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
         };
+        let origin = format!("{}://{authority}/", base.scheme())
+            .parse::<http::Uri>()
+            .unwrap_or_default();
         Passthrough {
-            client,
-            base,
-            origin,
+            // Idle connections are descriptors too: within the budget.
+            pool: Arc::new(UpstreamPool::new(connector, origin, config.max_in_flight)),
+            base_path: base.path().trim_end_matches('/').to_string(),
+            backend_host: HeaderValue::from_str(&authority).ok(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             relays: Arc::new(Semaphore::new(config.max_websockets)),
             config,
@@ -130,101 +134,177 @@ impl Passthrough {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());
         }
+        if original_host.is_none()
+            && let Some(host) = &self.backend_host
+        {
+            parts.headers.insert(header::HOST, host.clone());
+        }
         append_forwarded(&mut parts.headers, peer, tls, original_host);
         parts.uri = uri;
         let idle = self.config.idle_timeout;
-        let client_fault = Arc::new(Mutex::new(None));
         // The response timeout runs from the end of the request body: an
         // upload that keeps moving is bounded by the idle timeout instead.
-        let (body_sent, mut body_sent_rx) = tokio::sync::watch::channel(body.is_end_stream());
+        let state = Arc::new(ExchangeState::new(body.is_end_stream()));
         let body = ClientBody {
             inner: body,
             idle: IdleTimer::new(idle),
-            fault: client_fault.clone(),
-            sent: body_sent,
+            state: state.clone(),
         };
         let outgoing = Request::from_parts(parts, body);
 
-        let timeout = self.config.response_timeout;
-        let head_overdue = async {
-            let _ = body_sent_rx.wait_for(|sent| *sent).await;
-            tokio::time::sleep(timeout).await;
-        };
-        let answer = tokio::select! {
-            r = self.client.request(outgoing) => Ok(r),
-            _ = head_overdue => Err(()),
-        };
-        let mut resp = match answer {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let fault = client_fault.lock().map(|f| *f).unwrap_or(None);
-                if let Some(fault) = fault {
-                    tracing::debug!(error = %e, "pass-through request body broken by the client");
-                    return fault.response();
-                }
-                tracing::warn!(error = %e, "backend unreachable for pass-through");
-                return json_error(StatusCode::BAD_GATEWAY, "backend unavailable");
-            }
-            Err(_) => {
-                let fault = client_fault.lock().map(|f| *f).unwrap_or(None);
-                if let Some(fault) = fault {
-                    return fault.response();
-                }
-                tracing::warn!(
-                    timeout_s = timeout.as_secs(),
-                    "backend sent no response head in time"
-                );
-                return json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("backend did not answer within {} s", timeout.as_secs()),
-                );
-            }
-        };
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                return json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "backend switched protocols unasked",
-                );
-            };
-            let backend_upgrade = hyper::upgrade::on(&mut resp);
-            let close = self.drain.stream_close();
-            self.drain.tracker().spawn(async move {
-                let _permit = relay_permit;
-                let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await)
-                else {
-                    return;
-                };
-                let end =
-                    super::relay::run(TokioIo::new(client), TokioIo::new(backend), idle, close)
-                        .await;
-                tracing::debug!(?end, "relayed WebSocket ended");
-            });
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, crate::http_server::full(""));
+        if let Some(client_upgrade) = client_upgrade {
+            return self
+                .forward_upgrade(outgoing, &state, client_upgrade, relay_permit)
+                .await;
         }
-
+        let (mut up, answer) = match self.exchange_pooled(outgoing, &state).await {
+            Ok(exchanged) => exchanged,
+            Err(refusal) => return refusal,
+        };
+        let resp = match answer {
+            Ok(resp) => resp,
+            Err(failure) => return self.failed(failure, &state),
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection is the backend's now; it is closed with `up`.
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "backend switched protocols unasked",
+            );
+        }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = BackendBody {
             inner: body,
             idle: IdleTimer::new(idle),
+            upstream: up.take(),
+            pool: self.pool.clone(),
             _in_flight: in_flight,
         };
         Response::from_parts(parts, body.boxed())
     }
-}
 
-impl Passthrough {
-    /// The backend URI for a request: the base URL followed by the
-    /// request's path and query.
+    /// Sends a request on a pooled connection (once more on a new one when
+    /// an idle connection turned out closed before the request went out).
+    #[allow(clippy::type_complexity)]
+    async fn exchange_pooled(
+        &self,
+        mut outgoing: Request<ClientBody>,
+        state: &ExchangeState,
+    ) -> Result<
+        (
+            Option<Box<Upstream<upstream::Plain>>>,
+            Result<Response<Incoming>, Failure>,
+        ),
+        Response<Body>,
+    > {
+        loop {
+            let mut up = match self.pool.checkout().await {
+                Ok(up) => up,
+                Err(e) => {
+                    tracing::warn!(error = %e, "backend unreachable for pass-through");
+                    return Err(json_error(StatusCode::BAD_GATEWAY, "backend unavailable"));
+                }
+            };
+            let answer = up
+                .exchange(outgoing, state, self.config.response_timeout)
+                .await;
+            match answer {
+                Err(Failure::NotSent(req, e)) if up.reused() => {
+                    tracing::debug!(error = %e, "idle backend connection closed; request sent on a new one");
+                    outgoing = *req;
+                }
+                answer => return Ok((Some(up), answer)),
+            }
+        }
+    }
+
+    /// An upgrade request: on a connection of its own, which becomes the
+    /// backend's side of the relay when the backend switches protocols.
+    async fn forward_upgrade(
+        &self,
+        outgoing: Request<ClientBody>,
+        state: &ExchangeState,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        relay_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Response<Body> {
+        let mut up = match self.pool.connect_upgradeable().await {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend unreachable for pass-through");
+                return json_error(StatusCode::BAD_GATEWAY, "backend unavailable");
+            }
+        };
+        let mut resp = match up
+            .exchange(outgoing, state, self.config.response_timeout)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(failure) => return self.failed(failure, state),
+        };
+        // The rest of the connection's work (the hand-over of the socket, or
+        // the rest of a refusal's body) runs on its own; it ends with the
+        // connection.
+        let driver = up.into_driver();
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(driver) = driver {
+                tokio::spawn(driver);
+            }
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Response::from_parts(parts, body.map_err(Into::into).boxed());
+        }
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = self.config.idle_timeout;
+        let close = self.drain.stream_close();
+        self.drain.tracker().spawn(async move {
+            let _permit = relay_permit;
+            if let Some(driver) = driver {
+                let _ = driver.await;
+            }
+            let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await) else {
+                return;
+            };
+            let end =
+                super::relay::run(TokioIo::new(client), TokioIo::new(backend), idle, close).await;
+            tracing::debug!(?end, "relayed WebSocket ended");
+        });
+        let (parts, _) = resp.into_parts();
+        Response::from_parts(parts, crate::http_server::full(""))
+    }
+
+    /// The answer to an exchange that gave no response.
+    fn failed(&self, failure: Failure, state: &ExchangeState) -> Response<Body> {
+        if let Some(fault) = state.client_fault() {
+            tracing::debug!("pass-through request body broken by the client");
+            return fault.response();
+        }
+        match failure {
+            Failure::NotSent(_, e) | Failure::Failed(e) => {
+                tracing::warn!(error = %e, "backend unreachable for pass-through");
+                json_error(StatusCode::BAD_GATEWAY, "backend unavailable")
+            }
+            Failure::HeadOverdue => {
+                let timeout = self.config.response_timeout;
+                tracing::warn!(
+                    timeout_s = timeout.as_secs(),
+                    "backend sent no response head in time"
+                );
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("backend did not answer within {} s", timeout.as_secs()),
+                )
+            }
+        }
+    }
+
+    /// The backend request target for a request: the base URL's path
+    /// followed by the request's path and query, in origin form (the
+    /// request's own bytes, shared, when the base URL has no path).
     fn target(&self, requested: &http::Uri) -> Option<http::Uri> {
         let path_and_query = requested.path_and_query();
-        if let Some((scheme, authority)) = &self.origin {
+        if self.base_path.is_empty() {
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(scheme.clone());
-            parts.authority = Some(authority.clone());
             parts.path_and_query = Some(
                 path_and_query
                     .cloned()
@@ -234,7 +314,7 @@ impl Passthrough {
         }
         let target = format!(
             "{}{}",
-            self.base.as_str().trim_end_matches('/'),
+            self.base_path,
             path_and_query.map(|p| p.as_str()).unwrap_or("/")
         );
         target.parse::<http::Uri>().ok()
@@ -256,18 +336,34 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in named {
-        headers.remove(h);
+    // One pass over the names present (a handful) finds which hop-by-hop
+    // headers there are; only those are looked up and removed.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    if present == 0 {
+        return;
+    }
+    // Bit 0 is `Connection`: the headers it names are hop-by-hop too.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for h in named {
+            headers.remove(h);
+        }
+    }
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
@@ -277,20 +373,26 @@ fn append_forwarded(
     tls: bool,
     host: Option<HeaderValue>,
 ) {
-    let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    use std::io::Write as _;
+    // "<earlier hops>, <peer>" written into one buffer that becomes the
+    // header value's bytes (one allocation).
+    let mut xff = Vec::with_capacity(48);
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR)
+        && !prev.is_empty()
+    {
+        xff.extend_from_slice(prev.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{}", peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(h) = host {
-        headers.insert("x-forwarded-host", h);
+        headers.insert(X_FORWARDED_HOST, h);
     }
 }
 
@@ -310,6 +412,40 @@ mod tests {
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_removed_and_others_stay() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "upgrade",
+        ] {
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+        }
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+
+        let mut untouched = HeaderMap::new();
+        untouched.insert("x-a", "1".parse().unwrap());
+        untouched.insert(header::CONTENT_LENGTH, "2".parse().unwrap());
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched.len(), 2);
+    }
+
+    #[test]
+    fn forwarded_for_starts_with_the_peer_when_absent() {
+        let mut h = HeaderMap::new();
+        append_forwarded(&mut h, "[::1]:5000".parse().unwrap(), true, None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert!(h.get("x-forwarded-host").is_none());
     }
 
     #[test]
