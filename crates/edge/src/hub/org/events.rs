@@ -1,6 +1,6 @@
 //! Events from the sources: positions, de-duplication, the size limit,
 //! the replay window and the byte- and count-bounded batches pushed to
-//! every view.
+//! every view (the batches themselves are `batches`').
 
 use std::collections::HashSet;
 

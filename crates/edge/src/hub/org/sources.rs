@@ -1,6 +1,6 @@
 //! The org's sources: starting V1 pollers and native links for what the
 //! flags and subscribers want, and stopping the old ones make-before-break
-//! (the rules are in `hub::switching`).
+//! (the rules are in `hub::switching`; starting a source is `start`'s).
 
 use tokio::time::Instant;
 
