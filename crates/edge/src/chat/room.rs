@@ -16,9 +16,9 @@
 //! room while any replica has them, and `online`/`offline` are said when the
 //! user first appears anywhere and when they are gone everywhere.
 //!
-//! This module is the actor: its state, the loop, membership (join, leave,
-//! the leave grace) and the timers. What members say is `messages`'s;
-//! the same room on other replicas is `replicas`'.
+//! This module is the actor: its state, the loop and the timers. Joining
+//! and leaving (the leave grace) are `membership`'s; what members say is
+//! `messages`'s; the same room on other replicas is `replicas`'.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -39,6 +39,7 @@ use crate::config::ChatConfig;
 use crate::hub::{Frame, SessionQueue};
 use crate::metrics as m;
 
+mod membership;
 mod messages;
 mod replicas;
 
@@ -249,92 +250,6 @@ impl Room {
                     ClientMessage::Ack(message_id) => self.ack(conn, user_id, message_id),
                 }
             }
-        }
-    }
-
-    fn join(&mut self, member: Member) -> JoinOutcome {
-        // Members are connections: every tab costs the room a queue and a
-        // share of each broadcast, so every tab counts against the cap.
-        if self.conns.len() >= self.cfg.max_room_members {
-            return JoinOutcome::Full;
-        }
-        let returning = match self.users.get_mut(&member.user_id) {
-            Some(user) => {
-                user.conns += 1;
-                user.offline_at = None;
-                true
-            }
-            None => {
-                self.users.insert(
-                    member.user_id.clone(),
-                    User {
-                        name: member.user_name.clone(),
-                        conns: 1,
-                        status: Status::Online,
-                        offline_at: None,
-                        sends: SendWindow::default(),
-                        typing: TypingThrottle::default(),
-                    },
-                );
-                false
-            }
-        };
-        if !returning {
-            // Someone the room already has through another replica is not new.
-            if !self.is_remote(&member.user_id, None) {
-                let frame = protocol::presence(&member.user_id, &member.user_name, Status::Online);
-                self.broadcast(frame, None);
-            }
-            self.publish_presence(&member.user_id, &member.user_name, Status::Online);
-        }
-        self.conns.insert(
-            member.conn,
-            Conn {
-                user: member.user_id.clone(),
-                token: member.token.clone(),
-                queue: member.queue.clone(),
-            },
-        );
-        let mut members: Vec<MemberView<'_>> = self
-            .users
-            .iter()
-            .map(|(id, u)| MemberView {
-                user_id: id,
-                user_name: &u.name,
-                status: u.status,
-            })
-            .collect();
-        // Members on other replicas, each user once.
-        let mut listed: std::collections::HashSet<&str> = self.users.keys().map(|k| &**k).collect();
-        for users in self.remote.values() {
-            for (id, u) in users {
-                if listed.insert(id) {
-                    members.push(MemberView {
-                        user_id: id,
-                        user_name: &u.name,
-                        status: u.status,
-                    });
-                }
-            }
-        }
-        member
-            .queue
-            .push(Frame::control(protocol::presence_snapshot(&members)));
-        JoinOutcome::Joined
-    }
-
-    fn leave(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
-        let Some(user) = self.users.get_mut(&c.user) else {
-            return;
-        };
-        user.conns = user.conns.saturating_sub(1);
-        if user.conns == 0 {
-            let at = Instant::now() + self.cfg.leave_grace;
-            user.offline_at = Some(at);
-            self.timers.push(Reverse((at, Timer::Offline(c.user))));
         }
     }
 

@@ -20,6 +20,9 @@
 //! - `uploads`: document uploads,
 //! - `chat`: chat rooms,
 //! - `cluster`: several replicas on Redis.
+//!
+//! `problems` holds what they report: each problem with its key path, the
+//! error carrying them all, and the collector they validate into.
 
 // Every item that stays public is documented.
 #![warn(missing_docs)]
@@ -31,6 +34,7 @@ mod flags;
 mod legacy;
 mod lifecycle;
 mod listen;
+mod problems;
 mod stream;
 mod uploads;
 mod upstream;
@@ -39,7 +43,6 @@ mod upstream;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -52,6 +55,8 @@ pub(crate) use flags::FlagsConfig;
 pub use legacy::{DEFAULT_SERVICES, LegacyConfig, ServiceConfig};
 pub(crate) use lifecycle::{LimitsConfig, PassthroughConfig, ShutdownConfig};
 pub use listen::TlsConfig;
+use problems::Problems;
+pub use problems::{ConfigError, ConfigProblem};
 pub use stream::StreamConfig;
 pub(crate) use uploads::UploadsConfig;
 pub(crate) use upstream::UpstreamConfig;
@@ -62,58 +67,6 @@ pub const CONFIG_ENV: &str = "REALTIME_EDGE_CONFIG";
 pub(crate) const JWT_SECRET_ENV: &str = "JWT_SECRET";
 /// The environment variable that supplies the admin token.
 pub(crate) const ADMIN_TOKEN_ENV: &str = "ADMIN_TOKEN";
-
-/// One problem found in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// Dotted key path, e.g. `stream.batch_window_ms`.
-    pub(crate) key: String,
-    /// What is wrong with the key's value, for an operator.
-    pub(crate) message: String,
-}
-
-/// Everything wrong with one configuration file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read at all.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The file, as given.
-        file: String,
-        /// Why reading failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file was read; these keys are wrong.
-    #[error("{file}: {}", format_problems(problems))]
-    Invalid {
-        /// The file, as given.
-        file: String,
-        /// Every problem found, in the order of the sections.
-        problems: Vec<ConfigProblem>,
-    },
-}
-
-fn format_problems(problems: &[ConfigProblem]) -> String {
-    let lines: Vec<String> = problems
-        .iter()
-        .map(|p| format!("{}: {}", p.key, p.message))
-        .collect();
-    lines.join("; ")
-}
-
-impl ConfigError {
-    /// One line per problem, each naming the file and key.
-    pub fn lines(&self) -> Vec<String> {
-        match self {
-            ConfigError::Read { .. } => vec![self.to_string()],
-            ConfigError::Invalid { file, problems } => problems
-                .iter()
-                .map(|p| format!("{file}: {}: {}", p.key, p.message))
-                .collect(),
-        }
-    }
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -351,64 +304,5 @@ impl RawConfig {
             cluster,
         };
         (config, p.0)
-    }
-}
-
-/// Collects problems while values are checked; every check falls back to
-/// the key's default so later rules still see a sensible value.
-struct Problems(Vec<ConfigProblem>);
-
-impl Problems {
-    fn push(&mut self, key: impl fmt::Display, message: impl fmt::Display) {
-        self.0.push(ConfigProblem {
-            key: key.to_string(),
-            message: message.to_string(),
-        });
-    }
-
-    fn addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
-        let text = value.unwrap_or(default);
-        match text.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
-                self.push(
-                    key,
-                    format!("{text:?} is not an IP address with a port (e.g. \"127.0.0.1:8080\")"),
-                );
-                default.parse().expect("default address parses")
-            }
-        }
-    }
-
-    fn range(&mut self, key: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
-        let v = value.unwrap_or(default);
-        if v < min || v > max {
-            self.push(key, format!("{v} is out of range ({min}..={max})"));
-            default
-        } else {
-            v
-        }
-    }
-
-    fn name(&mut self, key: &str, value: Option<&str>, default: &str) -> String {
-        let v = value.unwrap_or(default);
-        if v.trim().is_empty() {
-            self.push(key, "must not be empty");
-            default.to_string()
-        } else {
-            v.to_string()
-        }
-    }
-
-    fn path(&mut self, key: &str, value: &str) -> String {
-        if !value.starts_with('/') {
-            self.push(key, format!("{value:?} must start with '/'"));
-        } else if value.contains(['?', '#', ' ']) {
-            self.push(
-                key,
-                format!("{value:?} must be a plain path (no query, fragment or spaces)"),
-            );
-        }
-        value.to_string()
     }
 }

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod answer;
+mod classify;
 pub(crate) mod cursor;
 mod forward;
 
@@ -32,7 +33,7 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::auth::{self, Identity, Verifier};
+use crate::auth::{Identity, Verifier};
 use crate::config::Config;
 use crate::flags::FlagStore;
 use crate::http_server::{Body, json_error};
@@ -42,24 +43,9 @@ use crate::hub::{HubMsg, HubRegistry, JoinRequest, SessionId, SessionQueue};
 use crate::metrics::{self as m, Stats};
 
 use answer::{AnswerEvents, HubMessage, V1Answer};
+use classify::Decision;
 pub(crate) use cursor::{Cursor, CursorKey};
 pub(crate) use forward::ForwardReason;
-
-/// What to do with one V1 request.
-#[derive(Debug)]
-enum Decision {
-    Serve {
-        identity: Identity,
-        token: String,
-        cursor: Option<Cursor>,
-    },
-    /// Forward; `strip_cursor` drops the (facade) cursor parameter so the
-    /// backend treats the request as a first poll.
-    Forward {
-        reason: Option<ForwardReason>,
-        strip_cursor: bool,
-    },
-}
 
 /// The facade of one sidecar.
 pub(crate) struct Facade {
@@ -162,85 +148,6 @@ impl Facade {
         let stats = &self.registry.context().stats;
         stats.facade.forwarded.fetch_add(1, Ordering::Relaxed);
         ::metrics::counter!(m::FACADE_FORWARDED, m::label::REASON => reason.as_str()).increment(1);
-    }
-
-    fn classify<B>(&self, req: &Request<B>, service: u16) -> Decision {
-        let flags = self.flags.current();
-        let param = self.config.legacy.cursor_param.as_str();
-        let mut cursor_text: Option<String> = None;
-        let mut extra = false;
-        if let Some(q) = req.uri().query() {
-            for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-                if k == param && cursor_text.is_none() {
-                    cursor_text = Some(v.into_owned());
-                } else {
-                    extra = true;
-                }
-            }
-        }
-        let ours = cursor_text.as_deref().and_then(|t| self.key.open(t));
-        if !flags.flags.v1_facade {
-            // After a rollback a facade cursor means nothing to the backend:
-            // send it as a first poll, like after a page reload.
-            return Decision::Forward {
-                reason: ours.map(|_| ForwardReason::FacadeOff),
-                strip_cursor: ours.is_some(),
-            };
-        }
-        let forward = |reason| Decision::Forward {
-            reason: Some(reason),
-            strip_cursor: false,
-        };
-        let Some(token) = auth::token_from_request(req.headers(), None) else {
-            return forward(ForwardReason::NoToken);
-        };
-        let identity = match self.verifier.verify(&token) {
-            Ok(i) => i,
-            Err(_) => return forward(ForwardReason::InvalidToken),
-        };
-        if flags.flags.denylist.contains(&identity.org_id) {
-            return forward(ForwardReason::Denylisted);
-        }
-        if extra {
-            return forward(ForwardReason::ExtraParams);
-        }
-        let cursor = match (&cursor_text, ours) {
-            (None, _) => None,
-            (Some(_), Some(c)) if c.org == identity.org_id && c.service == service => Some(c),
-            (Some(_), _) => return forward(ForwardReason::ForeignCursor),
-        };
-        Decision::Serve {
-            identity,
-            token,
-            cursor,
-        }
-    }
-
-    /// Drops the cursor parameter from the request's query.
-    fn strip_cursor<B>(&self, req: &mut Request<B>) {
-        let param = self.config.legacy.cursor_param.as_str();
-        let uri = req.uri();
-        let Some(q) = uri.query() else { return };
-        let rest: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
-            .filter(|(k, _)| k != param)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let mut target = uri.path().to_string();
-        if !rest.is_empty() {
-            target.push('?');
-            target.push_str(
-                &url::form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(rest)
-                    .finish(),
-            );
-        }
-        let mut parts = uri.clone().into_parts();
-        if let Ok(pq) = target.parse() {
-            parts.path_and_query = Some(pq);
-            if let Ok(new) = http::Uri::from_parts(parts) {
-                *req.uri_mut() = new;
-            }
-        }
     }
 
     async fn serve(
