@@ -181,7 +181,7 @@ impl OrgHub {
                 && let Some(&poller) = marks.get(&ev.id)
                 && let Some(r) = self.sources.get_mut(&source)
             {
-                r.backlog_covered.push((service, Some(poller)));
+                r.backlog_handed_over(service, Some(poller));
                 continue;
             }
             if native_marks.contains(&ev.id) {
@@ -207,7 +207,7 @@ impl OrgHub {
             }
             if !self.recent.insert(&ev.id) {
                 if backlog && let Some(r) = self.sources.get_mut(&source) {
-                    r.backlog_covered.push((service, None));
+                    r.backlog_handed_over(service, None);
                 }
                 continue;
             }

@@ -107,6 +107,19 @@ struct Running {
     handle: SourceHandle,
 }
 
+impl Running {
+    /// A native link's resume backlog for `service` reached what others
+    /// delivered (`by`: the poller whose coverage it reached, when one did):
+    /// the rest of it is theirs. The link's own coverage of `service` now
+    /// has a stretch it did not deliver, so its live marks start afresh
+    /// from its next live events: a late answer cut at the old marks would
+    /// drop what only that other source holds.
+    fn backlog_handed_over(&mut self, service: u16, by: Option<SourceId>) {
+        self.backlog_covered.push((service, by));
+        self.live_marks.retain(|(s, _)| *s != service);
+    }
+}
+
 pub(super) struct OrgHub {
     org: OrgId,
     registry: Arc<HubRegistry>,

@@ -284,3 +284,76 @@ async fn a_late_answer_after_a_link_restarted_without_resuming_keeps_the_gap_bod
         "what the restarted link delivered arrives once"
     );
 }
+
+#[test]
+fn a_late_answer_keeps_what_a_resumed_backlog_left_to_the_poller() {
+    paused(a_late_answer_keeps_what_a_resumed_backlog_left_to_the_poller_body);
+}
+
+/// The link's resume backlog reached what the poller had delivered, so the
+/// rest of it ("e2", "e3") was left to the poller; the poller's requests
+/// then failed while the link delivered more than the de-duplication set
+/// holds. Its late answer must still deliver "e2" and "e3": the link's
+/// coverage restarted after its backlog, not where it first began.
+async fn a_late_answer_keeps_what_a_resumed_backlog_left_to_the_poller_body() {
+    let f = fixture();
+    let q = join(&f, 1, vec![0]).await;
+    let poller = Source::of(&f.scripted, 0);
+    poller
+        .answer(0, vec![event("a1", 1)], "c1", tokio::time::Instant::now())
+        .await;
+    settle().await;
+    set(&f, &native_for(1));
+    settle().await;
+    let native = Source::of(&f.scripted, 1);
+    native.status(SourceStatus::Unresumed).await;
+    native.status(SourceStatus::Ready).await;
+    let first: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+    native
+        .events(0, first.iter().map(|id| event(id, 1)).collect(), None)
+        .await;
+    settle().await;
+    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
+    settle().await;
+    native.status(SourceStatus::Down).await;
+    settle().await;
+    let mut answer: Vec<IncomingEvent> = first.iter().map(|id| event(id, 1)).collect();
+    answer.push(event("e1", 1));
+    let sent_before_back = tokio::time::Instant::now();
+    poller.answer(0, answer, "c2", sent_before_back).await;
+    settle().await;
+    native.status(SourceStatus::Ready).await;
+    let backlog = |id: &str| {
+        let mut e = event(id, 1);
+        e.live = false;
+        e
+    };
+    native
+        .events(0, vec![backlog("e1"), backlog("e2"), backlog("e3")], None)
+        .await;
+    settle().await;
+    assert!(
+        !f.scripted.stopped(1),
+        "the link runs until the poller answers"
+    );
+    let live: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    for chunk in live.chunks(500) {
+        native
+            .events(0, chunk.iter().map(|id| event(id, 1)).collect(), None)
+            .await;
+        settle().await;
+    }
+    let mut late = vec![event("e2", 1), event("e3", 1)];
+    late.extend(live.iter().map(|id| event(id, 1)));
+    late.push(event("x1", 1));
+    poller.answer(0, late, "c3", sent_before_back).await;
+    settle().await;
+    let got = event_ids(&drain(&q));
+    let mut want = vec!["a1".to_string()];
+    want.extend(first.iter().cloned());
+    want.push("e1".into());
+    want.extend(live.iter().cloned());
+    want.extend(["e2", "e3", "x1"].map(String::from));
+    assert_eq!(got.len(), want.len(), "no event twice, none lost");
+    assert_eq!(got, want);
+}
