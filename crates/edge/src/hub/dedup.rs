@@ -9,6 +9,8 @@ pub struct RecentIds {
     set: HashSet<u64>,
     order: VecDeque<u64>,
     capacity: usize,
+    /// How many ids were ever recorded (new ones only).
+    inserted: u64,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -18,6 +20,7 @@ impl RecentIds {
             set: HashSet::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
+            inserted: 0,
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -33,6 +36,12 @@ impl RecentIds {
         self.set.contains(&self.key(id))
     }
 
+    /// How many ids were ever recorded: what was recorded before
+    /// `inserted() - capacity` is forgotten.
+    pub fn inserted(&self) -> u64 {
+        self.inserted
+    }
+
     /// Records `id`; false when it was already seen.
     pub fn insert(&mut self, id: &str) -> bool {
         let key = self.key(id);
@@ -40,6 +49,7 @@ impl RecentIds {
             return false;
         }
         self.order.push_back(key);
+        self.inserted = self.inserted.wrapping_add(1);
         if self.order.len() > self.capacity
             && let Some(old) = self.order.pop_front()
         {

@@ -108,7 +108,6 @@ impl OrgHub {
         let mut reached_native = false;
         let stale = self.stale_overlap(source, service, &events);
         let caught_up = !native_source(self.sources.get(&source)) || !events.is_empty();
-        let mut delivered = 0usize;
         self.bound_overlap(source, service, events.len());
         // Positions to restart from are taken only from the source that
         // serves: a retiring source's position is history, not a plan.
@@ -170,11 +169,13 @@ impl OrgHub {
             // de-duplication set.
             let backlog = native && !ev.live;
             if backlog
-                && self
-                    .sources
-                    .get(&source)
-                    .is_some_and(|r| r.backlog_covered.iter().any(|(s, _)| *s == service))
+                && let Some(r) = self.sources.get_mut(&source)
+                && r.backlog_covered.iter().any(|(s, _)| *s == service)
             {
+                // Still theirs: the link's marks start after it (a late
+                // answer of theirs is cut at the marks, and must deliver
+                // this first).
+                r.live_marks.retain(|(s, _)| *s != service);
                 continue;
             }
             if backlog
@@ -221,7 +222,6 @@ impl OrgHub {
                     slot.pending_since = Some(Instant::now());
                 }
                 slot.pending.push(ev);
-                delivered += 1;
             }
         }
         if slot.last_error_sent.is_some() && !slot.pending.is_empty() {
@@ -231,7 +231,9 @@ impl OrgHub {
         for (id, size) in too_large {
             self.report_too_large(service, &id, size);
         }
-        self.note_outrun(source, service, delivered, caught_up);
+        if caught_up {
+            self.note_caught_up(source, service);
+        }
         if reached_native && let Some(r) = self.sources.remove(&source) {
             tracing::debug!(org = self.org, service = %self.cfg.services[service as usize].name,
                 "the poller being replaced reached the native link's coverage; it stops");
@@ -240,10 +242,10 @@ impl OrgHub {
     }
 
     /// The part of an answer of `source` for `service` that repeats what
-    /// other sources delivered since its last one, when they delivered more
-    /// than the de-duplication set can tell apart (a poller whose requests
-    /// kept failing while a native link delivered, a link that was down
-    /// while pollers did): from where another running source's coverage
+    /// other sources delivered since its last one, when more has been
+    /// recorded since than the de-duplication set surely remembers (a
+    /// poller whose requests kept failing while a native link delivered, a
+    /// link that was down while pollers did): from where another running source's coverage
     /// began (one of its marks in the answer, else the answer's start) to
     /// the last event the set still remembers. An answer holds events in the
     /// order the backend published them, and what the hub delivered is
@@ -256,13 +258,13 @@ impl OrgHub {
         service: u16,
         events: &[IncomingEvent],
     ) -> std::ops::Range<usize> {
-        let outrun = self
+        let since = self
             .sources
             .get(&source)
-            .and_then(|r| r.outrun.get(service as usize))
-            .copied()
-            .unwrap_or(0);
-        if outrun <= self.cfg.stream.dedup_events / 2 {
+            .and_then(|r| r.caught_up_at.iter().find(|(s, _)| *s == service))
+            .map_or(0, |&(_, at)| at);
+        let recorded = self.recent.inserted().wrapping_sub(since);
+        if recorded <= (self.cfg.stream.dedup_events / 2) as u64 {
             return 0..0;
         }
         let marks: HashSet<&str> = self
@@ -295,27 +297,16 @@ impl OrgHub {
         }
     }
 
-    /// Keeps [`Running::outrun`]: `source` has caught up on `service` (a
-    /// poller's answer, a link's events); every other source of it is
-    /// `delivered` events further behind.
-    fn note_outrun(&mut self, source: SourceId, service: u16, delivered: usize, caught_up: bool) {
-        let s = service as usize;
-        for (&id, r) in self.sources.iter_mut() {
-            let covers = match &r.kind {
-                SourceKind::Native(set) => set.binary_search(&service).is_ok(),
-                SourceKind::SharedPoller(x) | SourceKind::SessionPoller(x, _) => *x == service,
-            };
-            if !covers {
-                continue;
-            }
-            if r.outrun.len() <= s {
-                r.outrun.resize(s + 1, 0);
-            }
-            if id != source {
-                r.outrun[s] = r.outrun[s].saturating_add(delivered);
-            } else if caught_up {
-                r.outrun[s] = 0;
-            }
+    /// Keeps [`Running::caught_up_at`]: `source` has caught up on
+    /// `service` (a poller's answer, a link's events).
+    fn note_caught_up(&mut self, source: SourceId, service: u16) {
+        let at = self.recent.inserted();
+        let Some(r) = self.sources.get_mut(&source) else {
+            return;
+        };
+        match r.caught_up_at.iter_mut().find(|(s, _)| *s == service) {
+            Some(entry) => entry.1 = at,
+            None => r.caught_up_at.push((service, at)),
         }
     }
 

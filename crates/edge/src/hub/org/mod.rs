@@ -98,12 +98,12 @@ struct Running {
     /// failing answers from an old cursor and would repeat what the link
     /// delivered, past what the de-duplication set remembers.
     live_marks: Vec<(u16, Box<str>)>,
-    /// Per service (by index): how many of its events other sources
-    /// delivered since this one last answered (a poller) or delivered (a
-    /// native link). Past what the de-duplication set can tell apart, its
-    /// next answer is cut where the others' coverage lies (see
-    /// `OrgHub::stale_overlap`).
-    outrun: Vec<usize>,
+    /// Per service: the de-duplication set's insertion count when this
+    /// source last answered (a poller) or delivered (a native link). Once
+    /// more than half the set has been recorded since, the set may have
+    /// forgotten what its next answer repeats: that answer is cut where
+    /// the others' coverage lies (see `OrgHub::stale_overlap`).
+    caught_up_at: Vec<(u16, u64)>,
     handle: SourceHandle,
 }
 

@@ -357,3 +357,70 @@ async fn a_late_answer_keeps_what_a_resumed_backlog_left_to_the_poller_body() {
     assert_eq!(got.len(), want.len(), "no event twice, none lost");
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_late_answer_delivers_what_a_backlog_left_to_it_across_two_resumes() {
+    paused(a_late_answer_delivers_what_a_backlog_left_to_it_across_two_resumes_body);
+}
+
+/// The 120 s soak's loss: the link came back (so the fallback poller was
+/// being replaced) and left the rest of its backlog to that poller, dropped
+/// and resumed again, leaving that backlog too; the poller's late answer
+/// then stopped at the link's live marks from between the two resumes,
+/// before what the link had left to it.
+async fn a_late_answer_delivers_what_a_backlog_left_to_it_across_two_resumes_body() {
+    let f = fixture();
+    set(&f, &native_for(1));
+    let q = join(&f, 1, vec![0]).await;
+    let native = Source::of(&f.scripted, 0);
+    native.status(SourceStatus::Unresumed).await;
+    native.status(SourceStatus::Ready).await;
+    native.events(0, vec![event("n1", 1)], None).await;
+    settle().await;
+    native.status(SourceStatus::Down).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let poller = Source::of(&f.scripted, 1);
+    let sent = tokio::time::Instant::now();
+    poller.answer(0, vec![event("q1", 1)], "c1", sent).await;
+    poller.status(SourceStatus::Ready).await;
+    settle().await;
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    assert!(!f.scripted.stopped(1), "the poller overlaps the link");
+    let backlog = |id: &str| {
+        let mut e = event(id, 1);
+        e.live = false;
+        e
+    };
+    native
+        .events(0, vec![backlog("g1"), backlog("q1"), backlog("q2")], None)
+        .await;
+    let marks: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    native
+        .events(0, marks.iter().map(|id| event(id, 1)).collect(), None)
+        .await;
+    settle().await;
+    native.status(SourceStatus::Down).await;
+    native.status(SourceStatus::Ready).await;
+    native
+        .events(0, vec![backlog("r1"), backlog("r2")], None)
+        .await;
+    settle().await;
+    let mut late = vec![event("q2", 1)];
+    late.extend(marks.iter().map(|id| event(id, 1)));
+    late.extend([event("r1", 1), event("r2", 1)]);
+    poller.answer(0, late, "c2", sent).await;
+    settle().await;
+    let got = event_ids(&drain(&q));
+    let mut want: Vec<String> = ["n1", "q1", "g1", "q2"].map(String::from).to_vec();
+    want.extend(marks.iter().cloned());
+    want.extend(["r1", "r2"].map(String::from));
+    for id in &want {
+        assert_eq!(
+            got.iter().filter(|g| *g == id).count(),
+            1,
+            "{id} once: {got:?}"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{got:?}");
+}

@@ -58,13 +58,15 @@ impl OrgHub {
                 backlog_covered: Vec::new(),
                 first_answer_ids: Vec::new(),
                 live_marks: Vec::new(),
-                outrun: Vec::new(),
+                caught_up_at: vec![(service, self.recent.inserted())],
                 handle,
             },
         );
     }
 
     pub(in crate::hub::org) fn start_native(&mut self, services: Vec<u16>) {
+        let at = self.recent.inserted();
+        let caught_up_at = services.iter().map(|&s| (s, at)).collect();
         let id = self.alloc_source();
         if !self
             .sources
@@ -96,7 +98,7 @@ impl OrgHub {
                 backlog_covered: Vec::new(),
                 first_answer_ids: Vec::new(),
                 live_marks: Vec::new(),
-                outrun: Vec::new(),
+                caught_up_at,
                 handle,
             },
         );
