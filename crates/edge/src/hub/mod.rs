@@ -47,23 +47,8 @@ pub(crate) enum HubMsg {
     /// A reader that is not a live session (a V1 facade) asks the window.
     Read(Box<ReadRequest>),
     Leave(SessionId),
-    Events {
-        source: SourceId,
-        service: u16,
-        events: Vec<IncomingEvent>,
-        /// V1 poller: the cursor after this answer.
-        cursor: Option<String>,
-        /// Native link: the upstream position of the last event.
-        native_seq: Option<u64>,
-        /// V1 poller: when the request this answers was sent (switching
-        /// waits for an answer to a request sent after the new source was
-        /// ready). A poller reports every answer, even an empty one.
-        requested_at: Option<tokio::time::Instant>,
-    },
-    Status {
-        source: SourceId,
-        status: SourceStatus,
-    },
+    /// What a source reports: events, or a change of its state.
+    Source(SourceReport),
     /// From the org's cluster link (cluster mode); `link` tells a
     /// replaced link's late words from the current one's.
     Cluster {
@@ -74,24 +59,7 @@ pub(crate) enum HubMsg {
 
 impl From<SourceReport> for HubMsg {
     fn from(report: SourceReport) -> HubMsg {
-        match report {
-            SourceReport::Events {
-                source,
-                service,
-                events,
-                cursor,
-                native_seq,
-                requested_at,
-            } => HubMsg::Events {
-                source,
-                service,
-                events,
-                cursor,
-                native_seq,
-                requested_at,
-            },
-            SourceReport::Status { source, status } => HubMsg::Status { source, status },
-        }
+        HubMsg::Source(report)
     }
 }
 

@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::flags::{Mode, Snapshot, decide, decide_org};
 use crate::metrics::{self as m, ErrorKind, ServingMode};
 use crate::protocol::{self, ErrorCode};
-use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, TokenChoice, TokenPool};
+use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, SourceReport, TokenChoice, TokenPool};
 
 /// Messages handled per wake-up before the hub looks at its timers again.
 const DRAIN_LIMIT: usize = 256;
@@ -108,6 +108,28 @@ struct Running {
 }
 
 impl Running {
+    /// A source just started; `recorded` is the de-duplication set's
+    /// insertion count now (see `caught_up_at`).
+    fn new(kind: SourceKind, ready: bool, recorded: u64, handle: SourceHandle) -> Running {
+        let caught_up_at = match &kind {
+            SourceKind::Native(services) => services.iter().map(|&s| (s, recorded)).collect(),
+            SourceKind::SharedPoller(s) | SourceKind::SessionPoller(s, _) => vec![(*s, recorded)],
+        };
+        Running {
+            kind,
+            ready,
+            ready_at: ready.then(Instant::now),
+            answered_request_at: None,
+            first_answered_request_at: None,
+            overlap_events: 0,
+            backlog_covered: Vec::new(),
+            first_answer_ids: Vec::new(),
+            live_marks: Vec::new(),
+            caught_up_at,
+            handle,
+        }
+    }
+
     /// A native link's resume backlog for `service` reached what others
     /// delivered (`by`: the poller whose coverage it reached, when one did):
     /// the rest of it is theirs. The link's own coverage of `service` now
@@ -327,18 +349,20 @@ impl OrgHub {
             HubMsg::Cluster { link, update } => self.cluster_update(link, update),
             HubMsg::Join(req) => self.join(*req),
             HubMsg::Leave(id) => self.leave(id),
-            HubMsg::Events {
+            HubMsg::Source(SourceReport::Events {
                 source,
                 service,
                 events,
                 cursor,
                 native_seq,
                 requested_at,
-            } => {
+            }) => {
                 self.accept_events(source, service, events, cursor, native_seq);
                 self.note_answer(source, requested_at);
             }
-            HubMsg::Status { source, status } => self.source_status(source, status),
+            HubMsg::Source(SourceReport::Status { source, status }) => {
+                self.source_status(source, status)
+            }
             HubMsg::Read(req) => self.read(*req),
         }
     }

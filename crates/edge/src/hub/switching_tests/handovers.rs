@@ -205,14 +205,14 @@ async fn a_service_added_to_native_starts_a_wider_link_before_dropping_the_old_b
     Source::of(&f.scripted, 0).status(SourceStatus::Ready).await;
     Source::of(&f.scripted, 0)
         .hub
-        .send(HubMsg::Events {
+        .send(HubMsg::Source(SourceReport::Events {
             source: f.scripted.sender(0).0,
             service: 0,
             events: vec![event("e", 1)],
             cursor: None,
             native_seq: Some(41),
             requested_at: None,
-        })
+        }))
         .await
         .unwrap();
     let _b = join(&f, 1, vec![0, 2]).await;

@@ -26,7 +26,7 @@ use super::{
 use crate::config::{Config, EnvSecrets};
 use crate::flags::{FlagSchema, FlagStore, FlagValue};
 use crate::metrics::Stats;
-use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, SourceSpawner};
+use crate::upstream::{NativeSpec, PollerSpec, SourceHandle, SourceReport, SourceSpawner};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
@@ -150,23 +150,23 @@ impl Source {
         cursor: Option<&str>,
         requested_at: Option<tokio::time::Instant>,
     ) {
-        let msg = HubMsg::Events {
+        let msg = HubMsg::Source(SourceReport::Events {
             source: self.source,
             service,
             events,
             cursor: cursor.map(String::from),
             native_seq: None,
             requested_at,
-        };
+        });
         self.hub.send(msg).await.unwrap();
     }
 
     async fn status(&self, status: SourceStatus) {
         self.hub
-            .send(HubMsg::Status {
+            .send(HubMsg::Source(SourceReport::Status {
                 source: self.source,
                 status,
-            })
+            }))
             .await
             .unwrap();
     }

@@ -46,27 +46,11 @@ impl OrgHub {
             None => SourceKind::SharedPoller(service),
             Some(s) => SourceKind::SessionPoller(service, s),
         };
-        self.sources.insert(
-            id,
-            Running {
-                kind,
-                ready,
-                ready_at: ready.then(Instant::now),
-                answered_request_at: None,
-                first_answered_request_at: None,
-                overlap_events: 0,
-                backlog_covered: Vec::new(),
-                first_answer_ids: Vec::new(),
-                live_marks: Vec::new(),
-                caught_up_at: vec![(service, self.recent.inserted())],
-                handle,
-            },
-        );
+        let running = Running::new(kind, ready, self.recent.inserted(), handle);
+        self.sources.insert(id, running);
     }
 
     pub(in crate::hub::org) fn start_native(&mut self, services: Vec<u16>) {
-        let at = self.recent.inserted();
-        let caught_up_at = services.iter().map(|&s| (s, at)).collect();
         let id = self.alloc_source();
         if !self
             .sources
@@ -86,21 +70,8 @@ impl OrgHub {
         };
         tracing::debug!(org = self.org, source = id, last_seq = ?spec.last_seq, "start native");
         let handle = self.ctx.upstream.spawn_native(spec);
-        self.sources.insert(
-            id,
-            Running {
-                kind: SourceKind::Native(services),
-                ready: false,
-                ready_at: None,
-                answered_request_at: None,
-                first_answered_request_at: None,
-                overlap_events: 0,
-                backlog_covered: Vec::new(),
-                first_answer_ids: Vec::new(),
-                live_marks: Vec::new(),
-                caught_up_at,
-                handle,
-            },
-        );
+        let kind = SourceKind::Native(services);
+        let running = Running::new(kind, false, self.recent.inserted(), handle);
+        self.sources.insert(id, running);
     }
 }
