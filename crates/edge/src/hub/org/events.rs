@@ -172,10 +172,7 @@ impl OrgHub {
                 && let Some(r) = self.sources.get_mut(&source)
                 && r.backlog_covered.iter().any(|(s, _)| *s == service)
             {
-                // Still theirs: the link's marks start after it (a late
-                // answer of theirs is cut at the marks, and must deliver
-                // this first).
-                r.live_marks.retain(|(s, _)| *s != service);
+                self.left_to_pollers.insert(&ev.id);
                 continue;
             }
             if backlog
@@ -185,11 +182,12 @@ impl OrgHub {
                 r.backlog_handed_over(service, Some(poller));
                 continue;
             }
-            if native_marks.contains(&ev.id) {
-                reached_native = true;
-                break;
-            }
-            if stale.contains(&i) {
+            // Past the link's coverage (or within what others delivered
+            // since), only the holes the link left to pollers remain.
+            reached_native |= native_marks.contains(&ev.id);
+            if (reached_native || stale.contains(&i))
+                && (native || !self.left_to_pollers.contains(&ev.id))
+            {
                 continue;
             }
             if ev.org != Some(self.org) {

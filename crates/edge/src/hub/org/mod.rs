@@ -132,13 +132,9 @@ impl Running {
 
     /// A native link's resume backlog for `service` reached what others
     /// delivered (`by`: the poller whose coverage it reached, when one did):
-    /// the rest of it is theirs. The link's own coverage of `service` now
-    /// has a stretch it did not deliver, so its live marks start afresh
-    /// from its next live events: a late answer cut at the old marks would
-    /// drop what only that other source holds.
+    /// the rest of it is theirs.
     fn backlog_handed_over(&mut self, service: u16, by: Option<SourceId>) {
         self.backlog_covered.push((service, by));
-        self.live_marks.retain(|(s, _)| *s != service);
     }
 }
 
@@ -158,6 +154,11 @@ pub(super) struct OrgHub {
     replay: ReplayWindow,
     /// Source-side de-duplication: eventIds accepted from the sources.
     recent: RecentIds,
+    /// eventIds a native link skipped in its resume backlog as the pollers'
+    /// (they had begun to cover them): holes in the link's own coverage.
+    /// A poller's answer cut where the link's coverage lies still delivers
+    /// these. Bounded like `recent`.
+    left_to_pollers: RecentIds,
     /// Delivery-side de-duplication: eventIds delivered to this replica's
     /// clients (in cluster mode they may come from local sources and from
     /// the shared stream across a change of serving).
@@ -198,6 +199,7 @@ impl OrgHub {
             org,
             slots: (0..cfg.services.len()).map(|_| Slot::default()).collect(),
             recent: RecentIds::new(cfg.stream.dedup_events),
+            left_to_pollers: RecentIds::new(cfg.stream.dedup_events),
             delivered: RecentIds::new(cfg.stream.dedup_events),
             cluster: ctx.cluster.as_ref().map(|_| cluster::ClusterSide::new()),
             next_ping: Instant::now() + cfg.stream.ping_interval,

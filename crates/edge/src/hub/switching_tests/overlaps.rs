@@ -293,8 +293,8 @@ fn a_late_answer_keeps_what_a_resumed_backlog_left_to_the_poller() {
 /// The link's resume backlog reached what the poller had delivered, so the
 /// rest of it ("e2", "e3") was left to the poller; the poller's requests
 /// then failed while the link delivered more than the de-duplication set
-/// holds. Its late answer must still deliver "e2" and "e3": the link's
-/// coverage restarted after its backlog, not where it first began.
+/// holds. Its late answer must still deliver "e2" and "e3", holes in the
+/// link's coverage, while skipping what the link delivered.
 async fn a_late_answer_keeps_what_a_resumed_backlog_left_to_the_poller_body() {
     let f = fixture();
     let q = join(&f, 1, vec![0]).await;
