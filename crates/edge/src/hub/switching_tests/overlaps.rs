@@ -179,21 +179,7 @@ fn a_serving_pollers_late_answer_skips_what_native_delivered_meanwhile() {
 /// coverage and what is newer than anything delivered arrive; nothing twice.
 async fn a_serving_pollers_late_answer_skips_what_native_delivered_meanwhile_body() {
     let f = fixture();
-    let q = join(&f, 1, vec![0]).await;
-    let poller = Source::of(&f.scripted, 0);
-    poller
-        .answer(0, vec![event("a1", 1)], "c1", tokio::time::Instant::now())
-        .await;
-    settle().await;
-    let sent_early = tokio::time::Instant::now();
-    set(&f, &native_for(1));
-    settle().await;
-    let native = Source::of(&f.scripted, 1);
-    native.status(SourceStatus::Unresumed).await;
-    native.status(SourceStatus::Ready).await;
-    settle().await;
-    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
-    settle().await;
+    let (q, poller, native, sent_early) = back_to_polling_with_the_link_kept(&f).await;
     assert!(
         !f.scripted.stopped(1),
         "the link runs until the poller answers"
@@ -232,21 +218,7 @@ fn a_late_answer_after_a_link_restarted_without_resuming_keeps_the_gap() {
 /// poller's late answer holds from before that is delivered, not skipped.
 async fn a_late_answer_after_a_link_restarted_without_resuming_keeps_the_gap_body() {
     let f = fixture();
-    let q = join(&f, 1, vec![0]).await;
-    let poller = Source::of(&f.scripted, 0);
-    poller
-        .answer(0, vec![event("a1", 1)], "c1", tokio::time::Instant::now())
-        .await;
-    settle().await;
-    let sent_early = tokio::time::Instant::now();
-    set(&f, &native_for(1));
-    settle().await;
-    let native = Source::of(&f.scripted, 1);
-    native.status(SourceStatus::Unresumed).await;
-    native.status(SourceStatus::Ready).await;
-    settle().await;
-    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
-    settle().await;
+    let (q, poller, native, sent_early) = back_to_polling_with_the_link_kept(&f).await;
     let before: Vec<String> = (0..3000).map(|i| format!("b{i}")).collect();
     native
         .events(0, before.iter().map(|id| event(id, 1)).collect(), None)
@@ -423,4 +395,29 @@ async fn a_late_answer_delivers_what_a_backlog_left_to_it_across_two_resumes_bod
         );
     }
     assert_eq!(got.len(), want.len(), "{got:?}");
+}
+
+/// Polling (the poller answered "a1"), then native (a fresh link, up),
+/// then polling again before the poller answered a request sent after the
+/// link was up: the link runs on until it does. Returns the client's queue,
+/// the poller, the link, and when the poller's pending request was sent.
+async fn back_to_polling_with_the_link_kept(
+    f: &Fixture,
+) -> (Arc<SessionQueue>, Source, Source, tokio::time::Instant) {
+    let q = join(&f, 1, vec![0]).await;
+    let poller = Source::of(&f.scripted, 0);
+    poller
+        .answer(0, vec![event("a1", 1)], "c1", tokio::time::Instant::now())
+        .await;
+    settle().await;
+    let sent_early = tokio::time::Instant::now();
+    set(&f, &native_for(1));
+    settle().await;
+    let native = Source::of(&f.scripted, 1);
+    native.status(SourceStatus::Unresumed).await;
+    native.status(SourceStatus::Ready).await;
+    settle().await;
+    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
+    settle().await;
+    (q, poller, native, sent_early)
 }
