@@ -404,20 +404,20 @@ async fn a_late_answer_delivers_what_a_backlog_left_to_it_across_two_resumes_bod
 async fn back_to_polling_with_the_link_kept(
     f: &Fixture,
 ) -> (Arc<SessionQueue>, Source, Source, tokio::time::Instant) {
-    let q = join(&f, 1, vec![0]).await;
+    let q = join(f, 1, vec![0]).await;
     let poller = Source::of(&f.scripted, 0);
     poller
         .answer(0, vec![event("a1", 1)], "c1", tokio::time::Instant::now())
         .await;
     settle().await;
     let sent_early = tokio::time::Instant::now();
-    set(&f, &native_for(1));
+    set(f, &native_for(1));
     settle().await;
     let native = Source::of(&f.scripted, 1);
     native.status(SourceStatus::Unresumed).await;
     native.status(SourceStatus::Ready).await;
     settle().await;
-    set(&f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
+    set(f, &[(crate::flags::STREAMING_V2, FlagValue::Bool(false))]);
     settle().await;
     (q, poller, native, sent_early)
 }
