@@ -83,7 +83,12 @@ impl Passthrough {
             .unwrap_or_default();
         Passthrough {
             // Idle connections are descriptors too: within the budget.
-            pool: Arc::new(UpstreamPool::new(connector, origin, config.max_in_flight)),
+            pool: Arc::new(UpstreamPool::new(
+                connector,
+                origin,
+                config.max_in_flight,
+                drain.tracker().clone(),
+            )),
             base_path: base.path().trim_end_matches('/').to_string(),
             backend_host: HeaderValue::from_str(&authority).ok(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -243,12 +248,12 @@ impl Passthrough {
             Err(failure) => return self.failed(failure, state),
         };
         // The rest of the connection's work (the hand-over of the socket, or
-        // the rest of a refusal's body) runs on its own; it ends with the
-        // connection.
+        // the rest of a refusal's body) runs on its own, owned by the drain's
+        // tracker; it ends with the connection.
         let driver = up.into_driver();
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             if let Some(driver) = driver {
-                tokio::spawn(driver);
+                self.drain.tracker().spawn(driver);
             }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

@@ -171,6 +171,9 @@ pub(super) struct UpstreamPool {
     /// Most recently used last.
     idle: Mutex<VecDeque<(Instant, Box<Upstream<Plain>>)>>,
     max_idle: usize,
+    /// Owns the tasks that finish sending a request body (a drain waits
+    /// for them).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl UpstreamPool {
@@ -178,12 +181,14 @@ impl UpstreamPool {
         connector: crate::tls::HttpsConnector,
         origin: http::Uri,
         max_idle: usize,
+        tasks: tokio_util::task::TaskTracker,
     ) -> Self {
         UpstreamPool {
             connector,
             origin,
             idle: Mutex::new(VecDeque::new()),
             max_idle,
+            tasks,
         }
     }
 
@@ -235,7 +240,7 @@ impl UpstreamPool {
         // The request body is still on its way (it is cut when it stalls for
         // the idle timeout, which ends this task).
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if poll_fn(|cx| {
                 if up.ready(cx) {
                     Poll::Ready(true)
