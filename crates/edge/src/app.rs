@@ -239,11 +239,15 @@ impl Sidecar {
             max_connections: config.limits.client_connections,
             header_timeout: config.limits.header_timeout,
         };
+        let front = gateway
+            .passthrough
+            .raw_front(gateway.own_paths(), tls.is_some());
         tasks.push(tokio::spawn(http_server::serve_with(
             listeners.client,
             tls,
             client_limits,
             move |req, peer| gateway.clone().handle(req, peer),
+            front,
             Lifecycle {
                 wind_down: drain.wind_down_signal(),
                 stop: drain.stop_signal(),

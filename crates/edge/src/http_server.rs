@@ -24,6 +24,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+mod front;
+
+pub(crate) use front::{Front, FrontContext, NoFront, Prefixed};
+
 /// Any error a body or handler may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every handler answers with.
@@ -165,20 +169,23 @@ pub async fn serve<H, F>(
         stop: shutdown,
         tracker: TaskTracker::new(),
     };
-    serve_with(listener, tls, limits, handler, lifecycle).await
+    serve_with(listener, tls, limits, handler, NoFront, lifecycle).await
 }
 
-/// [`serve`] with a separate wind-down and stop, and connection tasks on a
-/// tracker (the sidecar's drain).
-pub(crate) async fn serve_with<H, F>(
+/// [`serve`] with a front that serves a connection's requests until it
+/// hands the connection to hyper, a separate wind-down and stop, and
+/// connection tasks on a tracker (the sidecar's drain).
+pub(crate) async fn serve_with<H, F, P>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: ServerLimits,
     handler: H,
+    front: P,
     lifecycle: Lifecycle,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
+    P: Front,
 {
     let Lifecycle {
         wind_down,
@@ -225,20 +232,20 @@ pub(crate) async fn serve_with<H, F>(
         };
         let handler = handler.clone();
         let tls = tls.clone();
-        let wind_down = wind_down.clone();
-        let stop = stop.clone();
+        let front = front.clone();
+        let conn = ConnParts {
+            peer,
+            permit,
+            limits,
+            wind_down: wind_down.clone(),
+            stop: stop.clone(),
+        };
         tracker.spawn(async move {
             match tls {
-                None => {
-                    let io = Counted::new(TokioIo::new(tcp), permit);
-                    serve_conn(io, peer, limits, handler, wind_down, stop).await
-                }
+                None => serve_socket(tcp, conn, front, handler).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let io = Counted::new(TokioIo::new(stream), permit);
-                            serve_conn(io, peer, limits, handler, wind_down, stop).await
-                        }
+                        Ok(Ok(stream)) => serve_socket(stream, conn, front, handler).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -246,6 +253,53 @@ pub(crate) async fn serve_with<H, F>(
             }
         });
     }
+}
+
+/// What a connection's task holds besides its socket.
+struct ConnParts {
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    limits: ServerLimits,
+    wind_down: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves one accepted (and, with TLS, handshaken) socket: the front
+/// first, then hyper if the front hands the connection over.
+async fn serve_socket<I, H, F, P>(io: I, conn: ConnParts, front: P, handler: H)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+    P: Front,
+{
+    let ConnParts {
+        peer,
+        permit,
+        limits,
+        wind_down,
+        stop,
+    } = conn;
+    let context = FrontContext {
+        peer,
+        header_timeout: limits.header_timeout,
+        wind_down: wind_down.clone(),
+    };
+    let handed_over = tokio::select! {
+        handed_over = front.serve(io, context) => handed_over,
+        _ = stopped_a_while_ago(stop.clone()) => None,
+    };
+    let Some(io) = handed_over else {
+        return;
+    };
+    let io = Counted::new(TokioIo::new(io), permit);
+    serve_conn(io, peer, limits, handler, wind_down, stop).await
+}
+
+/// Completes [`STOP_GRACE`] after the listener was told to stop.
+async fn stopped_a_while_ago(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+    tokio::time::sleep(STOP_GRACE).await;
 }
 
 /// The state of a failing `accept`: one log line per change of state, and
@@ -278,7 +332,7 @@ async fn serve_conn<I, H, F>(
     limits: ServerLimits,
     handler: H,
     mut wind_down: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -310,17 +364,13 @@ async fn serve_conn<I, H, F>(
         // Finish the request in flight (or close an idle connection now).
         conn.as_mut().graceful_shutdown();
     }
-    let stopped_a_while_ago = async {
-        let _ = stop.wait_for(|s| *s).await;
-        tokio::time::sleep(STOP_GRACE).await;
-    };
     tokio::select! {
         r = conn => {
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection error");
             }
         }
-        _ = stopped_a_while_ago => {}
+        _ = stopped_a_while_ago(stop) => {}
     }
 }
 

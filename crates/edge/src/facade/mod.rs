@@ -87,6 +87,11 @@ impl Facade {
     }
 
     /// The service whose V1 endpoint a request addresses, if any.
+    /// The V1 paths the facade may answer (GET only).
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &str> {
+        self.paths.keys().map(String::as_str)
+    }
+
     pub(crate) fn service_for<B>(&self, req: &Request<B>) -> Option<u16> {
         if req.method() != Method::GET {
             return None;

@@ -52,6 +52,22 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
+    /// The paths this gateway answers itself, or may (the facade's): every
+    /// other request is pass-through, which the byte path may forward
+    /// without hyper.
+    pub(crate) fn own_paths(&self) -> passthrough::raw::OwnPaths {
+        [
+            STREAM_PATH,
+            crate::assets::CLIENT_JS_PATH,
+            crate::uploads::UPLOAD_PATH,
+            crate::chat::CHAT_PATH,
+        ]
+        .into_iter()
+        .chain(self.facade.paths())
+        .map(|p| p.as_bytes().to_vec())
+        .collect()
+    }
+
     pub(crate) async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,

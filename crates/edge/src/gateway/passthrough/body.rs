@@ -26,12 +26,18 @@ pub(super) enum ClientFault {
 
 impl ClientFault {
     pub(crate) fn response(self) -> Response<Body> {
+        let (status, message) = self.status_and_message();
+        json_error(status, message)
+    }
+
+    /// The answer's status and `error` message (both pass-through paths).
+    pub(crate) fn status_and_message(self) -> (StatusCode, &'static str) {
         match self {
-            ClientFault::Malformed => json_error(
+            ClientFault::Malformed => (
                 StatusCode::BAD_REQUEST,
                 "malformed or incomplete request body",
             ),
-            ClientFault::Stalled => json_error(StatusCode::REQUEST_TIMEOUT, "request body stalled"),
+            ClientFault::Stalled => (StatusCode::REQUEST_TIMEOUT, "request body stalled"),
         }
     }
 }

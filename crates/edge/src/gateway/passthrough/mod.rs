@@ -27,6 +27,7 @@ use crate::drain::Drain;
 use crate::http_server::{Body, json_error};
 
 mod body;
+pub(crate) mod raw;
 mod upstream;
 
 use body::{BackendBody, ClientBody, ExchangeState, IdleTimer};
@@ -60,6 +61,9 @@ pub(crate) struct Passthrough {
     in_flight: Arc<Semaphore>,
     relays: Arc<Semaphore>,
     drain: Arc<Drain>,
+    /// Where the byte path connects; `None` for an `https://` backend,
+    /// which only hyper's path reaches.
+    raw_backend: Option<(String, u16)>,
 }
 
 /// How long connecting to the backend may take.
@@ -91,11 +95,39 @@ impl Passthrough {
             )),
             base_path: base.path().trim_end_matches('/').to_string(),
             backend_host: HeaderValue::from_str(&authority).ok(),
+            raw_backend: match (base.scheme(), base.port_or_known_default()) {
+                // An IPv6 literal without its brackets, as a socket address wants it.
+                ("http", Some(port)) => Some((host.trim_matches(['[', ']']).to_string(), port)),
+                _ => None,
+            },
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             relays: Arc::new(Semaphore::new(config.max_websockets)),
             config,
             drain,
         }
+    }
+
+    /// The byte path in front of this pass-through, for a plain `http://`
+    /// backend: it forwards what it can and hands the rest to hyper.
+    pub(crate) fn raw_front(&self, own_paths: raw::OwnPaths, tls: bool) -> Option<raw::RawFront> {
+        let (host, port) = self.raw_backend.clone()?;
+        let authority = self
+            .backend_host
+            .as_ref()
+            .map(|h| h.as_bytes().to_vec())
+            .unwrap_or_default();
+        Some(raw::RawFront::new(
+            raw::RawBackend {
+                host,
+                port,
+                authority,
+                base_path: self.base_path.clone(),
+            },
+            own_paths,
+            tls,
+            self.config.clone(),
+            self.in_flight.clone(),
+        ))
     }
 
     pub(crate) async fn forward(
