@@ -12,8 +12,8 @@ use super::Shared;
 use super::chunked::Chunked;
 use super::deadline::{Deadline, Waited};
 use super::heads::{
-    Framing, RequestEdits, RequestHead, RequestPlan, ResponseHead, ResponsePlan, rewrite_request,
-    rewrite_response,
+    Framing, MAX_HEAD_BYTES, RequestEdits, RequestHead, RequestPlan, ResponseHead, ResponsePlan,
+    rewrite_request, rewrite_response,
 };
 use crate::gateway::passthrough::body::ClientFault;
 use crate::http_server::{FrontContext, Prefixed};
@@ -210,16 +210,27 @@ where
             scratch.clear();
             let close = close || body_left > 0 || backend_broken;
             let head = read_response_head(&mut backend, &mut scratch, &plan, close, &mut self.out);
-            match self.response_wait.run(head).await {
-                Waited::Done(Ok(response)) => break (backend, response),
-                Waited::Done(Err(e))
+            let gone = client_gone(&mut self.client, &mut self.inbuf, body_left == 0);
+            let answer = async {
+                tokio::select! {
+                    biased;
+                    head = head => Some(head),
+                    () = gone => None,
+                }
+            };
+            match self.response_wait.run(answer).await {
+                // Nobody to answer: the backend's connection is dropped
+                // with its exchange unfinished.
+                Waited::Done(None) => return After::Close,
+                Waited::Done(Some(Ok(response))) => break (backend, response),
+                Waited::Done(Some(Err(e)))
                     if e.kind() == std::io::ErrorKind::UnexpectedEof
                         && replayable
                         && plan.idempotent =>
                 {
                     continue;
                 }
-                Waited::Done(Err(e)) => return self.backend_unavailable(&e, close).await,
+                Waited::Done(Some(Err(e))) => return self.backend_unavailable(&e, close).await,
                 _ => return self.head_overdue(close).await,
             }
         };
@@ -386,6 +397,24 @@ fn timed_out() -> std::io::Error {
         std::io::ErrorKind::TimedOut,
         "backend stopped reading the request",
     )
+}
+
+/// Completes when the client closed its connection (or it failed) while
+/// its request waits for the backend's answer, as hyper's server notices
+/// it. Bytes of a next request that arrive meanwhile are kept in `inbuf`
+/// (up to a head's worth). Never completes while the request's body is
+/// still coming (`watch` false): those bytes are the body's.
+async fn client_gone<I: AsyncRead + Unpin>(client: &mut I, inbuf: &mut Vec<u8>, watch: bool) {
+    // A read of a socket the reactor has not seen become readable is no
+    // system call: this costs nothing while the client is quiet.
+    while watch && inbuf.len() < MAX_HEAD_BYTES {
+        inbuf.reserve(HEAD_READ);
+        match client.read_buf(inbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Reads from the backend until a final response head is complete and
