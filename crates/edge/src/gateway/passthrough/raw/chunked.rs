@@ -6,8 +6,12 @@
 /// How far into a chunked body the bytes seen so far reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Chunked {
+    /// At the start of a chunk-size line: a hex digit must come.
+    SizeStart,
     /// In a chunk-size line: the size so far.
     Size(u64),
+    /// After the size, in whitespace before an extension or the line's end.
+    SizeSpace(u64),
     /// In a chunk extension, up to the line's CR.
     Extension(u64),
     /// After the size line's CR.
@@ -34,7 +38,7 @@ pub(super) struct BrokenChunks;
 
 impl Chunked {
     pub(super) fn new() -> Self {
-        Chunked::Size(0)
+        Chunked::SizeStart
     }
 
     pub(super) fn is_done(self) -> bool {
@@ -48,16 +52,22 @@ impl Chunked {
         while i < bytes.len() {
             let b = bytes[i];
             *self = match *self {
+                Chunked::SizeStart => Chunked::Size(hex_digit(b)?),
                 Chunked::Size(size) => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let digit = u64::from((b as char).to_digit(16).ok_or(BrokenChunks)?);
+                    b';' => Chunked::Extension(size),
+                    b' ' | b'\t' => Chunked::SizeSpace(size),
+                    b'\r' => Chunked::SizeLf(size),
+                    _ => {
                         let size = size
                             .checked_mul(16)
-                            .and_then(|s| s.checked_add(digit))
+                            .and_then(|s| s.checked_add(hex_digit(b).ok()?))
                             .ok_or(BrokenChunks)?;
                         Chunked::Size(size)
                     }
-                    b';' | b' ' | b'\t' => Chunked::Extension(size),
+                },
+                Chunked::SizeSpace(size) => match b {
+                    b' ' | b'\t' => Chunked::SizeSpace(size),
+                    b';' => Chunked::Extension(size),
                     b'\r' => Chunked::SizeLf(size),
                     _ => return Err(BrokenChunks),
                 },
@@ -85,7 +95,7 @@ impl Chunked {
                     continue;
                 }
                 Chunked::DataCr if b == b'\r' => Chunked::DataLf,
-                Chunked::DataLf if b == b'\n' => Chunked::Size(0),
+                Chunked::DataLf if b == b'\n' => Chunked::SizeStart,
                 Chunked::DataCr | Chunked::DataLf => return Err(BrokenChunks),
                 Chunked::TrailerStart if b == b'\r' => Chunked::FinalLf,
                 Chunked::TrailerStart | Chunked::Trailer if b == b'\n' => Chunked::TrailerStart,
@@ -101,6 +111,10 @@ impl Chunked {
         }
         Ok(i)
     }
+}
+
+fn hex_digit(b: u8) -> Result<u64, BrokenChunks> {
+    (b as char).to_digit(16).map(u64::from).ok_or(BrokenChunks)
 }
 
 #[cfg(test)]
@@ -121,7 +135,7 @@ mod tests {
 
     #[test]
     fn finds_the_end_of_a_body_split_anywhere() {
-        let body = b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let body = b"5\r\nhello\r\n1A \t;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
         for piece in 1..body.len() {
             let (state, used) = scan_in_pieces(body, piece);
             assert_eq!(state, Chunked::Done, "pieces of {piece}");
@@ -144,6 +158,9 @@ mod tests {
             b"5\nhello",
             b"0\r\n\rX",
             b"ffffffffffffffffff\r\n",
+            b"\r\n",
+            b";ext\r\n",
+            b"5 6\r\n",
         ] {
             assert_eq!(Chunked::new().advance(bad), Err(BrokenChunks), "{bad:?}");
         }

@@ -22,8 +22,11 @@ use crate::http_server::{FrontContext, Prefixed};
 const HEAD_READ: usize = 4 * 1024;
 /// The buffer a response head is read into.
 const RESPONSE_READ: usize = 16 * 1024;
-/// The most one read of a body takes at once.
+/// The most one read of a response body takes at once.
 const BODY_READ: usize = 64 * 1024;
+/// The largest request body the byte path forwards (read whole before the
+/// request goes out); a longer one is hyper's, which streams it.
+pub(super) const RAW_BODY_MAX_BYTES: usize = 64 * 1024;
 
 pub(super) async fn serve<I>(
     shared: &Shared,
@@ -33,6 +36,7 @@ pub(super) async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let accepted_in_wind_down = *context.wind_down.borrow();
     let mut conn = Conn {
         shared,
         peer_ip: context.peer.ip().to_string(),
@@ -40,6 +44,7 @@ where
         inbuf: Vec::new(),
         out: Vec::new(),
         served: 0,
+        accepted_in_wind_down,
         head_wait: Deadline::new(context.header_timeout),
         response_wait: Deadline::new(shared.config.response_timeout),
         idle: Deadline::new(shared.config.idle_timeout),
@@ -81,6 +86,8 @@ struct Conn<'a, I> {
     out: Vec<u8>,
     /// Requests forwarded on this connection so far.
     served: u64,
+    /// The drain had begun when this connection was accepted.
+    accepted_in_wind_down: bool,
     head_wait: Deadline,
     response_wait: Deadline,
     idle: Deadline,
@@ -102,6 +109,7 @@ where
             inbuf,
             out,
             served,
+            accepted_in_wind_down,
             head_wait,
             wind_down,
             ..
@@ -113,12 +121,16 @@ where
             proto: shared.proto,
             own_paths: &shared.own_paths,
         };
-        // A connection accepted during the drain still gets its request.
-        let between_requests = *served > 0 && inbuf.is_empty();
+        // Closed by a drain while nothing of a request has come, unless it
+        // was accepted during the drain: then it gets its one request.
+        let idle = inbuf.is_empty() && (*served > 0 || !*accepted_in_wind_down);
         let read_head = async {
             loop {
                 if !inbuf.is_empty() {
                     match rewrite_request(inbuf, &edits, out) {
+                        RequestHead::Forward(plan) if plan.body_len > RAW_BODY_MAX_BYTES as u64 => {
+                            return Next::HandOff;
+                        }
                         RequestHead::Forward(plan) => return Next::Forward(plan),
                         RequestHead::HandOff => return Next::HandOff,
                         RequestHead::Partial => {}
@@ -134,7 +146,7 @@ where
             }
         };
         let drained = async {
-            if !between_requests || wind_down.wait_for(|w| *w).await.is_err() {
+            if !idle || wind_down.wait_for(|w| *w).await.is_err() {
                 std::future::pending::<()>().await;
             }
         };
@@ -148,23 +160,33 @@ where
     /// start `inbuf`, and copies the response back.
     async fn forward(&mut self, plan: RequestPlan) -> After {
         let shared = self.shared;
-        // The body bytes that came with the head go out with it.
-        let buffered = self.inbuf.len().saturating_sub(plan.head_len);
-        let body_now = usize::try_from(plan.body_len).map_or(buffered, |b| b.min(buffered));
-        let mut body_left = plan.body_len - body_now as u64;
+        // The whole body is read before the backend is asked (it is at most
+        // RAW_BODY_MAX_BYTES): one write sends the request, a client that
+        // breaks its body is answered without the backend, and a request
+        // can be sent again on another connection.
+        let Some(body_len) = usize::try_from(plan.body_len)
+            .ok()
+            .filter(|b| *b <= RAW_BODY_MAX_BYTES)
+        else {
+            return After::Close; // classified as hyper's; not reached
+        };
+        let request_len = plan.head_len + body_len;
+        while self.inbuf.len() < request_len {
+            self.inbuf.reserve(request_len - self.inbuf.len());
+            match self.idle.run(self.client.read_buf(&mut self.inbuf)).await {
+                Waited::Done(Ok(n)) if n > 0 => {}
+                Waited::Done(_) => return self.client_fault(ClientFault::Malformed, &plan).await,
+                _ => return self.client_fault(ClientFault::Stalled, &plan).await,
+            }
+        }
         self.out
-            .extend_from_slice(&self.inbuf[plan.head_len..plan.head_len + body_now]);
-        self.inbuf.drain(..plan.head_len + body_now);
-        // Unread body bytes leave the connection unusable after an early answer.
+            .extend_from_slice(&self.inbuf[plan.head_len..request_len]);
+        self.inbuf.drain(..request_len);
         let close = plan.close || *self.wind_down.borrow();
         let Ok(_in_flight) = shared.in_flight.try_acquire() else {
             let message = "too many pass-through requests in flight; retry shortly";
             return self
-                .answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    message,
-                    close || body_left > 0,
-                )
+                .answer(StatusCode::SERVICE_UNAVAILABLE, message, &plan, close)
                 .await;
         };
 
@@ -174,43 +196,20 @@ where
                 Some(idle) => (idle, true),
                 None => match shared.pool.connect().await {
                     Ok(new) => (new, false),
-                    Err(e) => return self.backend_unavailable(&e, close || body_left > 0).await,
+                    Err(e) => return self.backend_unavailable(&e, &plan, close).await,
                 },
             };
-            // Sent again on a new connection only while nothing of the
-            // request is lost: its body was all in `out`.
-            let replayable = reused && body_left == 0;
+            // An idle connection the backend closed meanwhile: the request
+            // goes out again on a new one.
             match self.idle.run(backend.write_all(&self.out)).await {
                 Waited::Done(Ok(())) => {}
-                _ if replayable => continue,
-                Waited::Done(Err(e)) => return self.backend_unavailable(&e, true).await,
-                _ => return self.backend_unavailable(&timed_out(), true).await,
-            }
-            let mut backend_broken = false;
-            while body_left > 0 {
-                scratch.clear();
-                let want = usize::try_from(body_left).map_or(BODY_READ, |b| b.min(BODY_READ));
-                scratch.reserve(want);
-                let mut room = (&mut scratch).limit(want);
-                match self.idle.run(self.client.read_buf(&mut room)).await {
-                    Waited::Done(Ok(n)) if n > 0 => body_left -= n as u64,
-                    Waited::Done(_) => return self.client_fault(ClientFault::Malformed).await,
-                    _ => return self.client_fault(ClientFault::Stalled).await,
-                }
-                if !matches!(
-                    self.idle.run(backend.write_all(&scratch)).await,
-                    Waited::Done(Ok(()))
-                ) {
-                    // The backend may have answered early and closed: its
-                    // answer is read below; the client's connection closes.
-                    backend_broken = true;
-                    break;
-                }
+                _ if reused => continue,
+                Waited::Done(Err(e)) => return self.backend_unavailable(&e, &plan, close).await,
+                _ => return self.backend_unavailable(&timed_out(), &plan, close).await,
             }
             scratch.clear();
-            let close = close || body_left > 0 || backend_broken;
             let head = read_response_head(&mut backend, &mut scratch, &plan, close, &mut self.out);
-            let gone = client_gone(&mut self.client, &mut self.inbuf, body_left == 0);
+            let gone = client_gone(&mut self.client, &mut self.inbuf);
             let answer = async {
                 tokio::select! {
                     biased;
@@ -223,18 +222,22 @@ where
                 // with its exchange unfinished.
                 Waited::Done(None) => return After::Close,
                 Waited::Done(Some(Ok(response))) => break (backend, response),
+                // Closed without a byte of an answer: sent again only if
+                // doing it twice is harmless (RFC 9110 9.2.2).
                 Waited::Done(Some(Err(e)))
                     if e.kind() == std::io::ErrorKind::UnexpectedEof
-                        && replayable
+                        && reused
                         && plan.idempotent =>
                 {
                     continue;
                 }
-                Waited::Done(Some(Err(e))) => return self.backend_unavailable(&e, close).await,
-                _ => return self.head_overdue(close).await,
+                Waited::Done(Some(Err(e))) => {
+                    return self.backend_unavailable(&e, &plan, close).await;
+                }
+                _ => return self.head_overdue(&plan, close).await,
             }
         };
-        self.copy_response(backend, scratch, response).await
+        self.copy_response(backend, scratch, &plan, response).await
     }
 
     /// Sends the response head in `out` with the body bytes read along with
@@ -244,6 +247,7 @@ where
         &mut self,
         mut backend: TcpStream,
         mut scratch: Vec<u8>,
+        request: &RequestPlan,
         response: ResponsePlan,
     ) -> After {
         let mut keep = response.backend_keeps;
@@ -257,7 +261,7 @@ where
             },
         };
         let Some((taken, mut finished)) = body.take(&scratch[response.head_len..]) else {
-            return self.backend_broken_framing(response.close).await;
+            return self.backend_broken_framing(request, response.close).await;
         };
         let end = response.head_len + taken;
         keep &= end == scratch.len();
@@ -327,9 +331,15 @@ where
             .await
     }
 
-    /// Answers with `{"error": message}`; the connection stays open unless
-    /// `close` (the request's body was not all read, or the client asked).
-    async fn answer(&mut self, status: StatusCode, message: &str, close: bool) -> After {
+    /// Answers with `{"error": message}` (its head only to a HEAD request);
+    /// the connection stays open unless `close`.
+    async fn answer(
+        &mut self,
+        status: StatusCode,
+        message: &str,
+        request: &RequestPlan,
+        close: bool,
+    ) -> After {
         let body = serde_json::json!({ "error": message }).to_string();
         self.out.clear();
         self.out.extend_from_slice(b"HTTP/1.1 ");
@@ -348,46 +358,55 @@ where
             self.out.extend_from_slice(b"connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(body.as_bytes());
+        if !request.is_head {
+            self.out.extend_from_slice(body.as_bytes());
+        }
         match self.send_out().await {
             Waited::Done(Ok(())) if !close => After::KeepAlive,
             _ => After::Close,
         }
     }
 
-    async fn backend_unavailable(&mut self, error: &std::io::Error, close: bool) -> After {
+    async fn backend_unavailable(
+        &mut self,
+        error: &std::io::Error,
+        request: &RequestPlan,
+        close: bool,
+    ) -> After {
         tracing::warn!(%error, "backend unreachable for pass-through");
-        self.answer(StatusCode::BAD_GATEWAY, "backend unavailable", close)
-            .await
+        self.answer(
+            StatusCode::BAD_GATEWAY,
+            "backend unavailable",
+            request,
+            close,
+        )
+        .await
     }
 
-    async fn head_overdue(&mut self, close: bool) -> After {
+    async fn head_overdue(&mut self, request: &RequestPlan, close: bool) -> After {
         let timeout = self.shared.config.response_timeout;
         tracing::warn!(
             timeout_s = timeout.as_secs(),
             "backend sent no response head in time"
         );
         let message = format!("backend did not answer within {} s", timeout.as_secs());
-        self.answer(StatusCode::GATEWAY_TIMEOUT, &message, close)
+        self.answer(StatusCode::GATEWAY_TIMEOUT, &message, request, close)
             .await
     }
 
-    async fn backend_broken_framing(&mut self, close: bool) -> After {
+    async fn backend_broken_framing(&mut self, request: &RequestPlan, close: bool) -> After {
         tracing::warn!("backend response body framing broken");
-        self.answer(
-            StatusCode::BAD_GATEWAY,
-            "backend sent a malformed response",
-            close,
-        )
-        .await
+        let message = "backend sent a malformed response";
+        self.answer(StatusCode::BAD_GATEWAY, message, request, close)
+            .await
     }
 
     /// The client cut or stalled its request body: its fault, 400 or 408,
     /// and the connection closes (the rest of the body is not coming).
-    async fn client_fault(&mut self, fault: ClientFault) -> After {
+    async fn client_fault(&mut self, fault: ClientFault, request: &RequestPlan) -> After {
         tracing::debug!("pass-through request body broken by the client");
         let (status, message) = fault.status_and_message();
-        self.answer(status, message, true).await;
+        self.answer(status, message, request, true).await;
         After::Close
     }
 }
@@ -402,12 +421,11 @@ fn timed_out() -> std::io::Error {
 /// Completes when the client closed its connection (or it failed) while
 /// its request waits for the backend's answer, as hyper's server notices
 /// it. Bytes of a next request that arrive meanwhile are kept in `inbuf`
-/// (up to a head's worth). Never completes while the request's body is
-/// still coming (`watch` false): those bytes are the body's.
-async fn client_gone<I: AsyncRead + Unpin>(client: &mut I, inbuf: &mut Vec<u8>, watch: bool) {
+/// (up to a head's worth).
+async fn client_gone<I: AsyncRead + Unpin>(client: &mut I, inbuf: &mut Vec<u8>) {
     // A read of a socket the reactor has not seen become readable is no
     // system call: this costs nothing while the client is quiet.
-    while watch && inbuf.len() < MAX_HEAD_BYTES {
+    while inbuf.len() < MAX_HEAD_BYTES {
         inbuf.reserve(HEAD_READ);
         match client.read_buf(inbuf).await {
             Ok(0) | Err(_) => return,

@@ -119,6 +119,12 @@ fn content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// A byte of an origin-form target as RFC 3986 writes it unescaped
+/// (`#`, and bytes `http::Uri` refuses or reads otherwise, are hyper's).
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -180,7 +186,10 @@ pub(super) fn rewrite_request(buf: &[u8], edits: &RequestEdits, out: &mut Vec<u8
         return RequestHead::HandOff;
     };
     let path = target.split_once('?').map_or(target, |(path, _)| path);
-    if !target.starts_with('/') || edits.own_paths.contains(path.as_bytes()) {
+    if !target.starts_with('/')
+        || !target.bytes().all(plain_target_byte)
+        || edits.own_paths.contains(path.as_bytes())
+    {
         return RequestHead::HandOff;
     }
     let mut tokens = ConnectionTokens::default();
@@ -202,6 +211,8 @@ pub(super) fn rewrite_request(buf: &[u8], edits: &RequestEdits, out: &mut Vec<u8
     if tokens.upgrade || tokens.unusable || tokens.names_framing() {
         return RequestHead::HandOff;
     }
+    // Named in `Connection`: this hop's, dropped before X-Forwarded-For is set.
+    let forwarded_for = forwarded_for.filter(|_| !tokens.names("x-forwarded-for"));
 
     out.clear();
     out.extend_from_slice(method.as_bytes());

@@ -8,6 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -75,10 +76,14 @@ impl BackendPool {
 }
 
 /// Whether an idle connection shows no sign of having been closed: an idle
-/// connection has nothing to read, so one the reactor saw become readable
-/// was closed by the backend (or sent bytes nobody asked for). Asked of
-/// the readiness the reactor already recorded: no system call.
+/// connection has nothing to read, so one with an end of stream or bytes
+/// to read was closed by the backend (or sent bytes nobody asked for).
+/// The peek is a system call only when the reactor saw the socket become
+/// readable since it was last read to the end.
 fn looks_open(stream: &TcpStream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
-    stream.poll_read_ready(&mut cx).is_pending()
+    let mut byte = [0u8; 1];
+    stream
+        .poll_peek(&mut cx, &mut ReadBuf::new(&mut byte))
+        .is_pending()
 }

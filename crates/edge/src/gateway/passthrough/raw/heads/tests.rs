@@ -72,6 +72,8 @@ fn requests_the_byte_path_does_not_forward_go_to_hyper() {
         "GET http://elsewhere/a HTTP/1.1\r\n\r\n",
         "GET /a HTTP/1.1\r\nhost: x\r\nhost: y\r\n\r\n",
         "NOT HTTP AT ALL\r\n\r\n",
+        "GET /v2/realtime/stream#frag HTTP/1.1\r\nhost: x\r\n\r\n",
+        "GET /a<b> HTTP/1.1\r\nhost: x\r\n\r\n",
     ] {
         assert_eq!(rewrite(head, "").1, "hand-off", "{head}");
     }
@@ -183,4 +185,14 @@ fn odd_responses_are_recognised() {
         out,
         "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     );
+}
+
+#[test]
+fn an_x_forwarded_for_named_in_connection_is_not_extended() {
+    let (_, out) = rewrite(
+        "GET / HTTP/1.1\r\nhost: h\r\nconnection: x-forwarded-for\r\nx-forwarded-for: 6.6.6.6\r\n\r\n",
+        "",
+    );
+    assert!(out.contains("x-forwarded-for: 10.0.0.7\r\n"), "{out}");
+    assert!(!out.contains("6.6.6.6"), "{out}");
 }
