@@ -2,7 +2,11 @@
 //! the request on a backend connection, copy the response back, and again,
 //! until the connection ends or a request is hyper's.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::{BufMut, Bytes};
+use futures_util::FutureExt;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,11 +47,13 @@ where
         client,
         inbuf: Vec::new(),
         out: Vec::new(),
+        scratch: Vec::new(),
         served: 0,
         accepted_in_wind_down,
         head_wait: Deadline::new(context.header_timeout),
         response_wait: Deadline::new(shared.config.response_timeout),
         idle: Deadline::new(shared.config.idle_timeout),
+        drain_started: drain_started(context.wind_down.clone()),
         wind_down: context.wind_down,
     };
     loop {
@@ -62,6 +68,19 @@ where
             return None;
         }
     }
+}
+
+/// Completes when `wind_down` turns true; never if its sender is gone. Once
+/// complete it stays pending (the connection closes at the first time).
+fn drain_started(mut wind_down: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(
+        async move {
+            if wind_down.wait_for(|w| *w).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        .fuse(),
+    )
 }
 
 enum Next {
@@ -84,6 +103,9 @@ struct Conn<'a, I> {
     inbuf: Vec<u8>,
     /// The head being sent (to the backend, then to the client).
     out: Vec<u8>,
+    /// What is read from the backend (at most RESPONSE_READ of it kept
+    /// between requests).
+    scratch: Vec<u8>,
     /// Requests forwarded on this connection so far.
     served: u64,
     /// The drain had begun when this connection was accepted.
@@ -92,6 +114,9 @@ struct Conn<'a, I> {
     response_wait: Deadline,
     idle: Deadline,
     wind_down: watch::Receiver<bool>,
+    /// Completes when the drain starts: one waiter registered for the
+    /// connection's life, not one per request.
+    drain_started: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl<I> Conn<'_, I>
@@ -111,7 +136,7 @@ where
             served,
             accepted_in_wind_down,
             head_wait,
-            wind_down,
+            drain_started,
             ..
         } = self;
         let edits = RequestEdits {
@@ -146,7 +171,9 @@ where
             }
         };
         let drained = async {
-            if !idle || wind_down.wait_for(|w| *w).await.is_err() {
+            if idle {
+                drain_started.await;
+            } else {
                 std::future::pending::<()>().await;
             }
         };
@@ -190,7 +217,9 @@ where
                 .await;
         };
 
-        let mut scratch = Vec::with_capacity(RESPONSE_READ);
+        // The connection's buffer for the response, kept between requests
+        // unless a long body grew it.
+        let mut scratch = std::mem::take(&mut self.scratch);
         let (backend, response) = loop {
             let (mut backend, reused) = match shared.pool.checkout() {
                 Some(idle) => (idle, true),
@@ -237,7 +266,13 @@ where
                 _ => return self.head_overdue(&plan, close).await,
             }
         };
-        self.copy_response(backend, scratch, &plan, response).await
+        let after = self
+            .copy_response(backend, &mut scratch, &plan, response)
+            .await;
+        if scratch.capacity() <= RESPONSE_READ {
+            self.scratch = scratch;
+        }
+        after
     }
 
     /// Sends the response head in `out` with the body bytes read along with
@@ -246,7 +281,7 @@ where
     async fn copy_response(
         &mut self,
         mut backend: TcpStream,
-        mut scratch: Vec<u8>,
+        scratch: &mut Vec<u8>,
         request: &RequestPlan,
         response: ResponsePlan,
     ) -> After {
@@ -278,7 +313,7 @@ where
                 _ => BODY_READ,
             };
             scratch.reserve(want);
-            let mut room = (&mut scratch).limit(want);
+            let mut room = (&mut *scratch).limit(want);
             match self.idle.run(backend.read_buf(&mut room)).await {
                 Waited::Done(Ok(0)) if body.framing == Framing::UntilClose => {
                     finished = true;
@@ -289,7 +324,7 @@ where
                 // Cut: the client sees the connection close before the end.
                 _ => return After::Close,
             }
-            let Some((taken, done)) = body.take(&scratch) else {
+            let Some((taken, done)) = body.take(scratch) else {
                 return After::Close;
             };
             keep &= taken == scratch.len();
