@@ -139,24 +139,29 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
+    let (mut client, mut backend) = (client, backend);
     // `up`: client → backend; `down`: backend → client.
     let mut up = Direction::new();
     let mut down = Direction::new();
     let mut last_progress = Instant::now();
     let mut closing: Option<(RelayEnd, Instant)> = None;
+    // One drain waiter and one timer for the relay's life, not one per
+    // message: the timer fires at most once per idle period and is then
+    // moved to the real deadline if something moved meanwhile.
+    let drained = drain.wait();
+    tokio::pin!(drained);
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
     loop {
-        let idle_at = match closing {
-            Some((_, cut_at)) => cut_at,
-            None => last_progress + idle,
-        };
+        // A branch's future is dropped before its handler runs: the two
+        // reads borrow one socket each, and a handler writes to the other
+        // without a lock between the halves.
         tokio::select! {
-            r = client_rd.read(&mut up.buf), if !up.done => {
+            r = client.read(&mut up.buf), if !up.done => {
                 match r {
                     Ok(n) if n > 0 => {
                         let data = &up.buf[..n];
-                        if tokio::time::timeout(idle, backend_wr.write_all(data)).await.is_err_or_inner_err() {
+                        if tokio::time::timeout(idle, backend.write_all(data)).await.is_err_or_inner_err() {
                             return end(closing, RelayEnd::Closed);
                         }
                         up.cursor.feed(data);
@@ -164,15 +169,15 @@ where
                     }
                     _ => {
                         up.done = true;
-                        let _ = backend_wr.shutdown().await;
+                        let _ = backend.shutdown().await;
                     }
                 }
             }
-            r = backend_rd.read(&mut down.buf), if !down.done => {
+            r = backend.read(&mut down.buf), if !down.done => {
                 match r {
                     Ok(n) if n > 0 => {
                         let data = &down.buf[..n];
-                        if tokio::time::timeout(idle, client_wr.write_all(data)).await.is_err_or_inner_err() {
+                        if tokio::time::timeout(idle, client.write_all(data)).await.is_err_or_inner_err() {
                             return end(closing, RelayEnd::Closed);
                         }
                         down.cursor.feed(data);
@@ -180,21 +185,33 @@ where
                     }
                     _ => {
                         down.done = true;
-                        let _ = client_wr.shutdown().await;
+                        let _ = client.shutdown().await;
                     }
                 }
             }
-            _ = drain.wait(), if closing.is_none() => {
-                closing = Some((RelayEnd::Drain, Instant::now() + CLOSE_GRACE));
+            _ = &mut drained, if closing.is_none() => {
+                let cut_at = Instant::now() + CLOSE_GRACE;
+                closing = Some((RelayEnd::Drain, cut_at));
+                timer.as_mut().reset(cut_at);
                 up.close_owed = true;
                 down.close_owed = true;
             }
-            _ = tokio::time::sleep_until(idle_at) => {
+            _ = &mut timer => {
+                let due = match closing {
+                    Some((_, cut_at)) => cut_at,
+                    None => last_progress + idle,
+                };
+                if Instant::now() < due {
+                    timer.as_mut().reset(due);
+                    continue;
+                }
                 if closing.is_some() {
                     // A frame in progress did not end in time: cut.
                     return end(closing, RelayEnd::Closed);
                 }
-                closing = Some((RelayEnd::Idle, Instant::now() + CLOSE_GRACE));
+                let cut_at = Instant::now() + CLOSE_GRACE;
+                closing = Some((RelayEnd::Idle, cut_at));
+                timer.as_mut().reset(cut_at);
                 up.close_owed = true;
                 down.close_owed = true;
             }
@@ -208,15 +225,15 @@ where
                 down.close_owed = false;
                 down.done = true;
                 let frame = close_frame(close::GOING_AWAY, reason, false);
-                let _ = tokio::time::timeout(CLOSE_GRACE, client_wr.write_all(&frame)).await;
-                let _ = client_wr.shutdown().await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, client.write_all(&frame)).await;
+                let _ = client.shutdown().await;
             }
             if up.close_owed && up.cursor.at_boundary() {
                 up.close_owed = false;
                 up.done = true;
                 let frame = close_frame(close::GOING_AWAY, reason, true);
-                let _ = tokio::time::timeout(CLOSE_GRACE, backend_wr.write_all(&frame)).await;
-                let _ = backend_wr.shutdown().await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, backend.write_all(&frame)).await;
+                let _ = backend.shutdown().await;
             }
         }
         if up.done && down.done {
