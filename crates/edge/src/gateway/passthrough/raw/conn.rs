@@ -22,8 +22,9 @@ use super::heads::{
 use crate::gateway::passthrough::body::ClientFault;
 use crate::http_server::{FrontContext, Prefixed};
 
-/// What a read of a request head asks for at least, and gets at first.
-const HEAD_READ: usize = 4 * 1024;
+/// What a read of a request head asks for at least, and gets at first
+/// (a browser's request head fits; a longer one takes another read).
+const HEAD_READ: usize = 2 * 1024;
 /// The buffer a response head is read into.
 const RESPONSE_READ: usize = 16 * 1024;
 /// The most one read of a response body takes at once.
@@ -53,13 +54,19 @@ where
         head_wait: Deadline::new(context.header_timeout),
         response_wait: Deadline::new(shared.config.response_timeout),
         idle: Deadline::new(shared.config.idle_timeout),
-        drain_started: drain_started(context.wind_down.clone()),
+        drain_started: None,
         wind_down: context.wind_down,
     };
     loop {
         let plan = match conn.next_request().await {
             Next::Forward(plan) => plan,
-            Next::HandOff => return Some(Prefixed::new(conn.client, Bytes::from(conn.inbuf))),
+            Next::HandOff => {
+                // Exactly the bytes read: the read buffer is freed now, not
+                // kept for the life of a stream or relay hyper serves.
+                let read = Bytes::copy_from_slice(&conn.inbuf);
+                drop(conn.inbuf);
+                return Some(Prefixed::new(conn.client, read));
+            }
             Next::Closed => return None,
         };
         conn.served += 1;
@@ -72,7 +79,9 @@ where
 
 /// Completes when `wind_down` turns true; never if its sender is gone. Once
 /// complete it stays pending (the connection closes at the first time).
-fn drain_started(mut wind_down: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+fn drain_started_signal(
+    mut wind_down: watch::Receiver<bool>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(
         async move {
             if wind_down.wait_for(|w| *w).await.is_err() {
@@ -115,8 +124,9 @@ struct Conn<'a, I> {
     idle: Deadline,
     wind_down: watch::Receiver<bool>,
     /// Completes when the drain starts: one waiter registered for the
-    /// connection's life, not one per request.
-    drain_started: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// connection's life, not one per request; made at the first wait
+    /// that blocks (a stream's upgrade request usually does not).
+    drain_started: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl<I> Conn<'_, I>
@@ -137,6 +147,7 @@ where
             accepted_in_wind_down,
             head_wait,
             drain_started,
+            wind_down,
             ..
         } = self;
         let edits = RequestEdits {
@@ -172,7 +183,9 @@ where
         };
         let drained = async {
             if idle {
-                drain_started.await;
+                drain_started
+                    .get_or_insert_with(|| drain_started_signal(wind_down.clone()))
+                    .await;
             } else {
                 std::future::pending::<()>().await;
             }
