@@ -20,6 +20,8 @@ const IDLE_TIMEOUT_S: u64 = 300;
 const MAX_IN_FLIGHT: u64 = 256;
 /// `passthrough.max_websockets`.
 const MAX_WEBSOCKETS: u64 = 128;
+/// `passthrough.buffered_body_bytes`.
+const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
 /// `limits.max_open_files`.
 const MAX_OPEN_FILES: u64 = 19_500;
 /// `limits.client_connections`: `stream.max_connections` plus room for
@@ -58,6 +60,10 @@ pub(crate) struct PassthroughConfig {
     pub(crate) max_in_flight: usize,
     /// `passthrough.max_websockets`: relayed WebSocket upgrades at once.
     pub(crate) max_websockets: usize,
+    /// `passthrough.buffered_body_bytes`: a request body up to this size
+    /// (with a `Content-Length`) is read whole before the request goes to
+    /// the backend, on the byte path; a longer or chunked one is streamed.
+    pub(crate) buffered_body_bytes: usize,
 }
 
 /// Connection caps and slow-peer timeouts of both listeners.
@@ -99,6 +105,7 @@ pub(super) struct RawPassthrough {
     idle_timeout_s: Option<u64>,
     max_in_flight: Option<u64>,
     max_websockets: Option<u64>,
+    buffered_body_bytes: Option<u64>,
 }
 
 /// `limits` as written.
@@ -166,6 +173,13 @@ pub(super) fn validate(
             MAX_WEBSOCKETS,
             0,
             1_000_000,
+        ) as usize,
+        buffered_body_bytes: p.range(
+            "passthrough.buffered_body_bytes",
+            t.buffered_body_bytes,
+            BUFFERED_BODY_BYTES,
+            0,
+            16 * 1024 * 1024,
         ) as usize,
     };
     let limits = LimitsConfig {

@@ -117,6 +117,7 @@ listen: "nowhere"
 admin_listen: "127.0.0.1:99999"
 upstream: {base_url: "ftp://x", native_stream_path: "stream"}
 stream: {batch_max_events: 0, ping_interval_s: 0}
+passthrough: {buffered_body_bytes: 99999999}
 tls: {cert_file: "c.pem"}
 services:
   finance: {v1_path: "/same"}
@@ -131,6 +132,7 @@ services:
         "edge.yaml: upstream.native_stream_path:",
         "edge.yaml: stream.batch_max_events:",
         "edge.yaml: stream.ping_interval_s:",
+        "edge.yaml: passthrough.buffered_body_bytes:",
         "edge.yaml: tls.key_file:",
         "edge.yaml: services.staff.v1_path:",
     ] {

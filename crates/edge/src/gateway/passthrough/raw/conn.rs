@@ -29,9 +29,6 @@ const HEAD_READ: usize = 2 * 1024;
 const RESPONSE_READ: usize = 16 * 1024;
 /// The most one read of a response body takes at once.
 const BODY_READ: usize = 64 * 1024;
-/// The largest request body the byte path forwards (read whole before the
-/// request goes out); a longer one is hyper's, which streams it.
-pub(super) const RAW_BODY_MAX_BYTES: usize = 64 * 1024;
 
 pub(super) async fn serve<I>(
     shared: &Shared,
@@ -164,7 +161,9 @@ where
             loop {
                 if !inbuf.is_empty() {
                     match rewrite_request(inbuf, &edits, out) {
-                        RequestHead::Forward(plan) if plan.body_len > RAW_BODY_MAX_BYTES as u64 => {
+                        RequestHead::Forward(plan)
+                            if plan.body_len > shared.config.buffered_body_bytes as u64 =>
+                        {
                             return Next::HandOff;
                         }
                         RequestHead::Forward(plan) => return Next::Forward(plan),
@@ -201,12 +200,12 @@ where
     async fn forward(&mut self, plan: RequestPlan) -> After {
         let shared = self.shared;
         // The whole body is read before the backend is asked (it is at most
-        // RAW_BODY_MAX_BYTES): one write sends the request, a client that
-        // breaks its body is answered without the backend, and a request
-        // can be sent again on another connection.
+        // `passthrough.buffered_body_bytes`): one write sends the request, a
+        // client that breaks its body is answered without the backend, and
+        // a request can be sent again on another connection.
         let Some(body_len) = usize::try_from(plan.body_len)
             .ok()
-            .filter(|b| *b <= RAW_BODY_MAX_BYTES)
+            .filter(|b| *b <= shared.config.buffered_body_bytes)
         else {
             return After::Close; // classified as hyper's; not reached
         };
@@ -485,8 +484,8 @@ async fn client_gone<I: AsyncRead + Unpin>(client: &mut I, inbuf: &mut Vec<u8>) 
 
 /// Reads from the backend until a final response head is complete and
 /// rewritten into `out`; 1xx heads other than 101 are skipped. An
-/// `UnexpectedEof` error means the backend closed before any byte of a
-/// response.
+/// `UnexpectedEof` error means the backend closed (or reset) the connection
+/// before any byte of a response.
 async fn read_response_head(
     backend: &mut TcpStream,
     scratch: &mut Vec<u8>,
@@ -514,13 +513,21 @@ async fn read_response_head(
         if scratch.capacity() - scratch.len() < RESPONSE_READ / 4 {
             scratch.reserve(RESPONSE_READ);
         }
-        if backend.read_buf(scratch).await? == 0 {
-            let what = if scratch.is_empty() {
-                "backend closed the connection without answering"
-            } else {
-                "backend closed the connection within a response head"
-            };
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what));
+        match backend.read_buf(scratch).await {
+            Ok(n) if n > 0 => {}
+            // Nothing of an answer came: the request may be sent again.
+            Ok(_) | Err(_) if scratch.is_empty() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "backend closed the connection without answering",
+                ));
+            }
+            Ok(_) => {
+                return Err(invalid(
+                    "backend closed the connection within a response head",
+                ));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
