@@ -1,5 +1,6 @@
 //! Unit tests of the parent module.
 use super::*;
+use http::header::{HeaderMap, HeaderName};
 
 #[test]
 fn hop_by_hop_headers_are_removed() {
