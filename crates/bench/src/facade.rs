@@ -49,9 +49,16 @@ pub(super) async fn v1_facade(
 
     // (2) and (3): through one sidecar, facade off then on.
     let sim = start_sim(Duration::from_secs(25)).await?;
-    let sidecar =
-        SidecarProcess::spawn_with(exe, &sim.base_url(), "legacy: {facade_max_held: 18000}\n")
-            .await?;
+    // With the facade off every client's polls are forwarded and held at
+    // the backend: `passthrough.max_in_flight` (256 by default) must hold
+    // them all, and the connection caps fit the descriptor budget with it.
+    let forwarded = n * SERVICES.len() + 64;
+    let connections = CROWDS[CROWDS.len() - 1].max(n) * SERVICES.len() + 1000;
+    let extra = format!(
+        "legacy: {{facade_max_held: 18000}}\npassthrough: {{max_in_flight: {forwarded}}}\n\
+         stream: {{max_connections: {connections}}}\nlimits: {{client_connections: {connections}}}\n"
+    );
+    let sidecar = SidecarProcess::spawn_with(exe, &sim.base_url(), &extra).await?;
     let front = format!("http://{}", sidecar.client_addr);
     let (off_rate, _) = crowd(&sim, &front, n, o, None).await?;
     rows.push(Row(
@@ -63,8 +70,9 @@ pub(super) async fn v1_facade(
     let idle_rss = sidecar.rss_kib();
     for size in CROWDS {
         let (rate, latency) = crowd(&sim, &front, size, o, Some(&sidecar)).await?;
+        // One label per crowd: `--runs` merges rows by label.
         rows.push(Row(
-            "f. V1 requests/s, facade on".into(),
+            format!("f. V1 requests/s, facade on, {size} clients"),
             format!("{rate:.1} req/s"),
             format!(
                 "{}; {:.0}x fewer than polling directly",
@@ -126,10 +134,17 @@ async fn crowd(
         // Held at the sidecar: the backend sees only the shared pollers.
         Some(sidecar) => wait_held(sidecar, want as u64).await?,
         None => {
-            wait_for("parked V1 polls", Duration::from_secs(60), || {
+            let parked = wait_for("parked V1 polls", Duration::from_secs(60), || {
                 sim.state.active_polls() >= want
             })
-            .await?
+            .await;
+            parked.map_err(|e| {
+                super::step(format!(
+                    "{e}: {} of {want} parked at the backend, {} V1 requests in all",
+                    sim.state.active_polls(),
+                    sim.state.total_requests()
+                ))
+            })?
         }
     }
     clients.latency.reset();
