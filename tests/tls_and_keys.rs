@@ -209,6 +209,36 @@ async fn stream_over_tls() {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+    // Pass-through over TLS (the byte path): two pipelined requests, the
+    // second closing the connection.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(sc.client_addr)
+            .await
+            .unwrap();
+        let mut tls = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(
+            b"POST /_sim/echo?n=1 HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\n\r\nhello\
+              GET /_sim/echo?n=2 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut answer))
+            .await
+            .expect("the sidecar answers both and closes");
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert_eq!(answer.matches("http/1.1 200").count(), 2, "{answer}");
+        assert!(
+            answer.contains(r#""x-forwarded-proto":"https""#),
+            "{answer}"
+        );
+        assert!(answer.contains("\r\n\r\nhello"), "{answer}");
+        assert!(answer.contains(r#""query":"n=2""#), "{answer}");
+    }
     let tcp = tokio::net::TcpStream::connect(sc.client_addr)
         .await
         .unwrap();
