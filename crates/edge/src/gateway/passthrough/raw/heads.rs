@@ -18,119 +18,10 @@ use httparse::Status;
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Header fields in one head (hyper's default).
 const MAX_HEADERS: usize = 100;
-/// Header names one head's `Connection` fields may list.
-const MAX_CONNECTION_NAMES: usize = 16;
 
-/// What a header field is to the forwarder.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    EndToEnd,
-    Connection,
-    /// `Keep-Alive`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`.
-    HopByHop,
-    TransferEncoding,
-    Trailer,
-    Upgrade,
-    ContentLength,
-    Host,
-    Expect,
-    ForwardedFor,
-    ForwardedProto,
-    ForwardedHost,
-}
+mod fields;
 
-fn role(name: &str) -> Role {
-    let is = |known: &str| name.eq_ignore_ascii_case(known);
-    // By length first: most names are none of these and fail one compare.
-    match name.len() {
-        2 if is("te") => Role::HopByHop,
-        4 if is("host") => Role::Host,
-        6 if is("expect") => Role::Expect,
-        7 if is("trailer") => Role::Trailer,
-        7 if is("upgrade") => Role::Upgrade,
-        10 if is("connection") => Role::Connection,
-        10 if is("keep-alive") => Role::HopByHop,
-        14 if is("content-length") => Role::ContentLength,
-        15 if is("x-forwarded-for") => Role::ForwardedFor,
-        16 if is("x-forwarded-host") => Role::ForwardedHost,
-        17 if is("transfer-encoding") => Role::TransferEncoding,
-        17 if is("x-forwarded-proto") => Role::ForwardedProto,
-        18 if is("proxy-authenticate") => Role::HopByHop,
-        19 if is("proxy-authorization") => Role::HopByHop,
-        _ => Role::EndToEnd,
-    }
-}
-
-/// What the `Connection` fields of a head say.
-#[derive(Default)]
-struct ConnectionTokens<'a> {
-    close: bool,
-    upgrade: bool,
-    /// Other header names: hop-by-hop for this head.
-    named: [&'a str; MAX_CONNECTION_NAMES],
-    count: usize,
-    /// More names than `named` holds, or one that is not text.
-    unusable: bool,
-}
-
-impl<'a> ConnectionTokens<'a> {
-    fn add(&mut self, value: &'a [u8]) {
-        let Ok(value) = std::str::from_utf8(value) else {
-            self.unusable = true;
-            return;
-        };
-        for token in value.split(',').map(|t| t.trim_matches([' ', '\t'])) {
-            if token.eq_ignore_ascii_case("close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case("upgrade") {
-                self.upgrade = true;
-            } else if token.is_empty() || token.eq_ignore_ascii_case("keep-alive") {
-            } else if self.count < MAX_CONNECTION_NAMES {
-                self.named[self.count] = token;
-                self.count += 1;
-            } else {
-                self.unusable = true;
-            }
-        }
-    }
-
-    fn names(&self, name: &str) -> bool {
-        self.named[..self.count]
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
-    }
-
-    /// Whether a listed name is one the message's framing depends on.
-    fn names_framing(&self) -> bool {
-        ["content-length", "transfer-encoding", "host"]
-            .iter()
-            .any(|f| self.names(f))
-    }
-}
-
-/// A `Content-Length` value: digits only, within u64.
-fn content_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, &b| {
-        let digit = u64::from(b.checked_sub(b'0').filter(|d| *d <= 9)?);
-        n.checked_mul(10)?.checked_add(digit)
-    })
-}
-
-/// A byte of an origin-form target as RFC 3986 writes it unescaped
-/// (`#`, and bytes `http::Uri` refuses or reads otherwise, are hyper's).
-fn plain_target_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
-}
-
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
+use fields::{ConnectionTokens, Role, content_length, plain_target_byte, put_field, role};
 
 /// The paths the gateway answers itself (compared with the target's path,
 /// the part before `?`).
@@ -198,6 +89,8 @@ pub(super) fn rewrite_request(buf: &[u8], edits: &RequestEdits, out: &mut Vec<u8
         match role(field.name) {
             Role::Connection => tokens.add(field.value),
             Role::TransferEncoding | Role::Upgrade | Role::Expect => return RequestHead::HandOff,
+            // A list is forwarded as it came: hyper's to normalise.
+            Role::ContentLength if field.value.contains(&b',') => return RequestHead::HandOff,
             Role::ContentLength => match content_length(field.value) {
                 Some(n) if body_len.is_none_or(|b| b == n) => body_len = Some(n),
                 _ => return RequestHead::HandOff,

@@ -67,6 +67,7 @@ fn requests_the_byte_path_does_not_forward_go_to_hyper() {
         "POST /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n",
         "POST /a HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
         "POST /a HTTP/1.1\r\ncontent-length: -3\r\n\r\n",
+        "POST /a HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\n",
         "POST /a HTTP/1.1\r\ncontent-length: 3\r\nconnection: content-length\r\n\r\n",
         "GET /a HTTP/1.0\r\n\r\n",
         "GET http://elsewhere/a HTTP/1.1\r\n\r\n",
@@ -195,4 +196,23 @@ fn an_x_forwarded_for_named_in_connection_is_not_extended() {
     );
     assert!(out.contains("x-forwarded-for: 10.0.0.7\r\n"), "{out}");
     assert!(!out.contains("6.6.6.6"), "{out}");
+}
+
+#[test]
+fn content_length_values_are_read_as_hyper_reads_them() {
+    assert_eq!(content_length(b"42"), Some(42));
+    assert_eq!(content_length(b"000000000000000000000042"), Some(42));
+    assert_eq!(content_length(b"0"), Some(0));
+    assert_eq!(content_length(b"5, 5"), Some(5));
+    for bad in [
+        &b""[..],
+        b"5, 6",
+        b"-1",
+        b"4 2",
+        b"99999999999999999999",
+        b",",
+        b"0x10",
+    ] {
+        assert_eq!(content_length(bad), None, "{bad:?}");
+    }
 }
