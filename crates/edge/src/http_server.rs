@@ -22,10 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-mod counted;
 mod front;
-
-use counted::Counted;
 
 pub(crate) use front::{Front, FrontContext, NoFront, Prefixed};
 
@@ -297,7 +294,7 @@ where
     let Some(io) = handed_over else {
         return;
     };
-    let io = Counted::new(TokioIo::new(io), permit);
+    let io = TokioIo::new(io.holding(permit));
     serve_conn(io, peer, limits, handler, wind_down, stop).await
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 /// What a front gets of its listener besides the socket.
 pub(crate) struct FrontContext {
@@ -69,15 +69,32 @@ impl<F: Front> Front for Option<F> {
     }
 }
 
-/// A socket whose reads first return bytes read from it earlier.
+/// A socket whose reads first return bytes read from it earlier, and
+/// which holds its listener permit: the permit is released when the socket
+/// is dropped, which for an upgraded connection (a stream, a relayed
+/// WebSocket) is when that ends, not when the HTTP exchange does. So the
+/// listener's cap counts every open client socket.
 pub(crate) struct Prefixed<I> {
     prefix: Bytes,
     io: I,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<I> Prefixed<I> {
     pub(crate) fn new(io: I, prefix: Bytes) -> Self {
-        Prefixed { prefix, io }
+        Prefixed {
+            prefix,
+            io,
+            _permit: None,
+        }
+    }
+
+    /// The socket, holding the listener's permit until it is dropped.
+    pub(super) fn holding(self, permit: OwnedSemaphorePermit) -> Self {
+        Prefixed {
+            _permit: Some(permit),
+            ..self
+        }
     }
 }
 

@@ -154,6 +154,7 @@ where
             peer_ip: peer_ip.as_bytes(),
             proto: shared.proto,
             own_paths: &shared.own_paths,
+            max_body: shared.config.buffered_body_bytes,
         };
         // Closed by a drain while nothing of a request has come, unless it
         // was accepted during the drain: then it gets its one request.
@@ -162,11 +163,6 @@ where
             loop {
                 if !inbuf.is_empty() {
                     match rewrite_request(inbuf, &edits, out) {
-                        RequestHead::Forward(plan)
-                            if plan.body_len > shared.config.buffered_body_bytes as u64 =>
-                        {
-                            return Next::HandOff;
-                        }
                         RequestHead::Forward(plan) => return Next::Forward(plan),
                         RequestHead::HandOff => return Next::HandOff,
                         RequestHead::Partial => {}
@@ -204,13 +200,7 @@ where
         // `passthrough.buffered_body_bytes`): one write sends the request, a
         // client that breaks its body is answered without the backend, and
         // a request can be sent again on another connection.
-        let Some(body_len) = usize::try_from(plan.body_len)
-            .ok()
-            .filter(|b| *b <= shared.config.buffered_body_bytes)
-        else {
-            return After::Close; // classified as hyper's; not reached
-        };
-        let request_len = plan.head_len + body_len;
+        let request_len = plan.head_len + plan.body_len;
         while self.inbuf.len() < request_len {
             self.inbuf.reserve(request_len - self.inbuf.len());
             match self.idle.run(self.client.read_buf(&mut self.inbuf)).await {

@@ -38,13 +38,16 @@ pub(super) struct RequestEdits<'a> {
     /// X-Forwarded-Proto: "http" or "https".
     pub(super) proto: &'a [u8],
     pub(super) own_paths: &'a OwnPaths,
+    /// `passthrough.buffered_body_bytes`: a longer body is hyper's.
+    pub(super) max_body: usize,
 }
 
 /// A request head this path forwards.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RequestPlan {
     pub(super) head_len: usize,
-    pub(super) body_len: u64,
+    /// At most `RequestEdits::max_body`.
+    pub(super) body_len: usize,
     /// The client asked to close the connection after this exchange.
     pub(super) close: bool,
     /// HEAD: the response has no body whatever its headers say.
@@ -91,7 +94,10 @@ pub(super) fn rewrite_request(buf: &[u8], edits: &RequestEdits, out: &mut Vec<u8
             Role::TransferEncoding | Role::Upgrade | Role::Expect => return RequestHead::HandOff,
             // A list is forwarded as it came: hyper's to normalise.
             Role::ContentLength if field.value.contains(&b',') => return RequestHead::HandOff,
-            Role::ContentLength => match content_length(field.value) {
+            Role::ContentLength => match content_length(field.value)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n <= edits.max_body)
+            {
                 Some(n) if body_len.is_none_or(|b| b == n) => body_len = Some(n),
                 _ => return RequestHead::HandOff,
             },

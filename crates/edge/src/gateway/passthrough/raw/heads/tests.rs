@@ -15,6 +15,7 @@ fn rewrite(head: &str, base_path: &str) -> (Option<RequestPlan>, String) {
         peer_ip: b"10.0.0.7",
         proto: b"http",
         own_paths: &own,
+        max_body: 64,
     };
     let mut out = Vec::new();
     match rewrite_request(head.as_bytes(), &edits, &mut out) {
@@ -68,6 +69,7 @@ fn requests_the_byte_path_does_not_forward_go_to_hyper() {
         "POST /a HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
         "POST /a HTTP/1.1\r\ncontent-length: -3\r\n\r\n",
         "POST /a HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\n",
+        "POST /a HTTP/1.1\r\ncontent-length: 65\r\n\r\n",
         "POST /a HTTP/1.1\r\ncontent-length: 3\r\nconnection: content-length\r\n\r\n",
         "GET /a HTTP/1.0\r\n\r\n",
         "GET http://elsewhere/a HTTP/1.1\r\n\r\n",
